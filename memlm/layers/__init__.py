@@ -1,0 +1,23 @@
+"""nn.Modules: token mixers (registered by name), norms, MLP, rotary embeddings."""
+
+from memlm.layers.attention import Attention
+from memlm.layers.gated_deltanet import GatedDeltaNet
+from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
+from memlm.layers.mlp import SwiGLUMLP
+from memlm.layers.norm import GatedRMSNorm, RMSNorm
+from memlm.layers.registry import MIXERS, build_mixer, register_mixer
+from memlm.layers.short_conv import ShortConvolution
+
+__all__ = [
+    "MIXERS",
+    "HGRN2",
+    "Attention",
+    "ForgetLowerBounds",
+    "GatedDeltaNet",
+    "GatedRMSNorm",
+    "RMSNorm",
+    "ShortConvolution",
+    "SwiGLUMLP",
+    "build_mixer",
+    "register_mixer",
+]

@@ -1,0 +1,118 @@
+"""GatedDeltaNet mixer (Yang, Kautz, Hatamizadeh, arXiv 2412.06464), parametrized as fla and Qwen3.5 do.
+
+    q, k, v = SiLU(ShortConv([W_q x, W_k x, W_v x]))          one depthwise conv over q|k|v
+    q, k    = q / ||q||, k / ||k||
+    g_t     = -exp(A_log) * softplus(W_a x_t + dt_bias)         log decay, per head
+    beta_t  = sigmoid(W_b x_t)                                  write strength, per head
+    o       = gated_delta_rule(q, k, v, g, beta)                memlm.ops, equation (1)-(2)
+    y       = W_out(RMSNorm(o) * SiLU(W_z x))                   per-head gated norm
+
+Weight names (``in_proj_qkv``, ``in_proj_z``, ``in_proj_b``, ``in_proj_a``, ``conv1d``, ``A_log``,
+``dt_bias``, ``norm``, ``out_proj``) follow Qwen3.5 so checkpoints map onto vLLM's GDN layer.
+The cache is transformers' ``LinearAttentionLayer``: one conv state and one recurrent state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+
+from memlm.layers.norm import GatedRMSNorm
+from memlm.layers.registry import register_mixer
+from memlm.layers.short_conv import ShortConvolution
+from memlm.ops.gated_delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / sqrt(sum(x^2) + eps)`` over the last dimension (fla's convention)."""
+    return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + eps).to(x.dtype)
+
+
+def padding_mask_for(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """The ``[B, T]`` 0/1 mask of the current tokens, or None when nothing is padded."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return None
+    mask = attention_mask[:, -seq_len:]
+    return None if bool(mask.all()) else mask
+
+
+@register_mixer("gated_deltanet", linear=True)
+class GatedDeltaNet(nn.Module):
+    """``hidden_states [B, T, hidden] -> [B, T, hidden]``.
+
+    Heads: ``linear_num_key_heads`` q/k heads of ``linear_key_head_dim``, ``linear_num_value_heads``
+    v heads of ``linear_value_head_dim`` (a multiple of the key heads: each q/k head serves a group of
+    consecutive value heads). State per value head: ``[dk, dv]``.
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_k_heads = config.linear_num_key_heads
+        self.num_v_heads = config.linear_num_value_heads
+        self.head_k_dim = config.linear_key_head_dim
+        self.head_v_dim = config.linear_value_head_dim
+        self.key_dim = self.num_k_heads * self.head_k_dim
+        self.value_dim = self.num_v_heads * self.head_v_dim
+        hidden = config.hidden_size
+        self.in_proj_qkv = nn.Linear(hidden, 2 * self.key_dim + self.value_dim, bias=False)
+        self.in_proj_z = nn.Linear(hidden, self.value_dim, bias=False)
+        self.in_proj_b = nn.Linear(hidden, self.num_v_heads, bias=False)
+        self.in_proj_a = nn.Linear(hidden, self.num_v_heads, bias=False)
+        self.conv = ShortConvolution(2 * self.key_dim + self.value_dim, config.linear_conv_kernel_dim)
+        self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
+        self.dt_bias = nn.Parameter(torch.zeros(self.num_v_heads))
+        self.norm = GatedRMSNorm(self.head_v_dim, eps=config.rms_norm_eps)
+        self.out_proj = nn.Linear(self.value_dim, hidden, bias=False)
+        self.init_mixer_weights()
+
+    @torch.no_grad()
+    def init_mixer_weights(self) -> None:
+        """Mamba-2 style gates: ``A ~ U(1, 16)``, ``softplus(dt_bias) = dt ~ logU(1e-3, 1e-1)``."""
+        init.copy_(self.A_log, torch.empty_like(self.A_log).uniform_(1, 16).log())
+        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings=None,
+        cache=None,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        batch, seq_len, _ = hidden_states.shape
+        mask = padding_mask_for(attention_mask, seq_len)
+        if mask is not None:  # padding never enters the conv or recurrent state
+            hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
+        recurrent_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+
+        qkv = self.conv(self.in_proj_qkv(hidden_states), cache, self.layer_idx, cu_seqlens)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = l2_normalize(q.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
+        k = l2_normalize(k.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
+        v = v.view(batch, seq_len, self.num_v_heads, self.head_v_dim)
+        if self.num_v_heads != self.num_k_heads:
+            group = self.num_v_heads // self.num_k_heads
+            q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
+
+        beta = self.in_proj_b(hidden_states).float().sigmoid()
+        g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(hidden_states).float() + self.dt_bias.float())
+        if mask is not None:
+            beta, g = beta * mask[..., None], g * mask[..., None]
+
+        rule = recurrent_gated_delta_rule if recurrent_state is not None and seq_len == 1 else chunk_gated_delta_rule
+        o, final_state = rule(
+            q, k, v, g, beta, initial_state=recurrent_state, output_final_state=cache is not None,
+            cu_seqlens=cu_seqlens,
+        )
+        if cache is not None:
+            cache.update_recurrent_state(final_state, self.layer_idx)
+
+        z = self.in_proj_z(hidden_states).view(batch, seq_len, self.num_v_heads, self.head_v_dim)
+        return self.out_proj(self.norm(o, z).reshape(batch, seq_len, self.value_dim))

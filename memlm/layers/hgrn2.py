@@ -1,0 +1,96 @@
+"""HGRN-2 mixer (Qin et al., arXiv 2404.07904): gated linear RNN with state expansion, on ``chunk_gla``.
+
+    f_t = lb + (1 - lb) * sigmoid(W_f x_t)         forget gate, per state channel, lower-bounded
+    k_t = 1 - f_t,  q_t = SiLU(W_q x_t),  i_t = W_i x_t
+    S_t = Diag(f_t) S_{t-1} + k_t i_t^T,  o_t = S_t^T q_t     (memlm.ops.chunk_gla with g = log f)
+    y   = W_o RMSNorm(o)
+
+The lower bound ``lb`` rises with depth: ``softmax(lower_bounds, 0).cumsum(0) - softmax(...)[0]``,
+one row per HGRN-2 layer, 0 at the first (:class:`ForgetLowerBounds`, held by the model).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from memlm.layers.gated_deltanet import padding_mask_for
+from memlm.layers.norm import RMSNorm
+from memlm.layers.registry import register_mixer
+from memlm.ops.gla import chunk_gla, recurrent_gla
+
+
+class ForgetLowerBounds(nn.Module):
+    """The learned, depth-increasing lower bounds of the HGRN-2 forget gates: ``[num_layers, forget_dim]``."""
+
+    def __init__(self, num_layers: int, forget_dim: int):
+        super().__init__()
+        self.lower_bounds = nn.Parameter(torch.zeros(num_layers, forget_dim))
+
+    def forward(self) -> torch.Tensor:
+        probs = self.lower_bounds.float().softmax(0)
+        return probs.cumsum(0) - probs[0]
+
+
+@register_mixer("hgrn2", linear=True)
+class HGRN2(nn.Module):
+    """``hidden_states [B, T, hidden] -> [B, T, hidden]``.
+
+    ``linear_num_key_heads`` heads; each has a forget/query/key dimension ``linear_key_head_dim`` (the
+    state expansion) and an input dimension ``linear_value_head_dim``. State per head ``[dk, dv]``.
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.linear_num_key_heads
+        self.head_f_dim = config.linear_key_head_dim
+        self.head_i_dim = config.linear_value_head_dim
+        self.forget_dim = self.num_heads * self.head_f_dim
+        self.input_dim = self.num_heads * self.head_i_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.forget_dim, bias=False)
+        self.f_proj = nn.Linear(config.hidden_size, self.forget_dim, bias=False)
+        self.i_proj = nn.Linear(config.hidden_size, self.input_dim, bias=False)
+        self.g_norm = RMSNorm(self.input_dim, eps=config.rms_norm_eps)
+        self.o_proj = nn.Linear(self.input_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings=None,
+        cache=None,
+        cu_seqlens: torch.Tensor | None = None,
+        lower_bound: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """``lower_bound``: ``[forget_dim]`` from :class:`ForgetLowerBounds`, None (no bound) for the first layer."""
+        batch, seq_len, _ = hidden_states.shape
+        mask = padding_mask_for(attention_mask, seq_len)
+        if mask is not None:
+            hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
+        recurrent_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+
+        shape = (batch, seq_len, self.num_heads, -1)
+        q = F.silu(self.q_proj(hidden_states)).view(shape)
+        f = self.f_proj(hidden_states).float()
+        if lower_bound is None:
+            g = F.logsigmoid(f)
+        else:
+            g = torch.log(lower_bound + (1 - lower_bound) * f.sigmoid())
+        k = -torch.expm1(g)  # 1 - f_t
+        if mask is not None:
+            g, k = g * mask[..., None], k * mask[..., None]
+        g, k = g.view(shape), k.view(shape).to(q.dtype)
+        v = self.i_proj(hidden_states).view(shape)
+
+        rule = recurrent_gla if recurrent_state is not None and seq_len == 1 else chunk_gla
+        o, final_state = rule(
+            q, k, v, g, initial_state=recurrent_state, output_final_state=cache is not None, cu_seqlens=cu_seqlens
+        )
+        if cache is not None:
+            if recurrent_state is None:  # the first call marks the layer as started (it has no conv state)
+                cache.layers[self.layer_idx].has_previous_state[0] = True
+            cache.update_recurrent_state(final_state, self.layer_idx)
+        return self.o_proj(self.g_norm(o.reshape(batch, seq_len, self.input_dim)))

@@ -1,0 +1,135 @@
+"""Configuration of memlm's causal LM: one class for every hybrid of attention and linear mixers."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from memlm.layers.registry import LAYER_TYPES, LINEAR_LAYER_TYPE, LINEAR_MIXERS
+from memlm.models.layer_pattern import hybrid_layer_types
+
+
+class MemLMConfig(PreTrainedConfig):
+    r"""Configuration of :class:`~memlm.MemLMForCausalLM`.
+
+    Standard transformers fields (``vocab_size``, ``hidden_size``, ``intermediate_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``,
+    ``max_position_embeddings``, ``rope_theta`` / ``rope_parameters``, ``rms_norm_eps``,
+    ``tie_word_embeddings``, ``sliding_window``, ...) mean what they mean in Llama.
+
+    Layer pattern:
+        layer_types (`list[str]`): per layer, ``"full_attention"``, ``"sliding_attention"`` or
+            ``"linear_attention"`` (the vocabulary of transformers' cache and vLLM). If omitted it is
+            built from ``hybrid_ratio``.
+        hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
+        linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers: ``"gated_deltanet"``
+            or ``"hgrn2"``.
+
+    Linear mixers (each defaults from the attention fields, so a config with only standard fields builds):
+        linear_num_key_heads: q/k heads (default ``num_attention_heads``).
+        linear_num_value_heads: value heads, a multiple of the key heads (default ``linear_num_key_heads``).
+        linear_key_head_dim: key dimension per head, the HGRN-2 state expansion (default ``head_dim``).
+        linear_value_head_dim: value dimension per head (default ``head_dim``).
+        linear_conv_kernel_dim: GatedDeltaNet short convolution width (default 4).
+    """
+
+    model_type = "memlm"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    vocab_size: int = 32000
+    hidden_size: int = 1024
+    intermediate_size: int | None = None
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+    rope_parameters: dict | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
+    linear_attn_type: str = "gated_deltanet"
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_conv_kernel_dim: int = 4
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        hybrid_ratio = kwargs.pop("hybrid_ratio", "3:1")
+        _check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+        if self.layer_types is None:
+            self.layer_types = hybrid_layer_types(self.num_hidden_layers, hybrid_ratio)
+        else:
+            self.layer_types = list(self.layer_types)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                    f"{self.num_attention_heads}: choose a divisor or set head_dim explicitly"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.intermediate_size is None:
+            self.intermediate_size = 64 * -(-8 * self.hidden_size // (3 * 64))  # ~8/3 hidden, multiple of 64
+        self.linear_num_key_heads = self.linear_num_key_heads or self.num_attention_heads
+        self.linear_num_value_heads = self.linear_num_value_heads or self.linear_num_key_heads
+        self.linear_key_head_dim = self.linear_key_head_dim or self.head_dim
+        self.linear_value_head_dim = self.linear_value_head_dim or self.head_dim
+        self._validate_layers()
+        super().__post_init__(**kwargs)
+
+    def _validate_layers(self) -> None:
+        """Raise ValueError naming the field, its value and what is allowed."""
+        _check_positive(
+            self, "head_dim", "intermediate_size", "num_key_value_heads", "linear_num_key_heads",
+            "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim",
+        )
+        unknown = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
+        if unknown:
+            raise ValueError(f"layer_types contains {unknown}; allowed layer types are {list(LAYER_TYPES)}")
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}: "
+                "give one layer type per layer"
+            )
+        if self.linear_attn_type not in LINEAR_MIXERS:
+            raise ValueError(f"linear_attn_type={self.linear_attn_type!r} is unknown; allowed: {LINEAR_MIXERS}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} must be a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.linear_num_value_heads % self.linear_num_key_heads:
+            raise ValueError(
+                f"linear_num_value_heads={self.linear_num_value_heads} must be a multiple of "
+                f"linear_num_key_heads={self.linear_num_key_heads}"
+            )
+        if "sliding_attention" in self.layer_types and not (
+            isinstance(self.sliding_window, int) and self.sliding_window > 0
+        ):
+            raise ValueError(
+                f"sliding_window={self.sliding_window!r}: layer_types contains 'sliding_attention', "
+                "so sliding_window must be a positive number of tokens"
+            )
+
+    @property
+    def linear_layer_indices(self) -> list[int]:
+        """Indices of the ``"linear_attention"`` layers."""
+        return [i for i, t in enumerate(self.layer_types) if t == LINEAR_LAYER_TYPE]
+
+
+def _check_positive(config: MemLMConfig, *fields: str) -> None:
+    for name in fields:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,219 @@
+"""memlm's causal LM: a decoder whose layers each use a registered token mixer.
+
+Reads top to bottom like transformers' ``modeling_llama.py``: decoder layer, pretrained base, model,
+causal LM. Layer ``i`` runs the mixer named by ``config.layer_types[i]`` (``"linear_attention"``
+layers use ``config.linear_attn_type``); see :mod:`memlm.layers.registry`. The cache is transformers'
+``DynamicCache(config=...)``: attention layers keep keys and values, linear layers a conv and a
+recurrent state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+import memlm.layers  # noqa: F401  (registers the mixers)
+from memlm.layers.hgrn2 import ForgetLowerBounds
+from memlm.layers.mlp import SwiGLUMLP
+from memlm.layers.norm import RMSNorm
+from memlm.layers.registry import ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE, build_mixer
+from memlm.layers.rotary import RotaryEmbedding
+from memlm.models.compat import CACHE_FIELD, attention_masks
+from memlm.models.configuration_memlm import MemLMConfig
+
+
+class MemLMDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``. ``[B, T, hidden]`` in and out."""
+
+    def __init__(self, config: MemLMConfig, layer_idx: int):
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mixer = build_mixer(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask=None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache=None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.mixer(
+            self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            cache=cache,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class MemLMPreTrainedModel(PreTrainedModel):
+    config_class = MemLMConfig
+    config: MemLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MemLMDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _is_stateful = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if hasattr(module, "init_mixer_weights"):
+            module.init_mixer_weights()
+        elif isinstance(module, ForgetLowerBounds):
+            init.zeros_(module.lower_bounds)
+
+
+class MemLMModel(MemLMPreTrainedModel):
+    """Embeddings, decoder layers, final norm. ``input_ids [B, T] -> last_hidden_state [B, T, hidden]``."""
+
+    def __init__(self, config: MemLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(MemLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        num_linear = len(config.linear_layer_indices)
+        self.forget_lower_bounds = (
+            ForgetLowerBounds(num_linear, config.linear_num_key_heads * config.linear_key_head_dim)
+            if config.linear_attn_type == "hgrn2" and num_linear
+            else None
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        past_key_values=None,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Args as in Llama; ``cache`` (alias ``past_key_values``) is a ``DynamicCache(config=...)``.
+
+        ``cu_seq_lens_q`` (``[N + 1]``, with a batch of one packed row) keeps packed documents apart
+        in the linear layers; attention layers separate them through ``position_ids`` (restarting at 0).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        elif not use_cache:
+            cache = None
+        if position_ids is None:
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+                            + self._past_length(cache)).unsqueeze(0)
+
+        masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
+        masks[LINEAR_LAYER_TYPE] = attention_mask
+        lower_bounds = self.forget_lower_bounds() if self.forget_lower_bounds is not None else None
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+
+        hidden_states, all_hidden = inputs_embeds, []
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            layer_kwargs = {}
+            if layer.layer_type == LINEAR_LAYER_TYPE:
+                layer_kwargs["cu_seqlens"] = cu_seq_lens_q
+                if lower_bounds is not None:
+                    position = self.config.linear_layer_indices.index(i)
+                    layer_kwargs["lower_bound"] = lower_bounds[position] if position > 0 else None
+            else:
+                layer_kwargs = {"position_ids": position_ids, **kwargs}
+                if cu_seq_lens_q is not None:
+                    layer_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_q)
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=masks[layer.layer_type],
+                position_embeddings=position_embeddings,
+                cache=cache,
+                **layer_kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            **{CACHE_FIELD: cache},
+        )
+
+    def _past_length(self, cache) -> int:
+        """Tokens already in the cache (0 without attention layers, which alone use positions)."""
+        if cache is None or not any(t in ATTENTION_LAYER_TYPES for t in self.config.layer_types):
+            return 0
+        return cache.get_seq_length()
+
+
+class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
+    """:class:`MemLMModel` with a language-modeling head; ``labels`` give the shifted next-token loss."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MemLMConfig):
+        super().__init__(config)
+        self.model = MemLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values=None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """``logits`` ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is > 0)."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )

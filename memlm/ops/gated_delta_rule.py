@@ -1,0 +1,149 @@
+"""Gated delta rule (GatedDeltaNet, arXiv 2412.06464), chunkwise and token-by-token.
+
+Per head, with a state ``S`` of shape ``[dk, dv]``:
+
+    S_t = exp(g_t) * (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T          (1)
+    o_t = S_t^T (scale * q_t)                                                   (2)
+
+The chunkwise form (fla's ``ops/delta_rule`` notes, the "WY/UT transform"): inside a chunk of C tokens
+with cumulative log decay ``G_i = g_1 + ... + g_i`` and ``Gamma_ij = exp(G_i - G_j)`` (i >= j),
+
+    L = I + tril(diag(beta) (K K^T * Gamma), -1)                                (3)
+    U = L^{-1} diag(beta) V,   W = L^{-1} diag(beta exp(G)) K                   (4)
+    V' = U - W S                                                                (5)
+    O  = (Q * exp(G)) S + (Q K^T * Gamma) V'                                    (6)
+    S' = exp(G_C) S + (K * exp(G_C - G))^T V'                                   (7)
+
+Only (5) and (7) run sequentially over chunks (two small matmuls per chunk); (3), (4) and (6) are
+batched over all chunks. Every exponent above is <= 0, so strong decay cannot overflow.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memlm.ops.utils import (
+    ChunkLayout,
+    check_linear_inputs,
+    from_chunks,
+    scan_chunks,
+    split_documents,
+    to_chunks,
+    use_fla,
+)
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule over a whole sequence, chunk by chunk (training and prefill).
+
+    Args:
+        q, k: ``[B, T, H, dk]`` (the layer L2-normalizes them; this op does not).
+        v: ``[B, T, H, dv]``.
+        g: ``[B, T, H]`` log decay (<= 0).
+        beta: ``[B, T, H]`` write strength, usually in (0, 1).
+        scale: query scale, default ``dk ** -0.5``.
+        initial_state: ``[N, H, dk, dv]``, N = B, or the number of documents with ``cu_seqlens``.
+        output_final_state: also return the state after the last token of each sequence.
+        cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one row.
+        chunk_size: tokens per chunk of the torch path.
+
+    Returns:
+        ``o`` ``[B, T, H, dv]`` in q's dtype, and ``final_state`` ``[N, H, dk, dv]`` (fp32) or None.
+    """
+    batch, seq_len, heads, dk = q.shape
+    check_linear_inputs(
+        "chunk_gated_delta_rule", q, k, v,
+        {"g": (g, (batch, seq_len, heads)), "beta": (beta, (batch, seq_len, heads))},
+        initial_state, cu_seqlens,
+    )
+    scale = dk**-0.5 if scale is None else scale
+    if use_fla(q, k, v):
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk_gated_delta_rule
+
+        return fla_chunk_gated_delta_rule(
+            q, k, v, g, beta, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        )
+    dv = v.shape[-1]
+    layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
+    q_c = to_chunks(q, layout) * scale
+    k_c = to_chunks(k, layout)
+    v_c = to_chunks(v, layout)
+    beta_c = to_chunks(beta, layout)
+    log_decay = to_chunks(g, layout).cumsum(-1)  # G, [B, H, N, C]
+
+    upper = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).triu(1)
+    gamma = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
+    eye = torch.eye(chunk_size, dtype=q_c.dtype, device=q.device)
+    lower = eye + ((beta_c[..., :, None] * (k_c @ k_c.transpose(-1, -2))) * gamma).tril(-1)  # (3)
+    rhs = torch.cat([v_c * beta_c[..., None], k_c * (beta_c * log_decay.exp())[..., None]], dim=-1)
+    lower_inv = torch.linalg.solve_triangular(lower, eye.expand_as(lower), upper=False, unitriangular=True)
+    u, w = (lower_inv @ rhs).split([dv, dk], -1)  # (4)
+    attn = (q_c @ k_c.transpose(-1, -2)) * gamma
+    q_decayed = q_c * log_decay.exp()[..., None]
+    k_to_end = (k_c * (log_decay[..., -1:] - log_decay).exp()[..., None]).transpose(-1, -2)
+    chunk_decay = log_decay[..., -1].exp()[..., None, None]
+    states, corrected, final_state = scan_chunks(u, w, k_to_end, chunk_decay, initial_state, layout)  # (5), (7)
+    o = q_decayed @ states + attn @ corrected  # (6)
+    return from_chunks(o, layout).to(q.dtype), final_state if output_final_state else None
+
+
+def recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule token by token, equations (1)-(2): the reference, and the decoding path.
+
+    Same arguments and returns as :func:`chunk_gated_delta_rule`.
+    """
+    batch, seq_len, heads, dk = q.shape
+    check_linear_inputs(
+        "recurrent_gated_delta_rule", q, k, v,
+        {"g": (g, (batch, seq_len, heads)), "beta": (beta, (batch, seq_len, heads))},
+        initial_state, cu_seqlens,
+    )
+    scale = dk**-0.5 if scale is None else scale
+    if use_fla(q, k, v):
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+
+        return fused_recurrent_gated_delta_rule(
+            q, k, v, g, beta, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        )
+    outputs, finals = [], []
+    docs = zip(*(split_documents(x, cu_seqlens) for x in (q, k, v, g, beta)))
+    for doc, (q_d, k_d, v_d, g_d, beta_d) in enumerate(docs):
+        if initial_state is None:
+            state = q.new_zeros(q_d.shape[0], heads, dk, v.shape[-1], dtype=torch.float32)
+        else:
+            state = initial_state[doc : doc + 1] if cu_seqlens is not None else initial_state
+            state = state.float()
+        steps = []
+        for t in range(q_d.shape[1]):
+            k_t, v_t = k_d[:, t].float(), v_d[:, t].float()
+            state = state * g_d[:, t].float().exp()[..., None, None]
+            error = v_t - torch.einsum("bhkv,bhk->bhv", state, k_t)
+            state = state + torch.einsum("bhk,bhv->bhkv", beta_d[:, t].float()[..., None] * k_t, error)  # (1)
+            steps.append(torch.einsum("bhkv,bhk->bhv", state, q_d[:, t].float() * scale))  # (2)
+        outputs.append(torch.stack(steps, dim=1) if steps else v_d.new_zeros(v_d.shape, dtype=torch.float32))
+        finals.append(state)
+    o = torch.cat(outputs, dim=1).to(q.dtype)
+    return o, torch.cat(finals, dim=0) if output_final_state else None

@@ -1,0 +1,210 @@
+"""Gated linear attention with a per-key-channel decay (GLA, arXiv 2312.06635; HGRN-2, arXiv 2404.07904).
+
+Per head, with a state ``S`` of shape ``[dk, dv]``:
+
+    S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T                                    (1)
+    o_t = S_t^T (scale * q_t)                                                   (2)
+
+The chunkwise form: inside a chunk of C tokens with the per-channel cumulative log decay
+``G_i = g_1 + ... + g_i`` (a vector of dk entries),
+
+    A_ij = sum_c q_ic k_jc exp(G_ic - G_jc)   (j <= i, else 0)                  (3)
+    O    = (Q * exp(G)) S + A V                                                 (4)
+    S'   = Diag(exp(G_C)) S + (K * exp(G_C - G))^T V                            (5)
+
+Only (5) runs sequentially over chunks; (3) and (4) are batched over all chunks. With strong decay
+(HGRN-2 forget gates near 1e-5, g ~ -11 per token) G falls to -700 within a chunk, so ``exp(-G)`` is
+not representable and (3) cannot be factored as ``(Q exp(G)) (K exp(-G))^T``. Instead the chunk is cut
+into sub-chunks of ``s`` tokens:
+
+- query sub-chunk ``a``, key sub-chunks before it: with ``r`` the last position before ``a``,
+  ``A_ij = sum_c [q_ic exp(G_ic - G_rc)] [k_jc exp(G_rc - G_jc)]``, a matmul;                  (3a)
+- the diagonal sub-blocks: the pairwise ``[s, s, dk]`` product of (3), see :class:`_DiagonalBlocks`. (3b)
+
+Every exponent is masked with -inf where it does not apply and is <= 0 where it does, so nothing
+overflows, in the forward pass or in the gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from memlm.ops.utils import (
+    ChunkLayout,
+    check_linear_inputs,
+    from_chunks,
+    scan_chunks,
+    split_documents,
+    to_chunks,
+    use_fla,
+)
+
+_SUB_CHUNK = 16
+_PAIRWISE_ELEMENTS = 1 << 24  # bound on the [m, s, s, dk] temporaries of the diagonal blocks (64 MiB fp32)
+
+
+def _pairwise_decay(log_decay: torch.Tensor) -> torch.Tensor:
+    """``[m, s, dk]`` cumulative log decay -> ``[m, s, s, dk]`` ``exp(G_i - G_j)`` for j <= i, else 0."""
+    size = log_decay.shape[-2]
+    upper = torch.ones(size, size, dtype=torch.bool, device=log_decay.device).triu(1)[..., None]
+    diff = log_decay[:, :, None, :] - log_decay[:, None, :, :]
+    return diff.masked_fill_(upper, float("-inf")).exp_()
+
+
+class _DiagonalBlocks(torch.autograd.Function):
+    """Equation (3b): ``A_ij = sum_c q_ic k_jc exp(G_ic - G_jc)`` for ``j <= i`` inside each sub-chunk.
+
+    Inputs are ``[M, s, dk]`` fp32 (M = all sub-chunks of all chunks, heads and rows), the output is
+    ``[M, s, s]``. The ``[M, s, s, dk]`` decay tensor is never kept: it is built slice by slice in the
+    forward pass and rebuilt in the backward pass, where, with ``P_ijc = dA_ij exp(G_ic - G_jc)``,
+
+        dq_ic = sum_j P_ijc k_jc,   dk_jc = sum_i P_ijc q_ic,   dG = q * dq - k * dk.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, log_decay):
+        size, dk = q.shape[-2:]
+        step = max(1, _PAIRWISE_ELEMENTS // (size * size * dk))
+        out = q.new_empty(q.shape[0], size, size)
+        for start in range(0, q.shape[0], step):
+            rows = slice(start, start + step)
+            weighted = _pairwise_decay(log_decay[rows]).mul_(k[rows, None, :, :])
+            out[rows] = (weighted @ q[rows, :, :, None]).squeeze(-1)
+        ctx.save_for_backward(q, k, log_decay)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, log_decay = ctx.saved_tensors
+        size, dk = q.shape[-2:]
+        step = max(1, _PAIRWISE_ELEMENTS // (size * size * dk))
+        d_q, d_k = torch.empty_like(q), torch.empty_like(k)
+        for start in range(0, q.shape[0], step):
+            rows = slice(start, start + step)
+            weights = _pairwise_decay(log_decay[rows]).mul_(d_out[rows, :, :, None])  # P
+            d_q[rows] = (weights * k[rows, None, :, :]).sum(2)
+            d_k[rows] = weights.mul_(q[rows, :, None, :]).sum(1)
+        return d_q, d_k, q * d_q - k * d_k
+
+
+def _intra_chunk(q_c, k_c, v_c, log_decay, sub):
+    """``A V`` of equation (4) for every chunk: inputs ``[B, H, N, C, D]``, output ``[B, H, N, C, dv]``."""
+    *lead, size, dk = q_c.shape
+    dv = v_c.shape[-1]
+    blocks = size // sub
+    q_s = q_c.reshape(*lead, blocks, sub, dk)
+    k_s = k_c.reshape(*lead, blocks, sub, dk)
+    v_s = v_c.reshape(*lead, blocks, sub, dv)
+    g_s = log_decay.reshape(*lead, blocks, sub, dk)
+    diagonal = _DiagonalBlocks.apply(
+        q_s.reshape(-1, sub, dk), k_s.reshape(-1, sub, dk), g_s.reshape(-1, sub, dk)
+    ).view(*lead, blocks, sub, sub)  # (3b)
+    o_s = diagonal @ v_s
+    if blocks == 1:
+        return o_s.view(*lead, size, dv)
+    # (3a): query sub-chunks 1..blocks-1 against the keys before them, positions [0, size - sub).
+    ref = g_s[..., :-1, -1, :]  # [.., blocks - 1, dk]: G at the last position before each query sub-chunk
+    q_off = q_s[..., 1:, :, :] * (g_s[..., 1:, :, :] - ref[..., None, :]).exp()
+    front = size - sub
+    after_ref = torch.arange(front, device=q_c.device) >= sub * torch.arange(1, blocks, device=q_c.device)[:, None]
+    to_ref = (ref[..., None, :] - log_decay[..., None, :front, :]).masked_fill(after_ref[..., None], float("-inf"))
+    k_off = k_c[..., None, :front, :] * to_ref.exp()  # [.., blocks - 1, front, dk]
+    o_off = (q_off @ k_off.transpose(-1, -2)) @ v_c[..., None, :front, :]
+    o_s = torch.cat([o_s[..., :1, :, :], o_s[..., 1:, :, :] + o_off], dim=-3)
+    return o_s.view(*lead, size, dv)
+
+
+def chunk_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated linear attention over a whole sequence, chunk by chunk (training and prefill).
+
+    Args:
+        q, k: ``[B, T, H, dk]``.
+        v: ``[B, T, H, dv]``.
+        g: ``[B, T, H, dk]`` log decay per key channel (<= 0); any strength, e.g. -11 per token.
+        scale: query scale, default ``dk ** -0.5``.
+        initial_state: ``[N, H, dk, dv]``, N = B, or the number of documents with ``cu_seqlens``.
+        output_final_state: also return the state after the last token of each sequence.
+        cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one row.
+        chunk_size: tokens per chunk of the torch path.
+
+    Returns:
+        ``o`` ``[B, T, H, dv]`` in q's dtype, and ``final_state`` ``[N, H, dk, dv]`` (fp32) or None.
+    """
+    batch, seq_len, heads, dk = q.shape
+    check_linear_inputs("chunk_gla", q, k, v, {"g": (g, (batch, seq_len, heads, dk))}, initial_state, cu_seqlens)
+    scale = dk**-0.5 if scale is None else scale
+    if use_fla(q, k, v):
+        from fla.ops.gla import chunk_gla as fla_chunk_gla
+
+        return fla_chunk_gla(
+            q, k, v, g=g, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        )
+    layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
+    q_c = to_chunks(q, layout) * scale
+    k_c = to_chunks(k, layout)
+    v_c = to_chunks(v, layout)
+    log_decay = to_chunks(g, layout).cumsum(-2)  # G, [B, H, N, C, dk]
+
+    q_decayed = q_c * log_decay.exp()
+    last = log_decay[..., -1:, :]
+    k_to_end = (k_c * (last - log_decay).exp()).transpose(-1, -2)
+    chunk_decay = last.exp().transpose(-1, -2)  # [B, H, N, dk, 1]
+    states, _, final_state = scan_chunks(v_c, None, k_to_end, chunk_decay, initial_state, layout)  # (5)
+    o = q_decayed @ states + _intra_chunk(q_c, k_c, v_c, log_decay, math.gcd(chunk_size, _SUB_CHUNK))  # (4)
+    return from_chunks(o, layout).to(q.dtype), final_state if output_final_state else None
+
+
+def recurrent_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated linear attention token by token, equations (1)-(2): the reference, and the decoding path.
+
+    Same arguments and returns as :func:`chunk_gla`.
+    """
+    batch, seq_len, heads, dk = q.shape
+    check_linear_inputs("recurrent_gla", q, k, v, {"g": (g, (batch, seq_len, heads, dk))}, initial_state, cu_seqlens)
+    scale = dk**-0.5 if scale is None else scale
+    if use_fla(q, k, v):
+        from fla.ops.gla import fused_recurrent_gla
+
+        return fused_recurrent_gla(
+            q, k, v, gk=g, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        )
+    outputs, finals = [], []
+    docs = zip(*(split_documents(x, cu_seqlens) for x in (q, k, v, g)), strict=True)
+    for doc, (q_d, k_d, v_d, g_d) in enumerate(docs):
+        if initial_state is None:
+            state = q.new_zeros(q_d.shape[0], heads, dk, v.shape[-1], dtype=torch.float32)
+        else:
+            state = initial_state[doc : doc + 1] if cu_seqlens is not None else initial_state
+            state = state.float()
+        steps = []
+        for t in range(q_d.shape[1]):
+            k_t, v_t = k_d[:, t].float(), v_d[:, t].float()
+            state = state * g_d[:, t].float().exp()[..., None] + k_t[..., None] * v_t[..., None, :]  # (1)
+            steps.append(torch.einsum("bhkv,bhk->bhv", state, q_d[:, t].float() * scale))  # (2)
+        outputs.append(torch.stack(steps, dim=1) if steps else v_d.new_zeros(v_d.shape, dtype=torch.float32))
+        finals.append(state)
+    o = torch.cat(outputs, dim=1).to(q.dtype)
+    return o, torch.cat(finals, dim=0) if output_final_state else None
