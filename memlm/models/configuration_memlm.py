@@ -64,12 +64,16 @@ class MemLMConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        hybrid_ratio = kwargs.pop("hybrid_ratio", "3:1")
+        hybrid_ratio = kwargs.pop("hybrid_ratio", None)
         _check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
         if self.layer_types is None:
-            self.layer_types = hybrid_layer_types(self.num_hidden_layers, hybrid_ratio)
+            self.layer_types = hybrid_layer_types(self.num_hidden_layers, hybrid_ratio or "3:1")
         else:
             self.layer_types = list(self.layer_types)
+            if hybrid_ratio is not None and self.layer_types != hybrid_layer_types(len(self.layer_types), hybrid_ratio):
+                raise ValueError(
+                    f"hybrid_ratio={hybrid_ratio!r} disagrees with the layer_types given: pass only one of them"
+                )
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:

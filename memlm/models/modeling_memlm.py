@@ -116,6 +116,13 @@ class MemLMModel(MemLMPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         cache = cache if cache is not None else past_key_values
+        if cu_seq_lens_q is not None:
+            if use_cache or cache is not None:
+                raise ValueError(
+                    "packed documents (cu_seq_lens_q) have no single state to continue from: call with "
+                    "use_cache=False and no cache"
+                )
+            use_cache = False
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False

@@ -17,12 +17,13 @@ Only (5) runs sequentially over chunks; (3) and (4) are batched over all chunks.
 not representable and (3) cannot be factored as ``(Q exp(G)) (K exp(-G))^T``. Instead the chunk is cut
 into sub-chunks of ``s`` tokens:
 
-- query sub-chunk ``a``, key sub-chunks before it: with ``r`` the last position before ``a``,
+- query sub-chunk ``a`` against the keys before it (j <= r, ``r`` the last position before ``a``):
   ``A_ij = sum_c [q_ic exp(G_ic - G_rc)] [k_jc exp(G_rc - G_jc)]``, a matmul;                  (3a)
 - the diagonal sub-blocks: the pairwise ``[s, s, dk]`` product of (3), see :class:`_DiagonalBlocks`. (3b)
 
-Every exponent is masked with -inf where it does not apply and is <= 0 where it does, so nothing
-overflows, in the forward pass or in the gradients.
+Every exponent is <= 0: (3a) only takes keys up to ``r`` and the pairs of (3b) with j > i are set to
+-inf before ``exp``, so nothing overflows, in the forward pass or in the gradients, and a factor that
+underflows to 0 only stands for a product that is smaller still.
 """
 
 from __future__ import annotations
@@ -102,18 +103,14 @@ def _intra_chunk(q_c, k_c, v_c, log_decay, sub):
         q_s.reshape(-1, sub, dk), k_s.reshape(-1, sub, dk), g_s.reshape(-1, sub, dk)
     ).view(*lead, blocks, sub, sub)  # (3b)
     o_s = diagonal @ v_s
-    if blocks == 1:
-        return o_s.view(*lead, size, dv)
-    # (3a): query sub-chunks 1..blocks-1 against the keys before them, positions [0, size - sub).
-    ref = g_s[..., :-1, -1, :]  # [.., blocks - 1, dk]: G at the last position before each query sub-chunk
-    q_off = q_s[..., 1:, :, :] * (g_s[..., 1:, :, :] - ref[..., None, :]).exp()
-    front = size - sub
-    after_ref = torch.arange(front, device=q_c.device) >= sub * torch.arange(1, blocks, device=q_c.device)[:, None]
-    to_ref = (ref[..., None, :] - log_decay[..., None, :front, :]).masked_fill(after_ref[..., None], float("-inf"))
-    k_off = k_c[..., None, :front, :] * to_ref.exp()  # [.., blocks - 1, front, dk]
-    o_off = (q_off @ k_off.transpose(-1, -2)) @ v_c[..., None, :front, :]
-    o_s = torch.cat([o_s[..., :1, :, :], o_s[..., 1:, :, :] + o_off], dim=-3)
-    return o_s.view(*lead, size, dv)
+    pieces = [o_s[..., 0, :, :]]
+    for block in range(1, blocks):  # (3a): the keys before the query sub-chunk, positions [0, front)
+        front = block * sub
+        ref = log_decay[..., front - 1 : front, :]  # G_r, r = the last position before the sub-chunk
+        q_off = q_s[..., block, :, :] * (g_s[..., block, :, :] - ref).exp()
+        k_off = k_c[..., :front, :] * (ref - log_decay[..., :front, :]).exp()
+        pieces.append(o_s[..., block, :, :] + (q_off @ k_off.transpose(-1, -2)) @ v_c[..., :front, :])
+    return torch.stack(pieces, dim=-3).view(*lead, size, dv)
 
 
 def chunk_gla(

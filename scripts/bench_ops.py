@@ -1,0 +1,474 @@
+"""Benchmark memlm against named baselines, in one process, on one device.
+
+The run recorded in ``docs/benchmarks.md``::
+
+    python scripts/bench_ops.py --json /tmp/bench.json
+
+Smoke run (small sizes, well under a minute on 2 CPU cores)::
+
+    python scripts/bench_ops.py --quick
+
+Every timing is the median of ``--repeats`` timed runs after one untimed warm-up run (exceptions are
+printed under the table they concern), measured with ``time.perf_counter`` and, on CUDA, with
+``torch.cuda.synchronize()`` before and after. Inputs are seeded; everything is fp32.
+
+Sections:
+
+1. Op. ``memlm.ops.chunk_gated_delta_rule`` against transformers' PyTorch path
+   ``torch_chunk_gated_delta_rule`` (``transformers.models.qwen3_next.modeling_qwen3_next``; the
+   undecorated torch function, so no hub/fla kernel is picked on any device), forward + backward of
+   ``o.sum()``. B=1, H=4, dk=dv=128, chunk 64 for both; q, k L2-normalized random, v random,
+   ``g = logsigmoid(randn)``, ``beta = rand``; transformers is called with ``use_qk_l2norm_in_kernel=False``.
+   Speed-up = transformers ms / memlm ms (> 1: memlm is faster). Once per T the outputs and the input
+   gradients of both are compared (max abs difference) so both compute the same thing.
+   transformers' backward at T=16384 takes ~15 s per call on 2 CPU cores, so there it gets one timed
+   run and no warm-up (its warm-ups at smaller T already ran in this process).
+2. Layer. ``memlm.layers.GatedDeltaNet(config, 0)`` (projections, short conv, gates, the op, gated norm,
+   output projection) against ``memlm.layers.Attention(config, 1)`` with ``_attn_implementation="sdpa"``
+   and ``attention_mask=None``, which runs ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``
+   with RoPE and its q/k/v/o projections. hidden 512, 4 heads of 128 for both (4 kv heads), B=1,
+   forward + backward of ``y.sum()`` including the parameter gradients. Ratio = GDN ms / SDPA ms
+   (< 1: GDN is faster). Target: GDN faster than causal SDPA at T >= 8192.
+3. Decoding. Per-token latency and cache size of a 3:1 hybrid (6 GatedDeltaNet + 2 attention layers)
+   against an all-attention model (8 attention layers), both ``MemLMForCausalLM`` with hidden 512,
+   8 layers, 4 heads of 128, 4 kv heads, vocab 32000. The cache is not prefilled through the model:
+   an 8-token prompt initializes every layer's cache, then each attention layer's keys/values are
+   replaced by random ``[1, 4, ctx, 128]`` tensors so that ``cache.get_seq_length() == ctx``. Then
+   single-token steps (no attention mask, explicit ``position_ids``) are timed: median over
+   ``--decode-steps`` steps after 2 warm-up steps, the cache growing by one token per step. Cache bytes
+   = sum of ``numel * element_size`` over all tensors the cache holds right after the fill (keys and
+   values; conv and recurrent states). Target: hybrid cache at 32k <= 30% of all-attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import transformers
+from tqdm import tqdm
+from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
+
+import memlm
+from memlm import MemLMConfig, MemLMForCausalLM
+from memlm.layers import Attention, GatedDeltaNet
+from memlm.layers.rotary import RotaryEmbedding
+from memlm.ops import chunk_gated_delta_rule
+from memlm.ops.utils import use_fla
+
+# transformers' pure-PyTorch chunked gated delta rule, without the hub-kernel / fla dispatch wrapper.
+transformers_chunk_gated_delta_rule = inspect.unwrap(torch_chunk_gated_delta_rule)
+
+FULL_SIZES = {"op": [1024, 4096, 16384], "layer": [1024, 4096, 8192, 16384], "decode": [1024, 8192, 32768]}
+QUICK_SIZES = {"op": [256, 512], "layer": [256, 512], "decode": [256, 512]}
+BASELINE_SINGLE_RUN_T = 16384  # op section: transformers gets 1 timed run, no warm-up, at T >= this
+HEADS, HEAD_DIM, HIDDEN = 4, 128, 512
+CHUNK = 64
+DECODE_WARMUP = 2
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    times_ms: list[float]
+    warmup: int
+    result: object = None
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+
+def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; keep the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        result = fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return Timing(times, warmup, result)
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------- 1. op
+
+
+def op_inputs(seq_len: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, seq_len, HEADS, HEAD_DIM)
+    q = F.normalize(torch.randn(shape, generator=gen), dim=-1)
+    k = F.normalize(torch.randn(shape, generator=gen), dim=-1)
+    v = torch.randn(shape, generator=gen)
+    g = F.logsigmoid(torch.randn(1, seq_len, HEADS, generator=gen))
+    beta = torch.rand(1, seq_len, HEADS, generator=gen)
+    return [x.to(device) for x in (q, k, v, g, beta)]
+
+
+def op_step(op: Callable, inputs: list[torch.Tensor]) -> Callable[[], tuple[torch.Tensor, list[torch.Tensor]]]:
+    """A closure running forward + backward of ``op(q, k, v, g, beta).sum()`` on fresh leaves."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+
+    def step():
+        for leaf in leaves:
+            leaf.grad = None
+        o = op(*leaves)
+        o.sum().backward()
+        return o.detach(), [leaf.grad for leaf in leaves]
+
+    return step
+
+
+def memlm_op(q, k, v, g, beta):
+    return chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=CHUNK)[0]
+
+
+def transformers_op(q, k, v, g, beta):
+    return transformers_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=CHUNK, use_qk_l2norm_in_kernel=False)[0]
+
+
+def bench_op(sizes: list[int], device: torch.device, repeats: int) -> dict:
+    rows, notes = [], []
+    bar = progress(len(sizes), "op")
+    for seq_len in sizes:
+        inputs = op_inputs(seq_len, device)
+        ours = measure(op_step(memlm_op, inputs), device, repeats)
+        if seq_len >= BASELINE_SINGLE_RUN_T:
+            base = measure(op_step(transformers_op, inputs), device, repeats=1, warmup=0)
+            notes.append(f"transformers at T={seq_len}: 1 timed run, no warm-up (one call takes ~15 s on CPU)")
+        else:
+            base = measure(op_step(transformers_op, inputs), device, repeats)
+        (o_ours, g_ours), (o_base, g_base) = ours.result, base.result
+        rows.append({
+            "T": seq_len,
+            "memlm_ms": ours.median_ms, "memlm_times_ms": ours.times_ms, "memlm_warmup": ours.warmup,
+            "transformers_ms": base.median_ms, "transformers_times_ms": base.times_ms,
+            "transformers_warmup": base.warmup,
+            "speedup": base.median_ms / ours.median_ms,
+            "max_abs_diff_o": (o_ours - o_base).abs().max().item(),
+            "max_abs_diff_grad": max((a - b).abs().max().item() for a, b in zip(g_ours, g_base, strict=True)),
+        })
+        del inputs, ours, base, o_ours, g_ours, o_base, g_base
+        gc.collect()
+        bar.update()
+    bar.close()
+    table = format_table(
+        ["T", "memlm ms", "transformers ms", "speed-up", "max|do|", "max|dgrad|"],
+        [[str(r["T"]), f"{r['memlm_ms']:.1f}", f"{r['transformers_ms']:.1f}", f"{r['speedup']:.2f}x",
+          f"{r['max_abs_diff_o']:.1e}", f"{r['max_abs_diff_grad']:.1e}"] for r in rows],
+    )
+    return {"rows": rows, "notes": notes, "table": table}
+
+
+# ------------------------------------------------------------------------------------------ 2. layer
+
+
+def layer_config() -> MemLMConfig:
+    config = MemLMConfig(
+        hidden_size=HIDDEN, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+        num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=HEAD_DIM,
+        linear_num_key_heads=HEADS, linear_key_head_dim=HEAD_DIM, linear_value_head_dim=HEAD_DIM,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def layer_step(module: torch.nn.Module, x: torch.Tensor, position_embeddings) -> Callable[[], None]:
+    leaf = x.detach().clone().requires_grad_()
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        leaf.grad = None
+        y = module(leaf, attention_mask=None, position_embeddings=position_embeddings)
+        y.sum().backward()
+
+    return step
+
+
+def bench_layer(sizes: list[int], device: torch.device, repeats: int) -> dict:
+    config = layer_config()
+    torch.manual_seed(0)
+    gdn = GatedDeltaNet(config, 0).to(device)
+    attn = Attention(config, 1).to(device)
+    rotary = RotaryEmbedding(config).to(device)
+    rows = []
+    bar = progress(len(sizes), "layer")
+    for seq_len in sizes:
+        x = torch.randn(1, seq_len, HIDDEN, generator=torch.Generator().manual_seed(seq_len)).to(device)
+        position_embeddings = rotary(x, torch.arange(seq_len, device=device)[None])
+        ours = measure(layer_step(gdn, x, position_embeddings), device, repeats)
+        base = measure(layer_step(attn, x, position_embeddings), device, repeats)
+        rows.append({
+            "T": seq_len, "gdn_ms": ours.median_ms, "gdn_times_ms": ours.times_ms,
+            "sdpa_ms": base.median_ms, "sdpa_times_ms": base.times_ms, "ratio": ours.median_ms / base.median_ms,
+        })
+        del x, position_embeddings
+        gc.collect()
+        bar.update()
+    bar.close()
+    table = format_table(
+        ["T", "GDN ms", "SDPA ms", "ratio GDN/SDPA"],
+        [[str(r["T"]), f"{r['gdn_ms']:.1f}", f"{r['sdpa_ms']:.1f}", f"{r['ratio']:.2f}"] for r in rows],
+    )
+    return {"rows": rows, "notes": [], "table": table,
+            "params": {"gdn": sum(p.numel() for p in gdn.parameters()),
+                       "sdpa": sum(p.numel() for p in attn.parameters())}}
+
+
+# ----------------------------------------------------------------------------------------- 3. decode
+
+
+def decode_model(hybrid_ratio: str, device: torch.device) -> MemLMForCausalLM:
+    config = MemLMConfig(
+        hybrid_ratio=hybrid_ratio, hidden_size=HIDDEN, num_hidden_layers=8, num_attention_heads=HEADS,
+        num_key_value_heads=HEADS, head_dim=HEAD_DIM, linear_num_key_heads=HEADS, linear_key_head_dim=HEAD_DIM,
+        linear_value_head_dim=HEAD_DIM, vocab_size=32000,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return MemLMForCausalLM(config).to(device).eval()
+
+
+def cache_bytes(cache: transformers.DynamicCache) -> int:
+    """Bytes of every tensor held by the cache: keys/values, and conv/recurrent state dicts."""
+    total = 0
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if torch.is_tensor(tensor):
+                total += tensor.numel() * tensor.element_size()
+        for name in ("conv_states", "recurrent_states"):
+            states = getattr(layer, name, None)
+            if isinstance(states, dict):
+                total += sum(t.numel() * t.element_size() for t in states.values() if torch.is_tensor(t))
+    return total
+
+
+@torch.no_grad()
+def filled_cache(model: MemLMForCausalLM, context: int, device: torch.device) -> transformers.DynamicCache:
+    """A cache holding ``context`` tokens: real states from an 8-token prompt, random attention keys/values."""
+    config = model.config
+    cache = transformers.DynamicCache(config=config)
+    gen = torch.Generator().manual_seed(context)
+    prompt = torch.randint(0, config.vocab_size, (1, 8), generator=gen).to(device)
+    model(input_ids=prompt, cache=cache, use_cache=True)
+    shape = (1, config.num_key_value_heads, context, config.head_dim)
+    for layer_type, layer in zip(config.layer_types, cache.layers, strict=True):
+        if layer_type != "linear_attention":
+            layer.keys = torch.randn(shape, generator=gen).to(device)
+            layer.values = torch.randn(shape, generator=gen).to(device)
+    if cache.get_seq_length() != context:
+        raise RuntimeError(f"cache holds {cache.get_seq_length()} tokens, expected {context}")
+    return cache
+
+
+@torch.no_grad()
+def decode_latency(model: MemLMForCausalLM, context: int, steps: int, device: torch.device) -> tuple[Timing, int]:
+    cache = filled_cache(model, context, device)
+    nbytes = cache_bytes(cache)
+    tokens = torch.randint(0, model.config.vocab_size, (DECODE_WARMUP + steps, 1, 1)).to(device)
+    position = iter(range(context, context + DECODE_WARMUP + steps))
+    token = iter(tokens)
+
+    def step():
+        return model(input_ids=next(token), cache=cache, position_ids=torch.tensor([[next(position)]], device=device),
+                     use_cache=True)
+
+    timing = measure(step, device, repeats=steps, warmup=DECODE_WARMUP)
+    timing.result = None
+    return timing, nbytes
+
+
+def bench_decode(contexts: list[int], device: torch.device, steps: int) -> dict:
+    hybrid, full = decode_model("3:1", device), decode_model("0:1", device)
+    rows = []
+    bar = progress(2 * len(contexts), "decode")
+    for context in contexts:
+        ours, ours_bytes = decode_latency(hybrid, context, steps, device)
+        gc.collect()
+        bar.update()
+        base, base_bytes = decode_latency(full, context, steps, device)
+        gc.collect()
+        bar.update()
+        rows.append({
+            "context": context, "hybrid_ms": ours.median_ms, "hybrid_times_ms": ours.times_ms,
+            "attention_ms": base.median_ms, "attention_times_ms": base.times_ms,
+            "latency_ratio": ours.median_ms / base.median_ms,
+            "hybrid_cache_bytes": ours_bytes, "attention_cache_bytes": base_bytes,
+            "cache_ratio": ours_bytes / base_bytes,
+        })
+    bar.close()
+    mb = 2**20
+    table = format_table(
+        ["context", "hybrid ms/token", "attention ms/token", "latency ratio", "hybrid cache MB",
+         "attention cache MB", "cache ratio"],
+        [[str(r["context"]), f"{r['hybrid_ms']:.1f}", f"{r['attention_ms']:.1f}", f"{r['latency_ratio']:.2f}",
+          f"{r['hybrid_cache_bytes'] / mb:.1f}", f"{r['attention_cache_bytes'] / mb:.1f}",
+          f"{r['cache_ratio']:.3f}"] for r in rows],
+    )
+    notes = [f"latency: median of {steps} single-token steps after {DECODE_WARMUP} warm-up steps; "
+             "latency ratio and cache ratio are hybrid / attention; MB = 2**20 bytes"]
+    return {"rows": rows, "notes": notes, "table": table, "layer_types": {
+        "hybrid": hybrid.config.layer_types, "attention": full.config.layer_types}}
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(device: torch.device) -> dict:
+    meta = {
+        "torch": torch.__version__, "transformers": transformers.__version__, "memlm": memlm.__version__,
+        "python": platform.python_version(), "device": str(device), "device_name": device_name(device),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        probe = torch.zeros(1, device=device)
+        meta["memlm_op_uses_fla"] = use_fla(probe)
+    return meta
+
+
+def headline(results: dict, key: str, value: str, at: int, section: str) -> float | None:
+    for row in results.get(section, {}).get("rows", []):
+        if row[key] == at:
+            return row[value]
+    return None
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case, median reported (default 3)")
+    parser.add_argument("--decode-steps", type=int, default=None, help="timed decode steps (default 10, quick 5)")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s on 2 CPU cores)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode"], default=["op", "layer", "decode"])
+    parser.add_argument("--json", metavar="PATH", help="also write every result and timing to this JSON file")
+    args = parser.parse_args()
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch.cuda.is_available() is False")
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    steps = args.decode_steps or (5 if args.quick else 10)
+    started = time.perf_counter()
+
+    meta = header(device)
+    meta.update(repeats=args.repeats, decode_steps=steps, quick=args.quick, argv=sys.argv)
+    print(f"memlm {meta['memlm']} benchmark | torch {meta['torch']} | transformers {meta['transformers']} | "
+          f"python {meta['python']}")
+    print(f"device {meta['device']}: {meta['device_name']} | torch threads {meta['threads']} "
+          f"(os.cpu_count {meta['cpu_count']}) | load average at start {meta['loadavg_start']}")
+    if "memlm_op_uses_fla" in meta:
+        print(f"memlm op dispatches to flash-linear-attention: {meta['memlm_op_uses_fla']}")
+    print(f"fp32 | median of {args.repeats} timed runs after 1 warm-up unless noted")
+
+    results: dict = {"meta": meta}
+    sections = [
+        ("op", "1. Op: chunk_gated_delta_rule fwd+bwd, B=1 H=4 dk=dv=128 chunk=64 "
+               "(memlm vs transformers torch_chunk_gated_delta_rule)",
+         lambda: bench_op(sizes["op"], device, args.repeats)),
+        ("layer", "2. Layer: GatedDeltaNet vs causal SDPA attention (memlm Attention, sdpa, is_causal), "
+                  "fwd+bwd, hidden 512, 4 heads x 128, B=1",
+         lambda: bench_layer(sizes["layer"], device, args.repeats)),
+        ("decode", "3. Decoding: 3:1 hybrid vs all-attention MemLMForCausalLM, 8 layers, hidden 512, "
+                   "4 heads x 128, vocab 32000, B=1",
+         lambda: bench_decode(sizes["decode"], device, steps)),
+    ]
+    for name, title, run in sections:
+        if name not in args.sections:
+            continue
+        section_start = time.perf_counter()
+        results[name] = run()
+        results[name]["seconds"] = time.perf_counter() - section_start
+        results[name]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        print(f"\n{title}\n{results[name]['table']}")
+        for note in results[name]["notes"]:
+            print(f"note: {note}")
+        print(f"({results[name]['seconds']:.0f} s; load average after: {results[name]['loadavg_end']})")
+
+    speedup_4096 = headline(results, "T", "speedup", 4096, "op")
+    ratio_8192 = headline(results, "T", "ratio", 8192, "layer")
+    ratio_16384 = headline(results, "T", "ratio", 16384, "layer")
+    cache_32k = headline(results, "context", "cache_ratio", 32768, "decode")
+    layer_rows = [r for r in results.get("layer", {}).get("rows", []) if r["T"] >= 8192]
+    claims = {
+        "gdn_faster_than_sdpa_at_T_ge_8192": all(r["ratio"] < 1 for r in layer_rows) if layer_rows else None,
+        "hybrid_cache_at_32k_le_30pct": None if cache_32k is None else cache_32k <= 0.30,
+    }
+    results["summary"] = {"op_speedup_T4096": speedup_4096, "layer_ratio_T8192": ratio_8192,
+                          "layer_ratio_T16384": ratio_16384, "cache_ratio_32k": cache_32k, "claims": claims}
+    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    meta["seconds"] = time.perf_counter() - started
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("MET" if ok else "NOT MET")
+
+    print(f"\nclaim 'GDN layer faster than causal SDPA at T >= 8192': "
+          f"{verdict(claims['gdn_faster_than_sdpa_at_T_ge_8192'])}")
+    print(f"claim '3:1 hybrid cache at 32k <= 30% of all-attention': {verdict(claims['hybrid_cache_at_32k_le_30pct'])}")
+    print(f"SUMMARY: op speed-up vs transformers at T=4096 {fmt(speedup_4096, '.2f')} | "
+          f"GDN/SDPA layer time at T=8192 {fmt(ratio_8192, '.2f')}, T=16384 {fmt(ratio_16384, '.2f')} | "
+          f"hybrid/attention cache at 32k {fmt(cache_32k, '.3f')}")
+    print(f"total {meta['seconds']:.0f} s | load average at end {meta['loadavg_end']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
