@@ -10,7 +10,10 @@ Smoke run (small sizes, well under a minute on 2 CPU cores)::
 
 Every timing is the median of ``--repeats`` timed runs after one untimed warm-up run (exceptions are
 printed under the table they concern), measured with ``time.perf_counter`` and, on CUDA, with
-``torch.cuda.synchronize()`` before and after. Inputs are seeded; everything is fp32.
+``torch.cuda.synchronize()`` before and after. The timed runs of memlm and its baseline alternate
+(a, b, a, b, ...), so that load from other processes on a shared machine hits both alike; the header
+prints the load average, and a busy machine inflates every absolute number (see docs/benchmarks.md).
+Inputs are seeded; everything is fp32.
 
 Sections:
 
@@ -97,20 +100,28 @@ class Timing:
         return statistics.median(self.times_ms)
 
 
-def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> Timing:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; keep the last result."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return Timing(times, warmup, result)
+def measure(cases: dict[str, tuple[Callable[[], object], int, int]], device: torch.device) -> dict[str, Timing]:
+    """Time several cases, ``name -> (fn, repeats, warmup)``, interleaved.
+
+    Every case first runs its ``warmup`` untimed calls; then the timed calls go round-robin (a, b, a, b,
+    ...) so that background load on a shared machine hits the compared cases alike. The last result
+    of each case is kept (for the agreement checks).
+    """
+    results: dict[str, object] = dict.fromkeys(cases)
+    for name, (fn, _, warmup) in cases.items():
+        for _ in range(warmup):
+            results[name] = fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(max(repeats for _, repeats, _ in cases.values())):
+        for name, (fn, repeats, _) in cases.items():
+            if round_ >= repeats:
+                continue
+            synchronize(device)
+            start = time.perf_counter()
+            results[name] = fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: Timing(times[name], cases[name][2], results[name]) for name in cases}
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -165,12 +176,13 @@ def bench_op(sizes: list[int], device: torch.device, repeats: int) -> dict:
     bar = progress(len(sizes), "op")
     for seq_len in sizes:
         inputs = op_inputs(seq_len, device)
-        ours = measure(op_step(memlm_op, inputs), device, repeats)
+        base_repeats, base_warmup = repeats, 1
         if seq_len >= BASELINE_SINGLE_RUN_T:
-            base = measure(op_step(transformers_op, inputs), device, repeats=1, warmup=0)
+            base_repeats, base_warmup = 1, 0
             notes.append(f"transformers at T={seq_len}: 1 timed run, no warm-up (one call takes ~15 s on CPU)")
-        else:
-            base = measure(op_step(transformers_op, inputs), device, repeats)
+        timed = measure({"memlm": (op_step(memlm_op, inputs), repeats, 1),
+                         "transformers": (op_step(transformers_op, inputs), base_repeats, base_warmup)}, device)
+        ours, base = timed["memlm"], timed["transformers"]
         (o_ours, g_ours), (o_base, g_base) = ours.result, base.result
         rows.append({
             "T": seq_len,
@@ -181,7 +193,7 @@ def bench_op(sizes: list[int], device: torch.device, repeats: int) -> dict:
             "max_abs_diff_o": (o_ours - o_base).abs().max().item(),
             "max_abs_diff_grad": max((a - b).abs().max().item() for a, b in zip(g_ours, g_base, strict=True)),
         })
-        del inputs, ours, base, o_ours, g_ours, o_base, g_base
+        del inputs, timed, ours, base, o_ours, g_ours, o_base, g_base
         gc.collect()
         bar.update()
     bar.close()
@@ -229,13 +241,14 @@ def bench_layer(sizes: list[int], device: torch.device, repeats: int) -> dict:
     for seq_len in sizes:
         x = torch.randn(1, seq_len, HIDDEN, generator=torch.Generator().manual_seed(seq_len)).to(device)
         position_embeddings = rotary(x, torch.arange(seq_len, device=device)[None])
-        ours = measure(layer_step(gdn, x, position_embeddings), device, repeats)
-        base = measure(layer_step(attn, x, position_embeddings), device, repeats)
+        timed = measure({"gdn": (layer_step(gdn, x, position_embeddings), repeats, 1),
+                         "sdpa": (layer_step(attn, x, position_embeddings), repeats, 1)}, device)
+        ours, base = timed["gdn"], timed["sdpa"]
         rows.append({
             "T": seq_len, "gdn_ms": ours.median_ms, "gdn_times_ms": ours.times_ms,
             "sdpa_ms": base.median_ms, "sdpa_times_ms": base.times_ms, "ratio": ours.median_ms / base.median_ms,
         })
-        del x, position_embeddings
+        del x, position_embeddings, timed
         gc.collect()
         bar.update()
     bar.close()
@@ -295,32 +308,33 @@ def filled_cache(model: MemLMForCausalLM, context: int, device: torch.device) ->
     return cache
 
 
-@torch.no_grad()
-def decode_latency(model: MemLMForCausalLM, context: int, steps: int, device: torch.device) -> tuple[Timing, int]:
-    cache = filled_cache(model, context, device)
-    nbytes = cache_bytes(cache)
-    tokens = torch.randint(0, model.config.vocab_size, (DECODE_WARMUP + steps, 1, 1)).to(device)
-    position = iter(range(context, context + DECODE_WARMUP + steps))
-    token = iter(tokens)
+def decode_step(model: MemLMForCausalLM, cache, context: int, steps: int, device: torch.device) -> Callable:
+    """One single-token forward per call, at positions ``context, context + 1, ...``; the cache grows."""
+    gen = torch.Generator().manual_seed(context + 1)
+    tokens = iter(torch.randint(0, model.config.vocab_size, (DECODE_WARMUP + steps, 1, 1), generator=gen).to(device))
+    positions = iter(range(context, context + DECODE_WARMUP + steps))
 
+    @torch.no_grad()
     def step():
-        return model(input_ids=next(token), cache=cache, position_ids=torch.tensor([[next(position)]], device=device),
-                     use_cache=True)
+        model(input_ids=next(tokens), cache=cache, position_ids=torch.tensor([[next(positions)]], device=device),
+              use_cache=True)
 
-    timing = measure(step, device, repeats=steps, warmup=DECODE_WARMUP)
-    timing.result = None
-    return timing, nbytes
+    return step
 
 
 def bench_decode(contexts: list[int], device: torch.device, steps: int) -> dict:
     hybrid, full = decode_model("3:1", device), decode_model("0:1", device)
     rows = []
-    bar = progress(2 * len(contexts), "decode")
+    bar = progress(len(contexts), "decode")
     for context in contexts:
-        ours, ours_bytes = decode_latency(hybrid, context, steps, device)
-        gc.collect()
-        bar.update()
-        base, base_bytes = decode_latency(full, context, steps, device)
+        caches = {"hybrid": filled_cache(hybrid, context, device), "attention": filled_cache(full, context, device)}
+        ours_bytes, base_bytes = cache_bytes(caches["hybrid"]), cache_bytes(caches["attention"])
+        timed = measure({
+            "hybrid": (decode_step(hybrid, caches["hybrid"], context, steps, device), steps, DECODE_WARMUP),
+            "attention": (decode_step(full, caches["attention"], context, steps, device), steps, DECODE_WARMUP),
+        }, device)
+        ours, base = timed["hybrid"], timed["attention"]
+        del caches, timed
         gc.collect()
         bar.update()
         rows.append({
@@ -339,7 +353,8 @@ def bench_decode(contexts: list[int], device: torch.device, steps: int) -> dict:
           f"{r['hybrid_cache_bytes'] / mb:.1f}", f"{r['attention_cache_bytes'] / mb:.1f}",
           f"{r['cache_ratio']:.3f}"] for r in rows],
     )
-    notes = [f"latency: median of {steps} single-token steps after {DECODE_WARMUP} warm-up steps; "
+    notes = [f"latency: median of {steps} single-token steps after {DECODE_WARMUP} warm-up steps, the two models "
+             "stepping alternately; "
              "latency ratio and cache ratio are hybrid / attention; MB = 2**20 bytes"]
     return {"rows": rows, "notes": notes, "table": table, "layer_types": {
         "hybrid": hybrid.config.layer_types, "attention": full.config.layer_types}}
@@ -414,7 +429,11 @@ def main() -> None:
           f"(os.cpu_count {meta['cpu_count']}) | load average at start {meta['loadavg_start']}")
     if "memlm_op_uses_fla" in meta:
         print(f"memlm op dispatches to flash-linear-attention: {meta['memlm_op_uses_fla']}")
-    print(f"fp32 | median of {args.repeats} timed runs after 1 warm-up unless noted")
+    print(f"fp32 | median of {args.repeats} timed runs after 1 warm-up unless noted, alternating with the baseline")
+    load = meta["loadavg_start"]
+    if load is not None and load[0] > 0.5 * (meta["cpu_count"] or 1):
+        print(f"WARNING: 1-min load average {load[0]:.1f} on {meta['cpu_count']} CPUs: other processes compete "
+              "for the cores; absolute timings are inflated and noisy")
 
     results: dict = {"meta": meta}
     sections = [

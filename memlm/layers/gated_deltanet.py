@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 
+from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
 from memlm.layers.norm import GatedRMSNorm
 from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
@@ -90,7 +91,7 @@ class GatedDeltaNet(nn.Module):
         mask = padding_mask_for(attention_mask, seq_len)
         if mask is not None:  # padding never enters the conv or recurrent state
             hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
-        recurrent_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
 
         qkv = self.conv(self.in_proj_qkv(hidden_states), cache, self.layer_idx, cu_seqlens)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
@@ -112,7 +113,7 @@ class GatedDeltaNet(nn.Module):
             cu_seqlens=cu_seqlens,
         )
         if cache is not None:
-            cache.update_recurrent_state(final_state, self.layer_idx)
+            store_recurrent_state(cache, self.layer_idx, final_state)
 
         z = self.in_proj_z(hidden_states).view(batch, seq_len, self.num_v_heads, self.head_v_dim)
         return self.out_proj(self.norm(o, z).reshape(batch, seq_len, self.value_dim))

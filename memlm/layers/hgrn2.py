@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from memlm.layers.gated_deltanet import padding_mask_for
+from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
 from memlm.layers.norm import RMSNorm
 from memlm.layers.registry import register_mixer
 from memlm.ops.gla import chunk_gla, recurrent_gla
@@ -70,15 +71,13 @@ class HGRN2(nn.Module):
         mask = padding_mask_for(attention_mask, seq_len)
         if mask is not None:
             hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
-        recurrent_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
 
         shape = (batch, seq_len, self.num_heads, -1)
         q = F.silu(self.q_proj(hidden_states)).view(shape)
         f = self.f_proj(hidden_states).float()
-        if lower_bound is None:
-            g = F.logsigmoid(f)
-        else:
-            g = torch.log(lower_bound + (1 - lower_bound) * f.sigmoid())
+        # log f_t; the first layer has no bound, and logsigmoid stays finite for any f
+        g = F.logsigmoid(f) if lower_bound is None else torch.log(lower_bound + (1 - lower_bound) * f.sigmoid())
         k = -torch.expm1(g)  # 1 - f_t
         if mask is not None:
             g, k = g * mask[..., None], k * mask[..., None]
@@ -90,7 +89,5 @@ class HGRN2(nn.Module):
             q, k, v, g, initial_state=recurrent_state, output_final_state=cache is not None, cu_seqlens=cu_seqlens
         )
         if cache is not None:
-            if recurrent_state is None:  # the first call marks the layer as started (it has no conv state)
-                cache.layers[self.layer_idx].has_previous_state[0] = True
-            cache.update_recurrent_state(final_state, self.layer_idx)
+            store_recurrent_state(cache, self.layer_idx, final_state)
         return self.o_proj(self.g_norm(o.reshape(batch, seq_len, self.input_dim)))

@@ -15,9 +15,11 @@ class RotaryEmbedding(nn.Module):
         self.config = config
         self.rope_type = config.rope_parameters.get("rope_type", "default")
         self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
-        init = self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
-        self.rope_init_fn = init
-        inv_freq, self.attention_scaling = init(config)
+        if self.rope_type == "default":
+            self.rope_init_fn = self.compute_default_rope_parameters
+        else:
+            self.rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = self.rope_init_fn(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 

@@ -129,7 +129,7 @@ def recurrent_gated_delta_rule(
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
     outputs, finals = [], []
-    docs = zip(*(split_documents(x, cu_seqlens) for x in (q, k, v, g, beta)))
+    docs = zip(*(split_documents(x, cu_seqlens) for x in (q, k, v, g, beta)), strict=True)
     for doc, (q_d, k_d, v_d, g_d, beta_d) in enumerate(docs):
         if initial_state is None:
             state = q.new_zeros(q_d.shape[0], heads, dk, v.shape[-1], dtype=torch.float32)

@@ -43,7 +43,7 @@ from memlm.ops.utils import (
 )
 
 _SUB_CHUNK = 16
-_PAIRWISE_ELEMENTS = 1 << 24  # bound on the [m, s, s, dk] temporaries of the diagonal blocks (64 MiB fp32)
+_PAIRWISE_ELEMENTS = 1 << 20  # bound on the [m, s, s, dk] temporaries of the diagonal blocks (4 MiB fp32)
 
 
 def _pairwise_decay(log_decay: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ document boundary.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 
 
@@ -50,7 +52,7 @@ def check_linear_inputs(
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype.is_floating_point:
             raise ValueError(f"{op}: cu_seqlens must be a 1-D integer tensor [N + 1], got {cu_seqlens!r}")
         offsets = cu_seqlens.tolist()
-        if offsets[0] != 0 or offsets[-1] != seq_len or any(b < a for a, b in zip(offsets, offsets[1:])):
+        if offsets[0] != 0 or offsets[-1] != seq_len or any(b < a for a, b in pairwise(offsets)):
             raise ValueError(
                 f"{op}: cu_seqlens must rise from 0 to the sequence length {seq_len}, got {offsets}"
             )
@@ -81,7 +83,7 @@ class ChunkLayout:
         else:
             offsets = cu_seqlens.tolist()
             index, bounds, chunk = [], [], 0
-            for start, end in zip(offsets, offsets[1:]):
+            for start, end in pairwise(offsets):
                 doc_chunks = max(1, -(-(end - start) // chunk_size))
                 index.extend(range(chunk * chunk_size, chunk * chunk_size + end - start))
                 bounds.append((chunk, chunk + doc_chunks))
@@ -223,7 +225,7 @@ def split_documents(x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> list[to
     if cu_seqlens is None:
         return [x]
     offsets = cu_seqlens.tolist()
-    return [x[:, start:end] for start, end in zip(offsets, offsets[1:])]
+    return [x[:, start:end] for start, end in pairwise(offsets)]
 
 
 def use_fla(*tensors: torch.Tensor) -> bool:

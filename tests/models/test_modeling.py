@@ -1,9 +1,21 @@
 import pytest
 import torch
+import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
 import memlm
 from memlm import MemLMConfig, MemLMForCausalLM
+
+TRANSFORMERS_VERSION = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+
+
+def skip_where_transformers_generate_is_broken(model, left_padded=False):
+    """Known limits of older transformers releases, documented in the README."""
+    layer_types = model.config.layer_types
+    if TRANSFORMERS_VERSION < (5, 24) and all(t == "linear_attention" for t in layer_types):
+        pytest.skip("transformers < 5.24: generate asks an all-linear cache for its length")
+    if TRANSFORMERS_VERSION < (5, 23) and left_padded and "sliding_attention" in layer_types:
+        pytest.skip("transformers < 5.23: left-padded generation with sliding-window layers differs")
 
 VARIANTS = {
     "gdn-3:1": dict(linear_attn_type="gated_deltanet", hybrid_ratio="3:1"),
@@ -57,6 +69,7 @@ def test_cached_decoding_matches_full_recomputation(model):
 
 
 def test_greedy_generate_with_cache_equals_without(model):
+    skip_where_transformers_generate_is_broken(model)
     ids = torch.randint(1, 61, (2, 9))
     with_cache = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=True)
     without = model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False)
@@ -64,6 +77,7 @@ def test_greedy_generate_with_cache_equals_without(model):
 
 
 def test_left_padded_batch_matches_each_prompt_alone(model):
+    skip_where_transformers_generate_is_broken(model, left_padded=True)
     prompts = [torch.randint(1, 61, (n,)) for n in (4, 11, 8)]
     width = max(len(p) for p in prompts)
     batch = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -78,6 +92,7 @@ def test_left_padded_batch_matches_each_prompt_alone(model):
 
 
 def test_beam_search_with_cache_equals_without(model):
+    skip_where_transformers_generate_is_broken(model)
     ids = torch.randint(1, 61, (2, 6))
     kwargs = dict(max_new_tokens=6, num_beams=3, do_sample=False)
     beams = model.generate(ids, use_cache=True, **kwargs)
@@ -123,7 +138,7 @@ def test_gradient_checkpointing_gives_same_gradients(variant):
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
     model(ids, labels=ids).loss.backward()
-    for expected, param in zip(reference, model.parameters()):
+    for expected, param in zip(reference, model.parameters(), strict=True):
         torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
 
 

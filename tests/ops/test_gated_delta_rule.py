@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -29,7 +31,7 @@ def assert_ops_agree(inputs, tol=1e-4, **kwargs):
     reference = run_with_grads(recurrent_gated_delta_rule, inputs, weights, **kwargs)
     torch.testing.assert_close(chunk[0], reference[0], atol=tol, rtol=0)
     torch.testing.assert_close(chunk[1], reference[1], atol=tol, rtol=0)
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], chunk[2], reference[2]):
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], chunk[2], reference[2], strict=True):
         assert torch.isfinite(a).all(), name
         torch.testing.assert_close(a, b, atol=tol, rtol=0, msg=lambda m, name=name: f"grad of {name}: {m}")
 
@@ -51,7 +53,7 @@ def test_cu_seqlens_match_recurrence_and_documents_alone():
     packed, finals = chunk_gated_delta_rule(
         *inputs[:5], initial_state=inputs[5], output_final_state=True, cu_seqlens=cu_seqlens
     )
-    for doc, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
+    for doc, (start, end) in enumerate(pairwise(cu_seqlens.tolist())):
         alone, final = chunk_gated_delta_rule(
             *(x[:, start:end] for x in inputs[:5]), initial_state=inputs[5][doc : doc + 1], output_final_state=True
         )

@@ -7,7 +7,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "quickstart.py"
 
 def test_quickstart_trains_saves_and_reloads(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--steps", "3", "--batch-size", "4", "--eval-examples", "8", "--output-dir", str(tmp_path / "ckpt")],
+        [sys.executable, str(SCRIPT), "--steps", "3", "--batch-size", "4", "--eval-examples", "8",
+         "--output-dir", str(tmp_path / "ckpt")],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
