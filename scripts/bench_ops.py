@@ -1,6 +1,6 @@
 """Benchmark memlm against named baselines, in one process, on one device.
 
-The run recorded in ``docs/benchmarks.md``::
+The run recorded in ``docs/benchmarks.md`` (a second one there adds ``--threads 1``)::
 
     python scripts/bench_ops.py --json /tmp/bench.json
 
@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -376,9 +377,23 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def git_revision() -> str | None:
+    """``<short commit>`` of the checkout holding this script, ``+dirty`` with uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def header(device: torch.device) -> dict:
     meta = {
         "torch": torch.__version__, "transformers": transformers.__version__, "memlm": memlm.__version__,
+        "git": git_revision(),
         "python": platform.python_version(), "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -423,8 +438,8 @@ def main() -> None:
 
     meta = header(device)
     meta.update(repeats=args.repeats, decode_steps=steps, quick=args.quick, argv=sys.argv)
-    print(f"memlm {meta['memlm']} benchmark | torch {meta['torch']} | transformers {meta['transformers']} | "
-          f"python {meta['python']}")
+    print(f"memlm {meta['memlm']} (git {meta['git']}) benchmark | torch {meta['torch']} | "
+          f"transformers {meta['transformers']} | python {meta['python']}")
     print(f"device {meta['device']}: {meta['device_name']} | torch threads {meta['threads']} "
           f"(os.cpu_count {meta['cpu_count']}) | load average at start {meta['loadavg_start']}")
     if "memlm_op_uses_fla" in meta:

@@ -83,6 +83,7 @@ def chunk_gated_delta_rule(
     beta_c = to_chunks(beta, layout)
     log_decay = to_chunks(g, layout).cumsum(-1)  # G, [B, H, N, C]
 
+    chunk_size = layout.chunk_size
     upper = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).triu(1)
     gamma = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
     eye = torch.eye(chunk_size, dtype=q_c.dtype, device=q.device)

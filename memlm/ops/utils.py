@@ -65,7 +65,10 @@ def check_linear_inputs(
 
 
 class ChunkLayout:
-    """Where each token of a ``[B, T]`` batch goes when the sequence is cut into chunks of ``chunk_size``.
+    """Where each token of a ``[B, T]`` batch goes when the sequence is cut into chunks.
+
+    The chunk is ``chunk_size`` tokens, or the smallest power of two (at least 16) that holds the longest
+    sequence when that is shorter.
 
     Every document starts on a fresh chunk and is right-padded to a whole number of chunks. Padded
     positions get zero keys, values and gates (``g = 0``, ``beta = 0``), which leaves the state unchanged,
@@ -73,6 +76,9 @@ class ChunkLayout:
     """
 
     def __init__(self, batch: int, seq_len: int, chunk_size: int, cu_seqlens: torch.Tensor | None, device):
+        longest = seq_len if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        # Short sequences get a smaller chunk (a power of two, at least 16) instead of mostly padding.
+        chunk_size = min(chunk_size, max(16, 1 << max(0, longest - 1).bit_length()))
         self.chunk_size = chunk_size
         self.seq_len = seq_len
         if cu_seqlens is None:

@@ -21,3 +21,10 @@ def test_decoding_with_conv_state_matches_full_sequence():
     cache = DynamicCache(config=config)
     steps = [conv(x[:, :2], cache, 0)] + [conv(x[:, t : t + 1], cache, 0) for t in range(2, 10)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+def test_matches_torch_causal_conv1d():
+    conv = ShortConvolution(6, kernel_size=4)
+    x = torch.randn(2, 9, 6)
+    reference = torch.nn.functional.silu(conv.conv1d(x.transpose(1, 2))[..., :9]).transpose(1, 2)
+    torch.testing.assert_close(conv(x), reference)
