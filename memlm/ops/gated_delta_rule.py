@@ -26,8 +26,8 @@ from memlm.ops.utils import (
     ChunkLayout,
     check_linear_inputs,
     from_chunks,
+    recurrent_scan,
     scan_chunks,
-    split_documents,
     to_chunks,
     use_fla,
 )
@@ -129,22 +129,10 @@ def recurrent_gated_delta_rule(
             q, k, v, g, beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
-    outputs, finals = [], []
-    docs = zip(*(split_documents(x, cu_seqlens) for x in (q, k, v, g, beta)), strict=True)
-    for doc, (q_d, k_d, v_d, g_d, beta_d) in enumerate(docs):
-        if initial_state is None:
-            state = q.new_zeros(q_d.shape[0], heads, dk, v.shape[-1], dtype=torch.float32)
-        else:
-            state = initial_state[doc : doc + 1] if cu_seqlens is not None else initial_state
-            state = state.float()
-        steps = []
-        for t in range(q_d.shape[1]):
-            k_t, v_t = k_d[:, t].float(), v_d[:, t].float()
-            state = state * g_d[:, t].float().exp()[..., None, None]
-            error = v_t - torch.einsum("bhkv,bhk->bhv", state, k_t)
-            state = state + torch.einsum("bhk,bhv->bhkv", beta_d[:, t].float()[..., None] * k_t, error)  # (1)
-            steps.append(torch.einsum("bhkv,bhk->bhv", state, q_d[:, t].float() * scale))  # (2)
-        outputs.append(torch.stack(steps, dim=1) if steps else v_d.new_zeros(v_d.shape, dtype=torch.float32))
-        finals.append(state)
-    o = torch.cat(outputs, dim=1).to(q.dtype)
-    return o, torch.cat(finals, dim=0) if output_final_state else None
+
+    def step(state, k_t, v_t, g_t, beta_t):
+        state = state * g_t.exp()[..., None, None]
+        error = v_t - torch.einsum("bhkv,bhk->bhv", state, k_t)
+        return state + torch.einsum("bhk,bhv->bhkv", beta_t[..., None] * k_t, error)  # (1)
+
+    return recurrent_scan(step, q, (k, v, g, beta), v.shape[-1], scale, initial_state, output_final_state, cu_seqlens)

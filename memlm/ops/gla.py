@@ -36,8 +36,8 @@ from memlm.ops.utils import (
     ChunkLayout,
     check_linear_inputs,
     from_chunks,
+    recurrent_scan,
     scan_chunks,
-    split_documents,
     to_chunks,
     use_fla,
 )
@@ -99,9 +99,8 @@ def _intra_chunk(q_c, k_c, v_c, log_decay, sub):
     k_s = k_c.reshape(*lead, blocks, sub, dk)
     v_s = v_c.reshape(*lead, blocks, sub, dv)
     g_s = log_decay.reshape(*lead, blocks, sub, dk)
-    diagonal = _DiagonalBlocks.apply(
-        q_s.reshape(-1, sub, dk), k_s.reshape(-1, sub, dk), g_s.reshape(-1, sub, dk)
-    ).view(*lead, blocks, sub, sub)  # (3b)
+    flat = (x.reshape(-1, sub, dk) for x in (q_s, k_s, g_s))
+    diagonal = _DiagonalBlocks.apply(*flat).view(*lead, blocks, sub, sub)  # (3b)
     o_s = diagonal @ v_s
     pieces = [o_s[..., 0, :, :]]
     for block in range(1, blocks):  # (3a): the keys before the query sub-chunk, positions [0, front)
@@ -160,7 +159,7 @@ def chunk_gla(
     k_to_end = (k_c * (last - log_decay).exp()).transpose(-1, -2)
     chunk_decay = last.exp().transpose(-1, -2)  # [B, H, N, dk, 1]
     states, _, final_state = scan_chunks(v_c, None, k_to_end, chunk_decay, initial_state, layout)  # (5)
-    o = q_decayed @ states + _intra_chunk(q_c, k_c, v_c, log_decay, math.gcd(chunk_size, _SUB_CHUNK))  # (4)
+    o = q_decayed @ states + _intra_chunk(q_c, k_c, v_c, log_decay, math.gcd(layout.chunk_size, _SUB_CHUNK))  # (4)
     return from_chunks(o, layout).to(q.dtype), final_state if output_final_state else None
 
 
@@ -188,20 +187,8 @@ def recurrent_gla(
             q, k, v, gk=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
-    outputs, finals = [], []
-    docs = zip(*(split_documents(x, cu_seqlens) for x in (q, k, v, g)), strict=True)
-    for doc, (q_d, k_d, v_d, g_d) in enumerate(docs):
-        if initial_state is None:
-            state = q.new_zeros(q_d.shape[0], heads, dk, v.shape[-1], dtype=torch.float32)
-        else:
-            state = initial_state[doc : doc + 1] if cu_seqlens is not None else initial_state
-            state = state.float()
-        steps = []
-        for t in range(q_d.shape[1]):
-            k_t, v_t = k_d[:, t].float(), v_d[:, t].float()
-            state = state * g_d[:, t].float().exp()[..., None] + k_t[..., None] * v_t[..., None, :]  # (1)
-            steps.append(torch.einsum("bhkv,bhk->bhv", state, q_d[:, t].float() * scale))  # (2)
-        outputs.append(torch.stack(steps, dim=1) if steps else v_d.new_zeros(v_d.shape, dtype=torch.float32))
-        finals.append(state)
-    o = torch.cat(outputs, dim=1).to(q.dtype)
-    return o, torch.cat(finals, dim=0) if output_final_state else None
+
+    def step(state, k_t, v_t, g_t):
+        return state * g_t.exp()[..., None] + k_t[..., None] * v_t[..., None, :]  # (1)
+
+    return recurrent_scan(step, q, (k, v, g), v.shape[-1], scale, initial_state, output_final_state, cu_seqlens)

@@ -55,9 +55,8 @@ def test_cu_seqlens_match_recurrence_and_documents_alone():
     packed, finals, grads = run_with_grads(chunk_gla, inputs, weights, cu_seqlens=cu_seqlens)
     for doc, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True)):
         alone = [x.detach()[:, start:end] for x in inputs[:4]] + [inputs[4].detach()[doc : doc + 1]]
-        o, final, doc_grads = run_with_grads(
-            chunk_gla, alone, (weights[0][:, start:end], weights[1][doc : doc + 1])
-        )
+        doc_weights = weights[0][:, start:end], weights[1][doc : doc + 1]
+        o, final, doc_grads = run_with_grads(chunk_gla, alone, doc_weights)
         torch.testing.assert_close(packed[:, start:end], o, atol=1e-5, rtol=0)
         torch.testing.assert_close(finals[doc : doc + 1], final, atol=1e-5, rtol=0)
         for name, a, b in zip(NAMES[:4], grads[:4], doc_grads[:4], strict=True):
