@@ -1,0 +1,6 @@
+"""Training on Accelerate: recipe configuration, data packing, the loop with exact resume, LoRA."""
+
+from memlm.training.config import RecipeConfig, load_config
+from memlm.training.trainer import train
+
+__all__ = ["RecipeConfig", "load_config", "train"]

@@ -1,0 +1,118 @@
+"""Build the pieces a recipe names: tokenizer, dataset, model (with LoRA), and the final evaluations."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from memlm.training.config import RecipeConfig
+from memlm.training.data import load_documents, pack_documents, tokenize_documents
+
+
+def build_tokenizer(config: RecipeConfig):
+    """The recipe's tokenizer (a ``PreTrainedTokenizerFast``); none of the kinds but ``pretrained`` need a hub."""
+    from memlm import tokenization
+
+    spec = config.tokenizer
+    if spec.kind == "pretrained":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec.path or config.model.pretrained)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    if spec.kind == "byte":
+        return tokenization.byte_level_tokenizer()
+    if spec.kind == "integer":
+        vocab = spec.vocab_size or (config.data.mqar or {}).get("vocab_size")
+        if not vocab:
+            raise ValueError("tokenizer.kind='integer' needs tokenizer.vocab_size (or data.mqar.vocab_size)")
+        return tokenization.integer_tokenizer(vocab)
+    if config.data.source != "text":
+        raise ValueError("tokenizer.kind='bpe' trains on local plain-text data.files (data.source='text')")
+    if not spec.vocab_size:
+        raise ValueError("tokenizer.kind='bpe' needs tokenizer.vocab_size")
+    return tokenization.train_bpe_tokenizer([str(f) for f in config.data.files], spec.vocab_size)
+
+
+def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None]:
+    """Training rows (packed text, or synthetic task rows) and, for synthetic tasks, held-out eval rows."""
+    data = config.data
+    if data.source == "mqar":
+        from memlm.data import mqar
+
+        args = dict(data.mqar)
+        if "num_examples" not in args:
+            raise ValueError("data.mqar needs num_examples, num_kv_pairs and vocab_size")
+        args.setdefault("seq_len", data.seq_len)
+        train_ids, train_labels = mqar(**args, seed=config.train.seed)
+        eval_args = {**args, "num_examples": config.eval.num_examples}
+        eval_ids, eval_labels = mqar(**eval_args, seed=config.eval.seed)
+        dataset = Dataset.from_dict({"input_ids": train_ids.tolist(), "labels": train_labels.tolist()})
+        return dataset.with_format("torch"), {"mqar": (eval_ids, eval_labels)}
+    if data.streaming:
+        raise ValueError(
+            "data.streaming=true is not supported by this recipe yet: it packs the corpus in memory for an exact "
+            "resume; set data.max_documents to bound a large corpus"
+        )
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no pad_token for the last packed row")
+    rows = list(pack_documents(tokenize_documents(load_documents(data), tokenizer), data.seq_len,
+                               tokenizer.pad_token_id))
+    if not rows:
+        raise ValueError("the data holds no documents")
+    return Dataset.from_list(rows), None
+
+
+def build_model(config: RecipeConfig, tokenizer):
+    """A new ``MemLMForCausalLM`` from ``model.config``, or ``AutoModelForCausalLM.from_pretrained``."""
+    from transformers import AutoModelForCausalLM
+
+    import memlm
+
+    spec = config.model
+    extra = {"attn_implementation": spec.attn_implementation} if spec.attn_implementation else {}
+    if spec.pretrained is not None:
+        model = AutoModelForCausalLM.from_pretrained(spec.pretrained, **extra)
+    else:
+        fields = dict(spec.config)
+        fields.setdefault("vocab_size", len(tokenizer))
+        if fields["vocab_size"] < len(tokenizer):
+            raise ValueError(
+                f"model.config.vocab_size={fields['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens"
+            )
+        for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            fields.setdefault(name, getattr(tokenizer, name))
+        model = memlm.MemLMForCausalLM(memlm.MemLMConfig(**fields), **extra)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora.enabled:
+        model = apply_lora(model, config)
+    return model
+
+
+def apply_lora(model, config: RecipeConfig):
+    """Wrap ``model`` with peft LoRA adapters on ``lora.target_modules`` (those present in the model)."""
+    from peft import LoraConfig, get_peft_model
+
+    spec = config.lora
+    targets = spec.target_modules
+    if isinstance(targets, list):
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        present = [t for t in targets if t in names]
+        if not present:
+            raise ValueError(f"lora.target_modules {targets} match no module of the model; module names: {sorted(names)}")
+        targets = present
+    lora = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def run_evaluations(model, config: RecipeConfig, eval_data: dict | None) -> dict[str, float]:
+    """The tasks of ``eval.tasks`` on the trained model: ``{task: score}``."""
+    results = {}
+    if "mqar" in config.eval.tasks:
+        from memlm.eval import mqar_accuracy
+
+        input_ids, labels = eval_data["mqar"]
+        results["mqar_accuracy"] = mqar_accuracy(model, input_ids, labels)
+    return results

@@ -1,0 +1,287 @@
+"""The training recipe's configuration: a YAML file of sections, checked strictly before any work.
+
+    output_dir: runs/demo
+    model:      {config: {...MemLMConfig fields...}}  or  {pretrained: DIR_OR_HUB_NAME}
+    tokenizer:  {kind: byte | bpe | integer | pretrained, ...}
+    data:       {source: text | json | parquet | hub | mqar, ...}
+    optimizer:  {lr, weight_decay, betas, eps}
+    schedule:   {kind: cosine | linear | constant, warmup_steps, min_lr_ratio}
+    train:      {max_steps, batch_size, gradient_accumulation_steps, max_grad_norm, precision, seed, log_every}
+    checkpoint: {every, resume_from, keep}
+    logging:    {trackers, project}
+    lora:       {enabled, r, alpha, dropout, target_modules, merge}
+    eval:       {tasks, ...}
+
+Command-line overrides use dotted keys (``train.max_steps=20 output_dir=/tmp/run``), their values
+parsed as YAML. An unknown key, a missing required key or a value of the wrong type raises
+``ValueError`` naming the key, the value and the valid keys or types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Modules of memlm's mixers and MLP plus the usual names of Llama/Qwen/Mistral layers.
+DEFAULT_LORA_TARGETS = [
+    "q_proj", "k_proj", "v_proj", "o_proj",  # attention (memlm and HF models)
+    "in_proj_qkv", "in_proj_z", "out_proj",  # GatedDeltaNet
+    "f_proj", "i_proj",  # HGRN-2 (q_proj, o_proj above)
+    "gate_proj", "up_proj", "down_proj",  # MLP
+]
+
+
+@dataclasses.dataclass
+class ModelSection:
+    """Exactly one of ``config`` (``MemLMConfig`` fields, a new model) or ``pretrained`` (any HF causal LM)."""
+
+    config: dict | None = None
+    pretrained: str | None = None
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+
+
+@dataclasses.dataclass
+class TokenizerSection:
+    """``byte`` (memlm's byte-level), ``bpe`` (trained on the data files), ``integer`` (ids as text, for
+    synthetic tasks) or ``pretrained`` (``path``, default ``model.pretrained``)."""
+
+    kind: str = "byte"
+    path: str | None = None
+    vocab_size: int | None = None
+
+
+@dataclasses.dataclass
+class DataSection:
+    """Text sources are tokenized, each document ended with EOS, and packed into rows of ``seq_len``.
+
+    ``source``: ``text`` / ``json`` / ``parquet`` (local ``files``), ``hub`` (dataset ``name``), or a
+    synthetic task (``mqar``: its arguments in ``mqar``).
+    """
+
+    source: str = "text"
+    files: list | None = None
+    name: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    streaming: bool = False
+    seq_len: int = 512
+    max_documents: int | None = None
+    mqar: dict | None = None
+
+
+@dataclasses.dataclass
+class OptimizerSection:
+    """AdamW."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: list = dataclasses.field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+
+
+@dataclasses.dataclass
+class ScheduleSection:
+    """Linear warmup for ``warmup_steps``, then ``kind`` decay to ``min_lr_ratio * lr`` at ``train.max_steps``."""
+
+    kind: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+
+
+@dataclasses.dataclass
+class TrainSection:
+    """``batch_size`` is per process and per micro-step; the global batch is
+    ``batch_size * gradient_accumulation_steps * num_processes`` rows."""
+
+    max_steps: int
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    precision: str = "no"
+    seed: int = 0
+    log_every: int = 10
+
+
+@dataclasses.dataclass
+class CheckpointSection:
+    """``accelerator.save_state`` every ``every`` optimizer steps (0: only at the end), keeping the last
+    ``keep``; ``resume_from``: ``latest`` or a checkpoint directory."""
+
+    every: int = 0
+    resume_from: str | None = None
+    keep: int = 2
+
+
+@dataclasses.dataclass
+class LoggingSection:
+    """Accelerate trackers (``tensorboard``, ``trackio``, ``wandb``, ...); those not installed are skipped
+    with a warning."""
+
+    trackers: list = dataclasses.field(default_factory=lambda: ["tensorboard"])
+    project: str = "memlm"
+
+
+@dataclasses.dataclass
+class LoraSection:
+    """LoRA through peft; ``merge`` folds the adapters into the weights before the final save."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list | str = dataclasses.field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    merge: bool = True
+
+
+@dataclasses.dataclass
+class EvalSection:
+    """Evaluations run after training. ``tasks``: ``mqar`` (needs ``data.source: mqar``)."""
+
+    tasks: list = dataclasses.field(default_factory=list)
+    num_examples: int = 256
+    seed: int = 1234
+
+
+@dataclasses.dataclass
+class RecipeConfig:
+    output_dir: str
+    train: TrainSection
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = dataclasses.field(default_factory=TokenizerSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    optimizer: OptimizerSection = dataclasses.field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = dataclasses.field(default_factory=ScheduleSection)
+    checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
+    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+    lora: LoraSection = dataclasses.field(default_factory=LoraSection)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "tokenizer.kind": ("byte", "bpe", "integer", "pretrained"),
+    "data.source": ("text", "json", "parquet", "hub", "mqar"),
+    "schedule.kind": ("cosine", "linear", "constant"),
+    "train.precision": ("no", "bf16", "fp16"),
+    "eval.tasks": ("mqar",),
+}
+POSITIVE = ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "train.log_every",
+            "data.seq_len", "checkpoint.keep", "lora.r", "eval.num_examples")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
+    """Read a YAML recipe, apply ``key.sub=value`` overrides, and check everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set ``a.b.c=value`` in the nested dict ``raw`` (value parsed as YAML)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {override!r} must look like 'section.key=value'")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def config_from_dict(raw: dict) -> RecipeConfig:
+    config = _build(RecipeConfig, raw, "")
+    _check_values(config)
+    return config
+
+
+def _build(cls, raw: Any, where: str):
+    """Instantiate dataclass ``cls`` from ``raw`` with strict key and type checks."""
+    label = where or "the config"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{label} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {[_join(where, k) for k in unknown]} in {label}; valid keys: {sorted(fields)}")
+    missing = [name for name, f in fields.items() if name not in raw and _is_required(f)]
+    if missing:
+        raise ValueError(f"missing required key(s) {[_join(where, k) for k in missing]} in {label}")
+    values = {}
+    for name, value in raw.items():
+        hint, key = hints[name], _join(where, name)
+        values[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _check_type(key, value, hint)
+    return cls(**values)
+
+
+def _is_required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _check_type(key: str, value: Any, hint) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return None
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool, list, dict) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ValueError(f"{key} must be {names}, got {value!r}")
+
+
+def _check_values(config: RecipeConfig) -> None:
+    for key, choices in CHOICES.items():
+        value = _get(config, key)
+        for item in value if isinstance(value, list) else [value]:
+            if item not in choices:
+                raise ValueError(f"{key}={item!r} is not allowed; choose from {list(choices)}")
+    for key in POSITIVE:
+        if _get(config, key) <= 0:
+            raise ValueError(f"{key} must be positive, got {_get(config, key)!r}")
+    model = config.model
+    if (model.config is None) == (model.pretrained is None):
+        raise ValueError("model: give exactly one of model.config (a new MemLM model) or model.pretrained (a path/name)")
+    data = config.data
+    if data.source in ("text", "json", "parquet") and not data.files:
+        raise ValueError(f"data.source={data.source!r} needs data.files (a list of local files)")
+    if data.source == "hub" and not data.name:
+        raise ValueError("data.source='hub' needs data.name (a dataset name on the hub)")
+    if data.source == "mqar" and not data.mqar:
+        raise ValueError("data.source='mqar' needs data.mqar: {num_examples, num_kv_pairs, vocab_size}")
+    if "mqar" in config.eval.tasks and data.source != "mqar":
+        raise ValueError("eval.tasks contains 'mqar', which needs data.source='mqar'")
+    if config.tokenizer.kind == "pretrained" and not (config.tokenizer.path or model.pretrained):
+        raise ValueError("tokenizer.kind='pretrained' needs tokenizer.path (or model.pretrained)")
+    if len(config.optimizer.betas) != 2:
+        raise ValueError(f"optimizer.betas must be two numbers, got {config.optimizer.betas!r}")
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key

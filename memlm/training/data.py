@@ -1,0 +1,119 @@
+"""Training data: documents from ``datasets`` packed into fixed-length rows, or synthetic task rows.
+
+Packing: documents (each ended with EOS) are concatenated and cut into rows of ``seq_len`` tokens; a
+document longer than the space left continues at the start of the next row, as a new segment. A
+row remembers its segment lengths. The last, partial row is padded (pad tokens form their own
+segment, with no loss), so no token is dropped.
+
+The collator flattens a batch of packed rows into one row ``[1, B * seq_len]`` with
+``position_ids`` restarting at every segment, ``cu_seq_lens_q`` (segment offsets) and labels of -100
+on each segment's first token: attention sees block-diagonal masks, linear mixers reset their state,
+and no token predicts across a document boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from memlm.training.config import DataSection
+
+
+def load_documents(data: DataSection) -> Iterable[str]:
+    """The text of each document of a text source, through ``datasets`` (streamed when ``data.streaming``)."""
+    from datasets import load_dataset
+
+    if data.source == "hub":
+        dataset = load_dataset(data.name, data.subset, split=data.split, streaming=data.streaming)
+    else:
+        files = [str(f) for f in data.files]
+        builder = {"text": "text", "json": "json", "parquet": "parquet"}[data.source]
+        dataset = load_dataset(builder, data_files=files, split="train", streaming=data.streaming)
+    columns = dataset.column_names
+    if columns is not None and data.text_field not in columns:
+        raise ValueError(f"data.text_field={data.text_field!r} is not a column of the data; columns: {columns}")
+    texts = (row[data.text_field] for row in dataset)
+    return itertools.islice(texts, data.max_documents) if data.max_documents else texts
+
+
+def pack_documents(
+    token_lists: Iterable[list[int]], seq_len: int, pad_token_id: int
+) -> Iterator[dict[str, list[int]]]:
+    """Concatenate tokenized documents into rows of ``seq_len``.
+
+    Yields ``{"input_ids": [seq_len], "segment_lengths": [...], "pad_length": n}``: the segment lengths
+    sum to ``seq_len``; the final row's trailing padding (``pad_length`` tokens) is its last segment.
+    """
+    row, segments = [], []
+    for tokens in token_lists:
+        while tokens:
+            take = tokens[: seq_len - len(row)]
+            row.extend(take)
+            segments.append(len(take))
+            tokens = tokens[len(take) :]
+            if len(row) == seq_len:
+                yield {"input_ids": row, "segment_lengths": segments, "pad_length": 0}
+                row, segments = [], []
+    if row:
+        pad = seq_len - len(row)
+        yield {"input_ids": row + [pad_token_id] * pad, "segment_lengths": segments + [pad], "pad_length": pad}
+
+
+def tokenize_documents(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
+    """Token ids of each document followed by the tokenizer's EOS."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no eos_token: documents need a separator")
+    for text in texts:
+        yield tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+class PackedCollator:
+    """Batch of rows -> model inputs.
+
+    Packed rows (with ``segment_lengths``) become one flattened row with ``position_ids``,
+    ``cu_seq_lens_q`` and boundary-masked ``labels``; rows that bring their own ``labels`` (synthetic
+    tasks) are stacked as ``[B, seq_len]``.
+    """
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if "labels" in rows[0]:
+            return {
+                "input_ids": torch.stack([torch.as_tensor(r["input_ids"]) for r in rows]),
+                "labels": torch.stack([torch.as_tensor(r["labels"]) for r in rows]),
+            }
+        input_ids = torch.tensor([t for r in rows for t in r["input_ids"]])
+        labels = input_ids.clone()
+        lengths = [n for r in rows for n in r["segment_lengths"] if n > 0]
+        starts = torch.tensor([0, *itertools.accumulate(lengths)])
+        labels[starts[:-1]] = -100  # the first token of a segment is not predicted from the previous one
+        position_ids = torch.arange(len(input_ids)) - torch.repeat_interleave(starts[:-1], torch.tensor(lengths))
+        offset = 0
+        for r in rows:  # padding is never a target
+            offset += len(r["input_ids"])
+            labels[offset - r["pad_length"] : offset] = -100
+        return {
+            "input_ids": input_ids[None],
+            "labels": labels[None],
+            "position_ids": position_ids[None],
+            "cu_seq_lens_q": starts,
+        }
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(size)`` that depends only on ``(seed, epoch)``: an exact resume replays it."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size

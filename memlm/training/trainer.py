@@ -1,0 +1,229 @@
+"""The training loop of ``recipes/train.py``, on Accelerate: one CPU, DDP, FSDP or DeepSpeed unchanged.
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` rows per process.
+The data order depends only on ``(train.seed, epoch)``, and the checkpoint holds the step, so a run
+stopped and resumed replays exactly the batches, learning rates and losses of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from memlm.training.builders import build_dataset, build_model, build_tokenizer, run_evaluations
+from memlm.training.config import RecipeConfig
+from memlm.training.data import EpochSampler, PackedCollator
+
+CHECKPOINT_PATTERN = re.compile(r"step_(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """What the checkpoint adds to model, optimizer, scheduler and RNG states: the optimizer step."""
+
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def lr_factor(step: int, config: RecipeConfig) -> float:
+    """Multiplier of ``optimizer.lr`` at ``step``: linear warmup, then cosine/linear decay to ``min_lr_ratio``."""
+    schedule, total = config.schedule, config.train.max_steps
+    if step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    if schedule.kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - schedule.warmup_steps) / max(1, total - schedule.warmup_steps))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule.kind == "cosine" else 1 - progress
+    return schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * decay
+
+
+def available_trackers(names: list[str]) -> list[str]:
+    """The requested Accelerate trackers that are installed (the others are reported and skipped)."""
+    import importlib.util
+
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    usable = []
+    for name in names:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ValueError(f"logging.trackers: unknown tracker {name!r}; known: {sorted(LOGGER_TYPE_TO_CLASS)}")
+        if importlib.util.find_spec(name) is None:
+            print(f"[memlm] tracker {name!r} is not installed: skipped")
+        else:
+            usable.append(name)
+    return usable
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Saved checkpoints of a run, oldest first."""
+    root = output_dir / "checkpoints"
+    found = [p for p in root.glob("step_*") if CHECKPOINT_PATTERN.search(p.name)] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.search(p.name)[1]))
+
+
+def resolve_resume(config: RecipeConfig) -> Path | None:
+    """The checkpoint directory to resume from, or None to start fresh."""
+    resume = config.checkpoint.resume_from
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = checkpoints(Path(config.output_dir))
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise ValueError(f"checkpoint.resume_from={resume!r} is neither 'latest' nor an existing checkpoint directory")
+    return path
+
+
+def train(config: RecipeConfig, stop_at: int | None = None) -> dict:
+    """Train as ``config`` says; return the summary (also written to ``output_dir/summary.json``).
+
+    ``stop_at``: end after this optimizer step (with a checkpoint), as a preempted job would.
+    """
+    output_dir = Path(config.output_dir)
+    trackers = available_trackers(config.logging.trackers)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        mixed_precision=config.train.precision,
+        log_with=trackers or None,
+        project_dir=str(output_dir),
+    )
+    set_seed(config.train.seed)
+    resume_dir = resolve_resume(config)
+
+    tokenizer = build_tokenizer(config)
+    dataset, eval_data = build_dataset(config, tokenizer)
+    model = build_model(config, tokenizer)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.optimizer.lr,
+        betas=tuple(config.optimizer.betas), eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    sampler = EpochSampler(len(dataset), config.train.seed)
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler,
+                        collate_fn=PackedCollator(), drop_last=True)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if len(loader) == 0:
+        raise ValueError(
+            f"the data has {len(dataset)} rows, fewer than one batch of train.batch_size={config.train.batch_size} "
+            f"per process x {accelerator.num_processes} processes"
+        )
+    # The scheduler steps once per optimizer step whatever the number of processes (not prepared).
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        accelerator.print(f"[memlm] resumed from {resume_dir} at step {state.step}")
+    if trackers:
+        accelerator.init_trackers(config.logging.project, config=_flat(config.to_dict()))
+
+    log_path = output_dir / "train_log.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_dir is None:
+            log_path.unlink(missing_ok=True)
+    last_step = min(config.train.max_steps, stop_at or config.train.max_steps)
+    accum = config.train.gradient_accumulation_steps
+    progress = tqdm(total=last_step, initial=state.step, desc="train", disable=not accelerator.is_main_process)
+    model.train()
+    started, tokens, loss_sum, micro_in_step = time.perf_counter(), 0, 0.0, 0
+    losses = []
+    while state.step < last_step:
+        micro = state.step * accum
+        epoch, offset = divmod(micro, len(loader))
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch, use_cache=False).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.train.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            loss_sum += accelerator.reduce(loss.detach(), "mean").item()
+            tokens += batch["input_ids"].numel() * accelerator.num_processes
+            micro_in_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            step_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, 0.0, 0
+            losses.append(step_loss)
+            tokens_per_s = tokens / (time.perf_counter() - started)
+            record = {"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": tokens_per_s}
+            if accelerator.is_main_process:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if trackers:
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+            if state.step % config.train.log_every == 0 or state.step == last_step:
+                progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
+            progress.update(1)
+            every = config.checkpoint.every
+            if (every and state.step % every == 0) or state.step == last_step:
+                _save_checkpoint(accelerator, output_dir, state.step, config.checkpoint.keep)
+            if state.step >= last_step:
+                break
+    progress.close()
+    summary = {"steps": state.step, "final_loss": losses[-1] if losses else None,
+               "train_seconds": time.perf_counter() - started}
+    if state.step >= config.train.max_steps:
+        summary.update(_finish(accelerator, model, tokenizer, config, eval_data))
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+    accelerator.save_state(str(output_dir / "checkpoints" / f"step_{step}"))
+    if accelerator.is_main_process:
+        for old in checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _finish(accelerator: Accelerator, model, tokenizer, config: RecipeConfig, eval_data) -> dict:
+    """Save the final model (LoRA merged when asked) with its tokenizer, then run the evaluations."""
+    output_dir = Path(config.output_dir)
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    if config.lora.enabled and config.lora.merge:
+        model = model.merge_and_unload()
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+    results = run_evaluations(model, config, eval_data) if accelerator.is_main_process else {}
+    for name, value in results.items():
+        accelerator.print(f"[memlm] eval {name}: {value:.4f}")
+    return {"eval": results, "saved_to": str(output_dir)}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> ``{"a.b": scalar}`` for the trackers' hyperparameter tables."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat

@@ -1,0 +1,33 @@
+"""Train (or LoRA-fine-tune) a causal LM from a YAML recipe, on anything Accelerate runs on.
+
+    accelerate launch recipes/train.py --config recipes/configs/mqar_hybrid_tiny.yaml [key.sub=value ...]
+    accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/train.py --config FILE
+
+Overrides are dotted keys (``train.max_steps=20 output_dir=/tmp/run``); see memlm/training/config.py
+for every section and key. The config is checked completely before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from memlm.training import load_config, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train a causal LM from a memlm recipe.")
+    parser.add_argument("--config", required=True, help="YAML recipe")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="end after this optimizer step with a checkpoint (resume later with "
+                             "checkpoint.resume_from=latest)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
+    args = parser.parse_args()
+    if args.stop_at is not None and args.stop_at <= 0:
+        parser.error(f"--stop-at must be positive, got {args.stop_at}")
+    summary = train(load_config(args.config, args.overrides), stop_at=args.stop_at)
+    print("summary: " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import memlm
+from memlm.data import mqar
+from memlm.eval import mqar_accuracy
+
+V = 64
+
+
+class LabelModel(nn.Module):
+    """Predicts ``labels[t] + offsets[row]`` at ``t - 1`` for the rows it was built with (offset 0: right)."""
+
+    def __init__(self, input_ids, labels, offsets):
+        super().__init__()
+        self.rows = {
+            tuple(ids.tolist()): (row, offset) for ids, row, offset in zip(input_ids, labels, offsets, strict=True)
+        }
+        self.calls = []
+
+    def forward(self, input_ids, use_cache=None):
+        self.calls.append((input_ids.shape[0], use_cache, self.training, torch.is_grad_enabled()))
+        logits = torch.zeros(*input_ids.shape, V)
+        for b, ids in enumerate(input_ids):
+            row, offset = self.rows[tuple(ids.tolist())]
+            t = (row != -100).nonzero()[:, 0]
+            logits[b, t - 1, (row[t] + offset) % V] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_right_and_wrong_predictions():
+    input_ids, labels = mqar(10, 32, 4, V)
+    right = LabelModel(input_ids, labels, [0] * 10)
+    assert mqar_accuracy(right, input_ids, labels, batch_size=4) == 1.0
+    assert [call[0] for call in right.calls] == [4, 4, 2]
+    assert all(call[1:] == (False, False, False) for call in right.calls)  # use_cache=False, eval, no_grad
+    assert right.training  # restored
+    assert mqar_accuracy(LabelModel(input_ids, labels, [1] * 10), input_ids, labels) == 0.0
+    half = LabelModel(input_ids, labels, [0, 1] * 5)  # every other row answered right
+    assert mqar_accuracy(half, input_ids, labels, batch_size=3) == 0.5
+
+
+def test_tiny_memlm_model():
+    config = memlm.MemLMConfig(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, hybrid_ratio="1:1"
+    )
+    model = memlm.MemLMForCausalLM(config)
+    input_ids, labels = mqar(6, 32, 4, V)
+    for training in (True, False):
+        model.train(training)
+        accuracy = mqar_accuracy(model, input_ids, labels, batch_size=4)
+        assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
+        assert model.training is training and all(m.training is training for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "labels_fn, batch_size, name",
+    [
+        (lambda labels: labels[:, 1:], 64, "labels"),
+        (lambda labels: torch.full_like(labels, -100), 64, "labels"),
+        (lambda labels: labels.index_fill(1, torch.tensor([0]), 70), 64, "labels"),
+        (lambda labels: labels, 0, "batch_size"),
+    ],
+)
+def test_bad_arguments(labels_fn, batch_size, name):
+    input_ids, labels = mqar(2, 16, 2, V)
+    with pytest.raises(ValueError, match=name):
+        mqar_accuracy(LabelModel(input_ids, labels, [0, 0]), input_ids, labels_fn(labels), batch_size=batch_size)
