@@ -25,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.stop_at is not None and args.stop_at <= 0:
         parser.error(f"--stop-at must be positive, got {args.stop_at}")
-    summary = train(load_config(args.config, args.overrides), stop_at=args.stop_at)
-    print("summary: " + json.dumps(summary))
+    result = train(load_config(args.config, args.overrides), stop_at=args.stop_at)
+    print("summary: " + json.dumps(result.summary))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def build_model(config: RecipeConfig, tokenizer):
         fields.setdefault("vocab_size", len(tokenizer))
         if fields["vocab_size"] < len(tokenizer):
             raise ValueError(
-                f"model.config.vocab_size={fields['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens"
+                f"model.config.vocab_size={fields['vocab_size']} is smaller than the tokenizer's "
+                f"{len(tokenizer)} tokens"
             )
         for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
             fields.setdefault(name, getattr(tokenizer, name))
@@ -100,7 +101,9 @@ def apply_lora(model, config: RecipeConfig):
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         present = [t for t in targets if t in names]
         if not present:
-            raise ValueError(f"lora.target_modules {targets} match no module of the model; module names: {sorted(names)}")
+            raise ValueError(
+                f"lora.target_modules {targets} match no module of the model; module names: {sorted(names)}"
+            )
         targets = present
     lora = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                       task_type="CAUSAL_LM")

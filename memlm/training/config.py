@@ -220,7 +220,8 @@ def _build(cls, raw: Any, where: str):
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ValueError(f"unknown key(s) {[_join(where, k) for k in unknown]} in {label}; valid keys: {sorted(fields)}")
+        keys = [_join(where, k) for k in unknown]
+        raise ValueError(f"unknown key(s) {keys} in {label}; valid keys: {sorted(fields)}")
     missing = [name for name, f in fields.items() if name not in raw and _is_required(f)]
     if missing:
         raise ValueError(f"missing required key(s) {[_join(where, k) for k in missing]} in {label}")
@@ -261,7 +262,9 @@ def _check_values(config: RecipeConfig) -> None:
             raise ValueError(f"{key} must be positive, got {_get(config, key)!r}")
     model = config.model
     if (model.config is None) == (model.pretrained is None):
-        raise ValueError("model: give exactly one of model.config (a new MemLM model) or model.pretrained (a path/name)")
+        raise ValueError(
+            "model: give exactly one of model.config (a new MemLM model) or model.pretrained (a path/name)"
+        )
     data = config.data
     if data.source in ("text", "json", "parquet") and not data.files:
         raise ValueError(f"data.source={data.source!r} needs data.files (a list of local files)")

@@ -91,8 +91,17 @@ def resolve_resume(config: RecipeConfig) -> Path | None:
     return path
 
 
-def train(config: RecipeConfig, stop_at: int | None = None) -> dict:
-    """Train as ``config`` says; return the summary (also written to ``output_dir/summary.json``).
+@dataclass
+class TrainResult:
+    """``summary``: steps, final loss, time, eval scores, where the model was saved (also in
+    ``output_dir/summary.json``); ``model``: the trained model on this process (unwrapped)."""
+
+    summary: dict
+    model: torch.nn.Module
+
+
+def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
+    """Train as ``config`` says.
 
     ``stop_at``: end after this optimizer step (with a checkpoint), as a preempted job would.
     """
@@ -185,12 +194,13 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> dict:
     progress.close()
     summary = {"steps": state.step, "final_loss": losses[-1] if losses else None,
                "train_seconds": time.perf_counter() - started}
+    model = accelerator.unwrap_model(model)
     if state.step >= config.train.max_steps:
-        summary.update(_finish(accelerator, model, tokenizer, config, eval_data))
+        model = _finish(accelerator, model, tokenizer, config, eval_data, summary)
     accelerator.end_training()
     if accelerator.is_main_process:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return TrainResult(summary, model)
 
 
 def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
@@ -201,11 +211,11 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep
     accelerator.wait_for_everyone()
 
 
-def _finish(accelerator: Accelerator, model, tokenizer, config: RecipeConfig, eval_data) -> dict:
-    """Save the final model (LoRA merged when asked) with its tokenizer, then run the evaluations."""
+def _finish(accelerator: Accelerator, model, tokenizer, config: RecipeConfig, eval_data, summary: dict):
+    """Save the final model (LoRA merged when asked) with its tokenizer, run the evaluations (into
+    ``summary``), and return the final model."""
     output_dir = Path(config.output_dir)
     accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(model)
     if config.lora.enabled and config.lora.merge:
         model = model.merge_and_unload()
     if accelerator.is_main_process:
@@ -214,7 +224,8 @@ def _finish(accelerator: Accelerator, model, tokenizer, config: RecipeConfig, ev
     results = run_evaluations(model, config, eval_data) if accelerator.is_main_process else {}
     for name, value in results.items():
         accelerator.print(f"[memlm] eval {name}: {value:.4f}")
-    return {"eval": results, "saved_to": str(output_dir)}
+    summary.update(eval=results, saved_to=str(output_dir))
+    return model
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

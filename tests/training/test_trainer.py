@@ -1,0 +1,163 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import memlm
+from memlm.tokenization import byte_level_tokenizer
+from memlm.training import load_config, train
+from memlm.training.config import config_from_dict
+from memlm.training.builders import apply_lora
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "hybrid_ratio": "3:1"}
+WORDS = "the a memory state layer token chunk model recall attention linear delta gate".split()
+
+
+def text_corpus(path: Path, num_docs: int = 40) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(num_docs):
+        length = int(torch.randint(3, 30, (1,), generator=generator))
+        lines.append(" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (length,), generator=generator)))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def text_recipe(tmp_path: Path, **sections) -> dict:
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"config": TINY_MODEL},
+        "tokenizer": {"kind": "byte"},
+        "data": {"source": "text", "files": [str(text_corpus(tmp_path / "corpus.txt"))], "seq_len": 64},
+        "optimizer": {"lr": 1e-3},
+        "schedule": {"kind": "cosine", "warmup_steps": 2},
+        "train": {"max_steps": 6, "batch_size": 2, "gradient_accumulation_steps": 2},
+        "logging": {"trackers": []},
+    }
+    for name, values in sections.items():
+        recipe[name] = {**recipe.get(name, {}), **values}
+    return recipe
+
+
+def losses(output_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_text_recipe_trains_and_saves_model_with_tokenizer(tmp_path):
+    result = train(config_from_dict(text_recipe(tmp_path, logging={"trackers": ["tensorboard"]})))
+    out = tmp_path / "run"
+    assert result.summary["steps"] == 6 and len(losses(out)) == 6
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert isinstance(model, memlm.MemLMForCausalLM) and len(tokenizer) == model.config.vocab_size
+    ids = torch.tensor([tokenizer("the memory")["input_ids"]])
+    torch.testing.assert_close(model(ids).logits, result.model(ids).logits)
+    assert any(out.glob("**/events.out.tfevents*")), "tensorboard logs are written"
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    uninterrupted = text_recipe(tmp_path / "a", checkpoint={"every": 2})
+    full = train(config_from_dict(uninterrupted))
+    interrupted = text_recipe(tmp_path / "b", checkpoint={"every": 2})
+    first = train(config_from_dict(interrupted), stop_at=3)
+    assert first.summary["steps"] == 3
+    resumed = train(config_from_dict({**interrupted, "checkpoint": {"every": 2, "resume_from": "latest"}}))
+    assert resumed.summary["steps"] == 6
+    expected, got = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
+    assert len(expected) == len(got) == 6
+    assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) <= 1e-5
+    for name, param in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], param, atol=1e-5, rtol=0)
+
+
+def test_lora_train_merge_and_reload(tmp_path):
+    base_dir = tmp_path / "base"
+    memlm.MemLMForCausalLM(memlm.MemLMConfig(vocab_size=259, **TINY_MODEL)).save_pretrained(base_dir)
+    byte_level_tokenizer().save_pretrained(base_dir)
+    recipe = text_recipe(tmp_path, tokenizer={"kind": "pretrained"}, optimizer={"lr": 1e-2},
+                         lora={"enabled": True, "r": 4})
+    recipe["model"] = {"pretrained": str(base_dir)}
+    result = train(config_from_dict(recipe))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert type(merged) is memlm.MemLMForCausalLM  # a plain model: the adapters are merged in
+    changed = {name for name, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[name])}
+    assert any("in_proj_qkv" in n for n in changed) and any("self_attn" not in n and "q_proj" in n for n in changed)
+    assert not any("embed_tokens" in n or "norm" in n for n in changed)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(merged(ids).logits, result.model(ids).logits)
+
+
+def test_lora_targets_cover_standard_hf_models():
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    config = config_from_dict({"output_dir": "x", "train": {"max_steps": 1}, "model": {"pretrained": "x"},
+                               "data": {"source": "text", "files": ["x"]}, "lora": {"enabled": True}})
+    wrapped = apply_lora(llama, config)
+    names = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in wrapped.named_parameters() if "lora_A" in n}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= names
+
+
+def mqar_recipe_file(tmp_path: Path, batch_size: int) -> Path:
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"config": TINY_MODEL},
+        "tokenizer": {"kind": "integer"},
+        "data": {"source": "mqar", "seq_len": 32, "mqar": {"num_examples": 64, "num_kv_pairs": 4, "vocab_size": 40}},
+        "optimizer": {"lr": 1e-3},
+        "train": {"max_steps": 3, "batch_size": batch_size},
+        "logging": {"trackers": []},
+        "eval": {"tasks": ["mqar"], "num_examples": 16},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_two_process_data_parallel_equals_single_process(tmp_path):
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "single").mkdir()
+    worker = str(REPO / "tests" / "training" / "ddp_worker.py")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         worker, str(mqar_recipe_file(tmp_path / "ddp", batch_size=2)), str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, worker, str(mqar_recipe_file(tmp_path / "single", batch_size=4)), str(tmp_path / "single")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "ddp" / "params_rank0.pt")
+    rank1 = torch.load(tmp_path / "ddp" / "params_rank1.pt")
+    alone = torch.load(tmp_path / "single" / "params_rank0.pt")
+    for name, param in rank0.items():
+        assert torch.equal(param, rank1[name]), name
+        torch.testing.assert_close(param, alone[name], atol=1e-5, rtol=1e-4)
+    ddp_losses, single_losses = losses(tmp_path / "ddp" / "run"), losses(tmp_path / "single" / "run")
+    assert len(ddp_losses) == 3
+    assert max(abs(a - b) for a, b in zip(ddp_losses, single_losses, strict=True)) <= 1e-5
+
+
+def test_recipe_cli_reports_bad_config(tmp_path):
+    path = mqar_recipe_file(tmp_path, batch_size=2)
+    result = subprocess.run([sys.executable, str(REPO / "recipes" / "train.py"), "--config", str(path),
+                             "train.max_stepz=3"], capture_output=True, text=True)
+    assert result.returncode != 0 and "unknown key(s) ['train.max_stepz']" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes" / "configs").glob("*.yaml")))
+def test_shipped_recipes_are_valid(name):
+    load_config(REPO / "recipes" / "configs" / name)
