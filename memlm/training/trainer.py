@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -114,6 +114,12 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
         project_dir=str(output_dir),
     )
     set_seed(config.train.seed)
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if config.lora.enabled and config.lora.merge and sharded:
+        raise ValueError(
+            "lora.merge=true needs the whole model on one process: with FSDP or DeepSpeed set lora.merge=false "
+            "(the adapter is saved) and merge afterwards with peft's merge_and_unload"
+        )
     resume_dir = resolve_resume(config)
 
     tokenizer = build_tokenizer(config)
@@ -218,8 +224,9 @@ def _finish(accelerator: Accelerator, model, tokenizer, config: RecipeConfig, ev
     accelerator.wait_for_everyone()
     if config.lora.enabled and config.lora.merge:
         model = model.merge_and_unload()
+    state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP, DeepSpeed) parameters
     if accelerator.is_main_process:
-        model.save_pretrained(output_dir, safe_serialization=True)
+        model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
     results = run_evaluations(model, config, eval_data) if accelerator.is_main_process else {}
     for name, value in results.items():

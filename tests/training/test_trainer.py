@@ -12,13 +12,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import memlm
 from memlm.tokenization import byte_level_tokenizer
 from memlm.training import load_config, train
-from memlm.training.config import config_from_dict
 from memlm.training.builders import apply_lora
+from memlm.training.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
               "hybrid_ratio": "3:1"}
-WORDS = "the a memory state layer token chunk model recall attention linear delta gate".split()
+WORDS = ["the", "a", "memory", "state", "layer", "token", "chunk", "model", "recall", "attention", "linear", "gate"]
 
 
 def text_corpus(path: Path, num_docs: int = 40) -> Path:
@@ -161,3 +161,10 @@ def test_recipe_cli_reports_bad_config(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes" / "configs").glob("*.yaml")))
 def test_shipped_recipes_are_valid(name):
     load_config(REPO / "recipes" / "configs" / name)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes" / "accelerate").glob("*.yaml")))
+def test_shipped_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert load_config_from_file(str(REPO / "recipes" / "accelerate" / name)).num_processes >= 1
