@@ -5,7 +5,7 @@ from __future__ import annotations
 from datasets import Dataset
 
 from memlm.training.config import RecipeConfig
-from memlm.training.data import load_documents, pack_documents, tokenize_documents
+from memlm.training.data import PackedStream, load_documents, pack_documents, tokenize_documents
 
 
 def build_tokenizer(config: RecipeConfig):
@@ -49,13 +49,10 @@ def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None
         eval_ids, eval_labels = mqar(**eval_args, seed=config.eval.seed)
         dataset = Dataset.from_dict({"input_ids": train_ids.tolist(), "labels": train_labels.tolist()})
         return dataset.with_format("torch"), {"mqar": (eval_ids, eval_labels)}
-    if data.streaming:
-        raise ValueError(
-            "data.streaming=true is not supported by this recipe yet: it packs the corpus in memory for an exact "
-            "resume; set data.max_documents to bound a large corpus"
-        )
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no pad_token for the last packed row")
+    if data.streaming:
+        return PackedStream(data, tokenizer), None
     rows = list(pack_documents(tokenize_documents(load_documents(data), tokenizer), data.seq_len,
                                tokenizer.pad_token_id))
     if not rows:

@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import IterableDataset, Sampler
 
 from memlm.training.config import DataSection
 
@@ -117,3 +117,25 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+class PackedStream(IterableDataset):
+    """Packed rows read lazily from a (streamed) text source, in order, repeating at the end.
+
+    For corpora too large to pack in memory (``data.streaming: true``). Resuming replays the stream
+    up to the step reached, which is exact because the order never changes.
+    """
+
+    def __init__(self, data: DataSection, tokenizer):
+        self.data, self.tokenizer = data, tokenizer
+
+    def __iter__(self) -> Iterator[dict[str, list[int]]]:
+        while True:
+            rows = pack_documents(tokenize_documents(load_documents(self.data), self.tokenizer),
+                                  self.data.seq_len, self.tokenizer.pad_token_id)
+            empty = True
+            for row in rows:
+                empty = False
+                yield row
+            if empty:
+                raise ValueError("the data holds no documents")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from memlm.training.builders import build_dataset, build_model, build_tokenizer, run_evaluations
@@ -108,7 +108,12 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
     output_dir = Path(config.output_dir)
     trackers = available_trackers(config.logging.trackers)
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+        # accumulation runs across epoch ends, so optimizer step n always starts at micro-batch n * accum
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.train.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        # each process reads its own rows of a stream (packed rows are flattened per process)
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
         mixed_precision=config.train.precision,
         log_with=trackers or None,
         project_dir=str(output_dir),
@@ -130,11 +135,12 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
         betas=tuple(config.optimizer.betas), eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    sampler = EpochSampler(len(dataset), config.train.seed)
+    streaming = isinstance(dataset, IterableDataset)
+    sampler = None if streaming else EpochSampler(len(dataset), config.train.seed)
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler,
                         collate_fn=PackedCollator(), drop_last=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if len(loader) == 0:
+    if not streaming and len(loader) == 0:
         raise ValueError(
             f"the data has {len(dataset)} rows, fewer than one batch of train.batch_size={config.train.batch_size} "
             f"per process x {accelerator.num_processes} processes"
@@ -159,44 +165,38 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
     model.train()
     started, tokens, loss_sum, micro_in_step = time.perf_counter(), 0, 0.0, 0
     losses = []
-    while state.step < last_step:
-        micro = state.step * accum
-        epoch, offset = divmod(micro, len(loader))
-        loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**batch, use_cache=False).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.train.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            loss_sum += accelerator.reduce(loss.detach(), "mean").item()
-            tokens += batch["input_ids"].numel() * accelerator.num_processes
-            micro_in_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state.step += 1
-            step_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, 0.0, 0
-            losses.append(step_loss)
-            tokens_per_s = tokens / (time.perf_counter() - started)
-            record = {"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_s": tokens_per_s}
-            if accelerator.is_main_process:
-                with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if trackers:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-            if state.step % config.train.log_every == 0 or state.step == last_step:
-                progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
-            progress.update(1)
-            every = config.checkpoint.every
-            if (every and state.step % every == 0) or state.step == last_step:
-                _save_checkpoint(accelerator, output_dir, state.step, config.checkpoint.keep)
-            if state.step >= last_step:
-                break
+    for batch in _micro_batches(accelerator, loader, state.step * accum):
+        with accelerator.accumulate(model):
+            loss = model(**batch, use_cache=False).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.train.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        loss_sum += accelerator.reduce(loss.detach(), "mean").item()
+        tokens += batch["input_ids"].numel() * accelerator.num_processes
+        micro_in_step += 1
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        state.step += 1
+        step_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, 0.0, 0
+        losses.append(step_loss)
+        tokens_per_s = tokens / (time.perf_counter() - started)
+        record = {"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
+        if accelerator.is_main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if trackers:
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+        if state.step % config.train.log_every == 0 or state.step == last_step:
+            progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
+        progress.update(1)
+        every = config.checkpoint.every
+        if (every and state.step % every == 0) or state.step == last_step:
+            _save_checkpoint(accelerator, output_dir, state.step, config.checkpoint.keep)
+        if state.step >= last_step:
+            break
     progress.close()
     summary = {"steps": state.step, "final_loss": losses[-1] if losses else None,
                "train_seconds": time.perf_counter() - started}
@@ -207,6 +207,19 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
     if accelerator.is_main_process:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(summary, model)
+
+
+def _micro_batches(accelerator: Accelerator, loader, start: int):
+    """Micro-batches from number ``start`` on, forever: epochs of a map-style dataset in the order of
+    :class:`EpochSampler`, or a stream that repeats (skipping replays the stream from its start)."""
+    if not hasattr(loader, "__len__") or isinstance(loader.dataset, IterableDataset):
+        yield from (accelerator.skip_first_batches(loader, start) if start else loader)
+        return
+    epoch, offset = divmod(start, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(loader, offset) if offset else loader)
+        epoch, offset = epoch + 1, 0
 
 
 def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:

@@ -21,7 +21,7 @@ TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4
 WORDS = ["the", "a", "memory", "state", "layer", "token", "chunk", "model", "recall", "attention", "linear", "gate"]
 
 
-def text_corpus(path: Path, num_docs: int = 40) -> Path:
+def text_corpus(path: Path, num_docs: int = 8) -> Path:  # few rows: runs cross epochs
     generator = torch.Generator().manual_seed(0)
     lines = []
     for _ in range(num_docs):
@@ -63,12 +63,13 @@ def test_text_recipe_trains_and_saves_model_with_tokenizer(tmp_path):
     assert any(out.glob("**/events.out.tfevents*")), "tensorboard logs are written"
 
 
-def test_exact_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_exact_resume_matches_uninterrupted_run(tmp_path, streaming):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    uninterrupted = text_recipe(tmp_path / "a", checkpoint={"every": 2})
+    uninterrupted = text_recipe(tmp_path / "a", checkpoint={"every": 2}, data={"streaming": streaming})
     full = train(config_from_dict(uninterrupted))
-    interrupted = text_recipe(tmp_path / "b", checkpoint={"every": 2})
+    interrupted = text_recipe(tmp_path / "b", checkpoint={"every": 2}, data={"streaming": streaming})
     first = train(config_from_dict(interrupted), stop_at=3)
     assert first.summary["steps"] == 3
     resumed = train(config_from_dict({**interrupted, "checkpoint": {"every": 2, "resume_from": "latest"}}))
