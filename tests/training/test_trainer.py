@@ -169,3 +169,46 @@ def test_shipped_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
     assert load_config_from_file(str(REPO / "recipes" / "accelerate" / name)).num_processes >= 1
+
+
+def test_json_parquet_and_local_hub_sources_give_the_same_rows(tmp_path):
+    from datasets import Dataset
+
+    from memlm.training.builders import build_dataset
+
+    texts = text_corpus(tmp_path / "corpus.txt").read_text().splitlines()
+    Dataset.from_dict({"body": texts}).to_json(tmp_path / "docs.jsonl")
+    Dataset.from_dict({"body": texts}).to_parquet(tmp_path / "docs.parquet")
+    (tmp_path / "folder").mkdir()
+    Dataset.from_dict({"body": texts}).to_json(tmp_path / "folder" / "train.jsonl")
+    tokenizer = byte_level_tokenizer()
+    sources = {
+        "text": {"source": "text", "files": [str(tmp_path / "corpus.txt")], "text_field": "text"},
+        "json": {"source": "json", "files": [str(tmp_path / "docs.jsonl")], "text_field": "body"},
+        "parquet": {"source": "parquet", "files": [str(tmp_path / "docs.parquet")], "text_field": "body"},
+        "hub": {"source": "hub", "name": str(tmp_path / "folder"), "text_field": "body"},  # a local dataset folder
+    }
+    rows = {}
+    for name, data in sources.items():
+        config = config_from_dict({"output_dir": "x", "train": {"max_steps": 1}, "model": {"config": {}},
+                                   "data": {**data, "seq_len": 32}})
+        rows[name] = build_dataset(config, tokenizer)[0]["input_ids"]
+    assert rows["json"] == rows["text"] == rows["parquet"] == rows["hub"]
+
+
+def test_wrong_text_field_is_reported(tmp_path):
+    from memlm.training.builders import build_dataset
+
+    config = config_from_dict({"output_dir": "x", "train": {"max_steps": 1}, "model": {"config": {}},
+                               "data": {"source": "text", "files": [str(text_corpus(tmp_path / "c.txt"))],
+                                        "text_field": "content"}})
+    with pytest.raises(ValueError, match="data.text_field='content' is not a column"):
+        build_dataset(config, byte_level_tokenizer())
+
+
+def test_bpe_tokenizer_is_trained_and_saved_with_the_model(tmp_path):
+    recipe = text_recipe(tmp_path, tokenizer={"kind": "bpe", "vocab_size": 300}, train={"max_steps": 2})
+    train(config_from_dict(recipe))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run")
+    assert len(tokenizer) <= 300 and len(tokenizer("the memory state")["input_ids"]) < len("the memory state")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.vocab_size == len(tokenizer)
