@@ -165,7 +165,8 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
     model.train()
     started, tokens, loss_sum, micro_in_step = time.perf_counter(), 0, 0.0, 0
     losses = []
-    for batch in _micro_batches(accelerator, loader, state.step * accum):
+    batches = _micro_batches(accelerator, loader, state.step * accum) if state.step < last_step else ()
+    for batch in batches:
         with accelerator.accumulate(model):
             loss = model(**batch, use_cache=False).loss
             accelerator.backward(loss)
