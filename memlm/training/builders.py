@@ -53,7 +53,7 @@ def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no pad_token for the last packed row")
     if data.streaming:
         return PackedStream(data, tokenizer), None
-    rows = list(pack_documents(tokenize_documents(load_documents(data), tokenizer), data.seq_len,
+    rows = list(pack_documents(tokenize_documents(load_documents(data, tokenizer), tokenizer), data.seq_len,
                                tokenizer.pad_token_id))
     if not rows:
         raise ValueError("the data holds no documents")

@@ -3,7 +3,7 @@
     output_dir: runs/demo
     model:      {config: {...MemLMConfig fields...}}  or  {pretrained: DIR_OR_HUB_NAME}
     tokenizer:  {kind: byte | bpe | integer | pretrained, ...}
-    data:       {source: text | json | parquet | hub | mqar, ...}
+    data:       {source: text | json | parquet | hub | mqar | niah, ...}
     optimizer:  {lr, weight_decay, betas, eps}
     schedule:   {kind: cosine | linear | constant, warmup_steps, min_lr_ratio}
     train:      {max_steps, batch_size, gradient_accumulation_steps, max_grad_norm, precision, seed, log_every}
@@ -61,7 +61,9 @@ class DataSection:
     """Text sources are tokenized, each document ended with EOS, and packed into rows of ``seq_len``.
 
     ``source``: ``text`` / ``json`` / ``parquet`` (local ``files``), ``hub`` (dataset ``name``), or a
-    synthetic task (``mqar``: its arguments in ``mqar``).
+    synthetic task: ``mqar`` (rows with labels; arguments of :func:`memlm.data.mqar` in ``mqar``) or
+    ``niah`` (needle-in-a-haystack documents, packed like text; arguments of
+    :func:`memlm.data.niah_grid` in ``niah``, lengths counted in the recipe's tokenizer).
     """
 
     source: str = "text"
@@ -74,6 +76,7 @@ class DataSection:
     seq_len: int = 512
     max_documents: int | None = None
     mqar: dict | None = None
+    niah: dict | None = None
 
 
 @dataclasses.dataclass
@@ -169,7 +172,7 @@ class RecipeConfig:
 
 CHOICES = {
     "tokenizer.kind": ("byte", "bpe", "integer", "pretrained"),
-    "data.source": ("text", "json", "parquet", "hub", "mqar"),
+    "data.source": ("text", "json", "parquet", "hub", "mqar", "niah"),
     "schedule.kind": ("cosine", "linear", "constant"),
     "train.precision": ("no", "bf16", "fp16"),
     "eval.tasks": ("mqar",),
@@ -272,6 +275,8 @@ def _check_values(config: RecipeConfig) -> None:
         raise ValueError("data.source='hub' needs data.name (a dataset name on the hub)")
     if data.source == "mqar" and not data.mqar:
         raise ValueError("data.source='mqar' needs data.mqar: {num_examples, num_kv_pairs, vocab_size}")
+    if data.source == "niah" and not data.niah:
+        raise ValueError("data.source='niah' needs data.niah: {context_lengths, depths, num_examples_per_cell, ...}")
     if "mqar" in config.eval.tasks and data.source != "mqar":
         raise ValueError("eval.tasks contains 'mqar', which needs data.source='mqar'")
     if config.tokenizer.kind == "pretrained" and not (config.tokenizer.path or model.pretrained):

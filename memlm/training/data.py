@@ -22,9 +22,15 @@ from torch.utils.data import IterableDataset, Sampler
 from memlm.training.config import DataSection
 
 
-def load_documents(data: DataSection) -> Iterable[str]:
-    """The text of each document of a text source, through ``datasets`` (streamed when ``data.streaming``)."""
+def load_documents(data: DataSection, tokenizer=None) -> Iterable[str]:
+    """The text of each document: from ``datasets`` (streamed when ``data.streaming``), or generated
+    needle-in-a-haystack documents (``niah``, lengths counted with ``tokenizer``)."""
     from datasets import load_dataset
+
+    if data.source == "niah":
+        from memlm.data import niah_grid
+
+        return (example.document for example in niah_grid(tokenizer=tokenizer, **data.niah))
 
     if data.source == "hub":
         dataset = load_dataset(data.name, data.subset, split=data.split, streaming=data.streaming)
@@ -131,7 +137,7 @@ class PackedStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, list[int]]]:
         while True:
-            rows = pack_documents(tokenize_documents(load_documents(self.data), self.tokenizer),
+            rows = pack_documents(tokenize_documents(load_documents(self.data, self.tokenizer), self.tokenizer),
                                   self.data.seq_len, self.tokenizer.pad_token_id)
             empty = True
             for row in rows:

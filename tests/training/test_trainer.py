@@ -212,3 +212,17 @@ def test_bpe_tokenizer_is_trained_and_saved_with_the_model(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run")
     assert len(tokenizer) <= 300 and len(tokenizer("the memory state")["input_ids"]) < len("the memory state")
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run").config.vocab_size == len(tokenizer)
+
+
+def test_needle_documents_are_a_data_source(tmp_path):
+    recipe = text_recipe(tmp_path, train={"max_steps": 2})
+    recipe["data"] = {"source": "niah", "seq_len": 128,
+                      "niah": {"context_lengths": [60, 100], "depths": [0.0, 1.0], "num_examples_per_cell": 2}}
+    from memlm.training.builders import build_dataset
+
+    config = config_from_dict(recipe)
+    tokenizer = byte_level_tokenizer()
+    rows = build_dataset(config, tokenizer)[0]
+    text = tokenizer.decode([t for r in rows["input_ids"] for t in r])
+    assert text.count("One of the special magic numbers for") == 8
+    assert train(config).summary["steps"] == 2
