@@ -1,5 +1,6 @@
-"""Evaluation metrics for memlm models."""
+"""Evaluation metrics for memlm models: MQAR accuracy and the scores of generated answers."""
 
 from memlm.eval.recall import mqar_accuracy
+from memlm.eval.scoring import contains_any, exact_match, first_line
 
-__all__ = ["mqar_accuracy"]
+__all__ = ["contains_any", "exact_match", "first_line", "mqar_accuracy"]

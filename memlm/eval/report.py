@@ -1,0 +1,99 @@
+"""Evaluation results as files a person reads: JSON, a markdown table and PNG plots.
+
+A *record* is one scored example: ``{"task", "variant", "context_length", "depth", "score"}``
+(``depth`` None where it does not apply; ``variant`` e.g. ``"plain"`` or ``"jrt"``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """Mean score per (task, variant, context_length), sorted."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["variant"], r["context_length"])].append(r["score"])
+    return [
+        {"task": t, "variant": v, "context_length": n, "examples": len(s), "score": sum(s) / len(s)}
+        for (t, v, n), s in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0))
+    ]
+
+
+def markdown_table(summary: list[dict]) -> str:
+    """Tasks x variants (mean over all lengths), then a row per context length."""
+    lines = ["| task | variant | context length | examples | score |", "|---|---|---|---|---|"]
+    for row in summary:
+        length = "-" if row["context_length"] is None else row["context_length"]
+        lines.append(f"| {row['task']} | {row['variant']} | {length} | {row['examples']} | {row['score']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(records: list[dict], out_dir: str | Path, meta: dict | None = None) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records)
+    paths = {"json": out / "results.json", "table": out / "results.md"}
+    paths["json"].write_text(json.dumps({"meta": meta or {}, "summary": summary, "records": records}, indent=2))
+    paths["table"].write_text(markdown_table(summary))
+    lengths = [r for r in summary if r["context_length"] is not None]
+    if lengths:
+        paths["lengths_plot"] = plot_score_by_length(lengths, out / "score_by_length.png")
+    with_depth = [r for r in records if r.get("depth") is not None]
+    for task in sorted({r["task"] for r in with_depth}):
+        paths[f"{task}_heatmap"] = plot_depth_heatmap([r for r in with_depth if r["task"] == task], task,
+                                                       out / f"{task}_heatmap.png")
+    return paths
+
+
+def plot_score_by_length(summary: list[dict], path: Path) -> Path:
+    """Score against context length, one line per task and variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in sorted({(r["task"], r["variant"]) for r in summary}):
+        rows = sorted((r for r in summary if (r["task"], r["variant"]) == key), key=lambda r: r["context_length"])
+        ax.plot([r["context_length"] for r in rows], [r["score"] for r in rows], marker="o", label=" / ".join(key))
+    ax.set(xlabel="context length (tokens)", ylabel="score", ylim=(-0.02, 1.02), title="Score by context length")
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_depth_heatmap(records: list[dict], task: str, path: Path) -> Path:
+    """Mean score for every (context length, depth) cell of a needle grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["context_length"] for r in records})
+    depths = sorted({r["depth"] for r in records})
+    cells = defaultdict(list)
+    for r in records:
+        cells[(r["depth"], r["context_length"])].append(r["score"])
+    grid = [[sum(cells[(d, n)]) / len(cells[(d, n)]) if cells[(d, n)] else float("nan") for n in lengths]
+            for d in depths]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.5 * len(depths)))
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=f"{task}: score by length and depth")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

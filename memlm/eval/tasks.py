@@ -1,0 +1,70 @@
+"""Evaluation tasks for ``evals/run.py``: each turns a model and tokenizer into scored records.
+
+A task is ``run(model, tokenizer, options) -> list[record]`` (records as in :mod:`memlm.eval.report`),
+registered in :data:`TASKS` under its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from memlm.eval.generation import greedy_answers
+
+
+@dataclass
+class EvalOptions:
+    """Shared settings of the tasks (the command-line flags of ``evals/run.py``)."""
+
+    num_examples: int = 50
+    context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    batch_size: int = 8
+    max_new_tokens: int = 48
+    seed: int = 1234
+    mqar_seq_len: int = 64
+    mqar_num_kv_pairs: int = 8
+    mqar_vocab_size: int | None = None
+    progress: bool = True
+
+
+def run_mqar(model, tokenizer, options: EvalOptions) -> list[dict]:
+    """Zoology's MQAR on token ids: argmax accuracy at the query positions, one record per example."""
+    from memlm.data import mqar
+    from memlm.eval.recall import mqar_accuracy
+
+    if options.mqar_vocab_size is None:
+        raise ValueError("task 'mqar' needs --mqar-vocab-size: the key/value vocabulary the model was trained on")
+    input_ids, labels = mqar(options.num_examples, options.mqar_seq_len, options.mqar_num_kv_pairs,
+                             options.mqar_vocab_size, seed=options.seed)
+    return [
+        {"task": "mqar", "variant": f"{options.mqar_num_kv_pairs}kv", "context_length": options.mqar_seq_len,
+         "depth": None, "score": mqar_accuracy(model, input_ids[i : i + 1], labels[i : i + 1])}
+        for i in range(len(input_ids))
+    ]
+
+
+def run_niah(model, tokenizer, options: EvalOptions) -> list[dict]:
+    """RULER-style single needle over a grid of context lengths and depths; score = answers found."""
+    from memlm.data import niah_grid, niah_score
+
+    examples = niah_grid(options.context_lengths, options.depths, options.num_examples, seed=options.seed,
+                         tokenizer=tokenizer)
+    outputs = greedy_answers(model, tokenizer, [e.prompt for e in examples], options.max_new_tokens,
+                             options.batch_size, stop_at_newline=False, progress=options.progress)
+    return [
+        {"task": "niah", "variant": "plain", "context_length": e.context_length, "depth": e.depth,
+         "score": niah_score(out, e.answers)}
+        for e, out in zip(examples, outputs, strict=True)
+    ]
+
+
+TASKS: dict[str, Callable[..., list[dict]]] = {"mqar": run_mqar, "niah": run_niah}
+
+
+def run_tasks(model, tokenizer, names: list[str], options: EvalOptions) -> list[dict]:
+    """Run the named tasks; unknown names raise before any work."""
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; available: {sorted(TASKS)}")
+    return [record for name in names for record in TASKS[name](model, tokenizer, options)]
