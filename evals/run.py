@@ -2,6 +2,9 @@
 
     python evals/run.py --model runs/mqar_hybrid_tiny --tasks mqar --mqar-vocab-size 128 --out runs/eval
     python evals/run.py --model DIR --tasks niah --context-lengths 256,512,1024 --depths 0,0.5,1 --out DIR
+    python evals/run.py --model DIR --tasks doc_recall,icl_label_remapping,icl_associative_recall --out DIR
+
+``doc_recall`` reports the plain prompt and JRT-Prompt (the context read twice) side by side.
 
 Works for any Hugging Face causal LM directory or hub name (``import memlm`` registers memlm's).
 """
@@ -44,12 +47,13 @@ def main() -> None:
     parser.add_argument("--mqar-seq-len", type=int, default=64)
     parser.add_argument("--mqar-num-kv-pairs", type=int, default=8)
     parser.add_argument("--mqar-vocab-size", type=int, default=None)
+    parser.add_argument("--num-shots", type=int, default=8, help="shots of the icl_* tasks")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; available: {sorted(TASKS)}")
-    for name in ("num_examples", "batch_size", "max_new_tokens"):
+    for name in ("num_examples", "batch_size", "max_new_tokens", "num_shots"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
@@ -59,7 +63,7 @@ def main() -> None:
         num_examples=args.num_examples, context_lengths=args.context_lengths, depths=args.depths,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
         mqar_seq_len=args.mqar_seq_len, mqar_num_kv_pairs=args.mqar_num_kv_pairs,
-        mqar_vocab_size=args.mqar_vocab_size,
+        mqar_vocab_size=args.mqar_vocab_size, num_shots=args.num_shots,
     )
     started = time.perf_counter()
     records = run_tasks(model, tokenizer, args.tasks, options)

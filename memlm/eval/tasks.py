@@ -25,6 +25,7 @@ class EvalOptions:
     mqar_seq_len: int = 64
     mqar_num_kv_pairs: int = 8
     mqar_vocab_size: int | None = None
+    num_shots: int = 8
     progress: bool = True
 
 
@@ -59,7 +60,48 @@ def run_niah(model, tokenizer, options: EvalOptions) -> list[dict]:
     ]
 
 
-TASKS: dict[str, Callable[..., list[dict]]] = {"mqar": run_mqar, "niah": run_niah}
+def run_doc_recall(model, tokenizer, options: EvalOptions) -> list[dict]:
+    """Attribute recall from generated SWDE/FDA-style documents, plain and with JRT-Prompt (context read
+    twice); greedy up to ``max_new_tokens`` stopped at a newline, scored by "contains" as the JRT suite."""
+    from memlm.data import document_recall
+    from memlm.eval.scoring import contains_any
+
+    examples = document_recall(options.num_examples, seed=options.seed)
+    records = []
+    for variant, prompts in (("plain", [e.prompt for e in examples]), ("jrt", [e.jrt_prompt() for e in examples])):
+        outputs = greedy_answers(model, tokenizer, prompts, options.max_new_tokens, options.batch_size,
+                                 progress=options.progress)
+        records += [{"task": "doc_recall", "variant": variant, "context_length": None, "depth": None,
+                     "score": contains_any(out, e.answers)} for e, out in zip(examples, outputs, strict=True)]
+    return records
+
+
+def _run_icl(task: str, build) -> Callable[..., list[dict]]:
+    """A few-shot task scored by exact match of the first generated line."""
+
+    def run(model, tokenizer, options: EvalOptions) -> list[dict]:
+        from memlm.eval.scoring import exact_match
+
+        examples = build(options.num_examples, options.num_shots, seed=options.seed)
+        outputs = greedy_answers(model, tokenizer, [e.prompt for e in examples], options.max_new_tokens,
+                                 options.batch_size, progress=options.progress)
+        return [{"task": task, "variant": f"{options.num_shots}-shot", "context_length": None, "depth": None,
+                 "score": exact_match(out, e.answer)} for e, out in zip(examples, outputs, strict=True)]
+
+    run.__doc__ = f"{task}: few-shot, exact match of the first generated line."
+    return run
+
+
+def _icl_tasks() -> dict[str, Callable[..., list[dict]]]:
+    from memlm.data import associative_recall_text, label_remapping
+
+    return {"icl_label_remapping": _run_icl("icl_label_remapping", label_remapping),
+            "icl_associative_recall": _run_icl("icl_associative_recall", associative_recall_text)}
+
+
+TASKS: dict[str, Callable[..., list[dict]]] = {
+    "mqar": run_mqar, "niah": run_niah, "doc_recall": run_doc_recall, **_icl_tasks()
+}
 
 
 def run_tasks(model, tokenizer, names: list[str], options: EvalOptions) -> list[dict]:

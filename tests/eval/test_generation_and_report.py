@@ -53,13 +53,17 @@ def test_report_files(tmp_path):
 def test_eval_entry_point_end_to_end(saved_model, tmp_path):
     path, _, _ = saved_model
     result = subprocess.run(
-        [sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path), "--tasks", "niah,mqar",
+        [sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path),
+         "--tasks", "niah,mqar,doc_recall,icl_label_remapping,icl_associative_recall",
          "--context-lengths", "80,96", "--depths", "0,1", "--num-examples", "2", "--max-new-tokens", "4",
          "--mqar-vocab-size", "64", "--mqar-seq-len", "32", "--mqar-num-kv-pairs", "4", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "summary:" in result.stdout
+    table = (tmp_path / "results.md").read_text()
+    for row in ("| doc_recall | plain |", "| doc_recall | jrt |", "| icl_label_remapping | 8-shot |", "| mqar | 4kv |"):
+        assert row in table
     assert {"results.json", "results.md", "score_by_length.png", "niah_heatmap.png"} <= {
         p.name for p in tmp_path.iterdir()}
 
