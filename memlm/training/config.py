@@ -20,6 +20,7 @@ parsed as YAML. An unknown key, a missing required key or a value of the wrong t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -177,6 +178,7 @@ CHOICES = {
     "train.precision": ("no", "bf16", "fp16"),
     "eval.tasks": ("mqar",),
 }
+FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 POSITIVE = ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "train.log_every",
             "data.seq_len", "checkpoint.keep", "lora.r", "eval.num_examples")
 
@@ -246,6 +248,8 @@ def _check_type(key: str, value: Any, hint) -> Any:
             return None
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str) and FLOAT_LITERAL.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind in (str, bool, list, dict) and isinstance(value, kind):

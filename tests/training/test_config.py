@@ -16,8 +16,9 @@ def test_minimal_config_gets_defaults():
 def test_load_with_dotted_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(MINIMAL))
-    config = load_config(path, ["train.max_steps=20", "output_dir=/tmp/run", "optimizer.betas=[0.9, 0.99]"])
-    assert config.train.max_steps == 20 and config.output_dir == "/tmp/run"
+    config = load_config(path, ["train.max_steps=20", "output_dir=/tmp/run", "optimizer.betas=[0.9, 0.99]",
+                                "optimizer.lr=2e-3"])
+    assert config.train.max_steps == 20 and config.output_dir == "/tmp/run" and config.optimizer.lr == 2e-3
     assert config.optimizer.betas == [0.9, 0.99]
 
 
