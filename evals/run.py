@@ -1,6 +1,6 @@
 """Evaluate a saved causal LM on memlm's recall tasks; write JSON, a markdown table and PNG plots.
 
-    python evals/run.py --model runs/mqar_hybrid_tiny --tasks mqar --mqar-vocab-size 128 --out runs/eval
+    python evals/run.py --model runs/mqar_hybrid_tiny --tasks mqar --mqar-vocab-size 64 --out runs/eval
     python evals/run.py --model DIR --tasks niah --context-lengths 256,512,1024 --depths 0,0.5,1 --out DIR
     python evals/run.py --model DIR --tasks doc_recall,icl_label_remapping,icl_associative_recall --out DIR
 
