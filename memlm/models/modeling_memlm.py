@@ -86,7 +86,9 @@ class MemLMModel(MemLMPreTrainedModel):
         self.layers = nn.ModuleList(MemLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
-        num_linear = len(config.linear_layer_indices)
+        # row of the HGRN-2 lower bounds used by each linear layer (computed once, read every forward)
+        self.linear_position = {layer: row for row, layer in enumerate(config.linear_layer_indices)}
+        num_linear = len(self.linear_position)
         self.forget_lower_bounds = (
             ForgetLowerBounds(num_linear, config.linear_num_key_heads * config.linear_key_head_dim)
             if config.linear_attn_type == "hgrn2" and num_linear
@@ -149,7 +151,7 @@ class MemLMModel(MemLMPreTrainedModel):
             if layer.layer_type == LINEAR_LAYER_TYPE:
                 layer_kwargs["cu_seqlens"] = cu_seq_lens_q
                 if lower_bounds is not None:
-                    position = self.config.linear_layer_indices.index(i)
+                    position = self.linear_position[i]
                     layer_kwargs["lower_bound"] = lower_bounds[position] if position > 0 else None
             else:
                 layer_kwargs = {"position_ids": position_ids, **kwargs}
