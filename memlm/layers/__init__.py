@@ -3,10 +3,13 @@
 from memlm.layers.attention import Attention
 from memlm.layers.gated_deltanet import GatedDeltaNet
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
+from memlm.layers.memory_cache import MemoryCacheLayer
 from memlm.layers.mlp import SwiGLUMLP
+from memlm.layers.neural_memory import NeuralMemory
 from memlm.layers.norm import GatedRMSNorm, RMSNorm
 from memlm.layers.registry import MIXERS, build_mixer, register_mixer
 from memlm.layers.short_conv import ShortConvolution
+from memlm.layers.titans import MemoryAsContext, MemoryAsGate, MemoryLayer
 
 __all__ = [
     "MIXERS",
@@ -15,6 +18,11 @@ __all__ = [
     "ForgetLowerBounds",
     "GatedDeltaNet",
     "GatedRMSNorm",
+    "MemoryAsContext",
+    "MemoryAsGate",
+    "MemoryCacheLayer",
+    "MemoryLayer",
+    "NeuralMemory",
     "RMSNorm",
     "ShortConvolution",
     "SwiGLUMLP",

@@ -1,7 +1,8 @@
 """Token mixers register under a name; the model builds each layer's mixer from ``config.layer_types``.
 
 A layer of type ``"linear_attention"`` uses the mixer named by ``config.linear_attn_type``; any other
-layer type (``"full_attention"``, ``"sliding_attention"``) is itself a mixer name. A new mixer is one
+layer type (``"full_attention"``, ``"sliding_attention"``, the Titans types ``"memory"``,
+``"memory_as_gate"``, ``"memory_as_context"``) is itself a mixer name. A new mixer is one
 op plus one layer file that calls :func:`register_mixer`.
 
 Every mixer is an ``nn.Module`` built as ``Mixer(config, layer_idx)`` with
@@ -15,7 +16,8 @@ from torch import nn
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 LINEAR_LAYER_TYPE = "linear_attention"
-LAYER_TYPES = (*ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE)
+MEMORY_LAYER_TYPES = ("memory", "memory_as_gate", "memory_as_context")  # Titans: LMM, MAG, MAC
+LAYER_TYPES = (*ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES)
 
 MIXERS: dict[str, type[nn.Module]] = {}
 LINEAR_MIXERS: list[str] = []

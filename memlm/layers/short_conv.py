@@ -37,6 +37,16 @@ class ShortConvolution(nn.Module):
         out = self._causal_conv(window.to(self.conv1d.weight.dtype), cu_seqlens)
         return F.silu(out[..., -seq_len:]).transpose(1, 2).to(x.dtype)
 
+    def with_state(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continue from an explicit state: ``x [B, T, C]``, ``state [B, C, K-1]`` (None: zeros) ->
+        ``(y [B, T, C], new state [B, C, K-1])`` (the last ``K - 1`` inputs)."""
+        window = x.transpose(1, 2)
+        if state is None:
+            state = window.new_zeros(window.shape[0], window.shape[1], self.kernel_size - 1)
+        window = torch.cat([state.to(window.dtype), window], dim=-1)
+        out = self._causal_conv(window.to(self.conv1d.weight.dtype), None)[..., -x.shape[1]:]
+        return F.silu(out).transpose(1, 2).to(x.dtype), window[..., window.shape[-1] - (self.kernel_size - 1):]
+
     def _causal_conv(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
         """``y_t = sum_lag w[K-1-lag] * x_{t-lag}`` on ``[B, C, L]``, as K shifted multiply-adds.
 

@@ -29,7 +29,17 @@ class MemLMConfig(PreTrainedConfig):
         linear_num_value_heads: value heads, a multiple of the key heads (default ``linear_num_key_heads``).
         linear_key_head_dim: key dimension per head, the HGRN-2 state expansion (default ``head_dim``).
         linear_value_head_dim: value dimension per head (default ``head_dim``).
-        linear_conv_kernel_dim: GatedDeltaNet short convolution width (default 4).
+        linear_conv_kernel_dim: GatedDeltaNet short convolution width (default 4; also the memory's conv).
+
+    Titans / Miras memory (layer types ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``):
+        memory_preset: ``"titans"``, ``"moneta"``, ``"yaad"`` or ``"memora"`` (see docs/titans.md).
+        memory_rule (`dict`): overrides of the preset's :class:`~memlm.ops.neural_memory.MemoryRule` fields,
+            e.g. ``{"depth": 3, "algorithm": "gd"}``.
+        memory_chunk_size: tokens per inner mini-batch (and per MAC segment), default 64.
+        memory_num_heads / memory_head_dim: memory heads and their width (default the attention's).
+        memory_max_lr: the largest inner learning rate ``theta`` (default 1.0).
+        num_persistent_memory_tokens: learned persistent-memory tokens (default 0).
+        ``"memory_as_gate"`` layers use ``sliding_window``.
     """
 
     model_type = "memlm"
@@ -59,6 +69,13 @@ class MemLMConfig(PreTrainedConfig):
     linear_key_head_dim: int | None = None
     linear_value_head_dim: int | None = None
     linear_conv_kernel_dim: int = 4
+    memory_preset: str = "titans"
+    memory_rule: dict | None = None
+    memory_chunk_size: int = 64
+    memory_num_heads: int | None = None
+    memory_head_dim: int | None = None
+    memory_max_lr: float = 1.0
+    num_persistent_memory_tokens: int = 0
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -89,7 +106,10 @@ class MemLMConfig(PreTrainedConfig):
         self.linear_num_value_heads = self.linear_num_value_heads or self.linear_num_key_heads
         self.linear_key_head_dim = self.linear_key_head_dim or self.head_dim
         self.linear_value_head_dim = self.linear_value_head_dim or self.head_dim
+        self.memory_num_heads = self.memory_num_heads or self.num_attention_heads
+        self.memory_head_dim = self.memory_head_dim or self.head_dim
         self._validate_layers()
+        self._validate_memory()
         super().__post_init__(**kwargs)
 
     def _validate_layers(self) -> None:
@@ -124,6 +144,31 @@ class MemLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"sliding_window={self.sliding_window!r}: layer_types contains 'sliding_attention', "
                 "so sliding_window must be a positive number of tokens"
+            )
+
+    def _validate_memory(self) -> None:
+        """Memory fields are checked whether or not a memory layer is present (a config must stay loadable)."""
+        _check_positive(self, "memory_chunk_size", "memory_num_heads", "memory_head_dim")
+        persistent = self.num_persistent_memory_tokens
+        if isinstance(persistent, bool) or not isinstance(persistent, int) or persistent < 0:
+            raise ValueError(f"num_persistent_memory_tokens must be a non-negative integer, got {persistent!r}")
+        if not (isinstance(self.memory_max_lr, int | float) and self.memory_max_lr > 0):
+            raise ValueError(f"memory_max_lr must be a positive number, got {self.memory_max_lr!r}")
+        if self.memory_rule is not None and not isinstance(self.memory_rule, dict):
+            raise ValueError(f"memory_rule must be a dict of MemoryRule fields, got {self.memory_rule!r}")
+        from memlm.layers.neural_memory import memory_rule
+
+        try:
+            memory_rule(self.memory_preset, self.memory_rule)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"memory_preset={self.memory_preset!r}, memory_rule={self.memory_rule!r}: {error}"
+            ) from error
+        window_ok = isinstance(self.sliding_window, int) and self.sliding_window > 0
+        if "memory_as_gate" in self.layer_types and not window_ok:
+            raise ValueError(
+                f"sliding_window={self.sliding_window!r}: layer_types contains 'memory_as_gate', whose attention "
+                "is a sliding window, so sliding_window must be a positive number of tokens"
             )
 
     @property

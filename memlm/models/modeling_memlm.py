@@ -20,7 +20,7 @@ import memlm.layers  # noqa: F401  (registers the mixers)
 from memlm.layers.hgrn2 import ForgetLowerBounds
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.norm import RMSNorm
-from memlm.layers.registry import ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE, build_mixer
+from memlm.layers.registry import ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE, MEMORY_LAYER_TYPES, build_mixer
 from memlm.layers.rotary import RotaryEmbedding
 from memlm.models.compat import CACHE_FIELD, attention_masks
 from memlm.models.configuration_memlm import MemLMConfig
@@ -125,6 +125,12 @@ class MemLMModel(MemLMPreTrainedModel):
                     "use_cache=False and no cache"
                 )
             use_cache = False
+            memory = sorted({t for t in self.config.layer_types if t in MEMORY_LAYER_TYPES})
+            if memory:
+                raise ValueError(
+                    f"packed documents (cu_seq_lens_q) are not supported by the memory layer types {memory}: "
+                    "their memory would carry over between documents; train without packing (one document per row)"
+                )
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -139,7 +145,8 @@ class MemLMModel(MemLMPreTrainedModel):
                             + self._past_length(cache)).unsqueeze(0)
 
         masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
-        masks[LINEAR_LAYER_TYPE] = attention_mask
+        for layer_type in (LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES):  # these build their own masks from [B, T]
+            masks[layer_type] = attention_mask
         lower_bounds = self.forget_lower_bounds() if self.forget_lower_bounds is not None else None
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
@@ -174,10 +181,13 @@ class MemLMModel(MemLMPreTrainedModel):
         )
 
     def _past_length(self, cache) -> int:
-        """Tokens already in the cache (0 without attention layers, which alone use positions)."""
-        if cache is None or not any(t in ATTENTION_LAYER_TYPES for t in self.config.layer_types):
+        """Tokens already in the cache (0 without layers that use positions: attention and memory layers)."""
+        if cache is None:
             return 0
-        return cache.get_seq_length()
+        if any(t in ATTENTION_LAYER_TYPES for t in self.config.layer_types):
+            return cache.get_seq_length()
+        memory_layers = [i for i, t in enumerate(self.config.layer_types) if t in MEMORY_LAYER_TYPES]
+        return cache.layers[memory_layers[0]].get_seq_length() if memory_layers else 0
 
 
 class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):

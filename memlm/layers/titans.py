@@ -1,0 +1,167 @@
+"""The Titans architectures as memlm layer types (arXiv 2501.00663, section 4).
+
+``"memory"`` (LMM)            y = Memory(x)                       the memory alone; followed by a
+                                                                   ``"sliding_attention"`` layer it is MAL
+``"memory_as_gate"`` (MAG)    y = W_o (norm(SWA(x)) * sigmoid(norm(Memory(x))))
+                                                                   sliding-window attention gated by the memory
+``"memory_as_context"`` (MAC) per segment S (= ``memory_chunk_size`` tokens):
+                                h = M*_{before S}(W_r x)            retrieve with the memory as it stood
+                                y = Attn([persistent, h, S])        attention inside the segment
+                                m = Memory(y)                       update the memory with y, read it again
+                                out = W_o (y * sigmoid(norm(m)))
+
+Attention in MAC is causal over both streams (query i sees retrievals and tokens j <= i of its segment),
+so no token sees a later one. Persistent memory tokens (``num_persistent_memory_tokens``) are learned
+vectors every attention query sees and, for the memory, a prefix read before the sequence.
+The state of a layer (memory weights, momentum, conv window, key/value window) lives in its
+:class:`~memlm.layers.memory_cache.MemoryCacheLayer`, so ``generate()`` continues the memory exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from memlm.layers.gated_deltanet import padding_mask_for
+from memlm.layers.memory_cache import memory_cache_layer
+from memlm.layers.neural_memory import MemoryBranchState, NeuralMemory, memory_rule
+from memlm.layers.norm import RMSNorm
+from memlm.layers.registry import register_mixer
+from memlm.layers.window_attention import WindowAttention, WindowState
+from memlm.ops.utils import left_pad_shifts, roll_rows
+
+
+def neural_memory_from_config(config) -> NeuralMemory:
+    """The memory branch described by a :class:`~memlm.MemLMConfig`'s ``memory_*`` fields."""
+    return NeuralMemory(
+        config.hidden_size,
+        config.memory_num_heads,
+        chunk_size=config.memory_chunk_size,
+        head_dim=config.memory_head_dim,
+        rule=memory_rule(config.memory_preset, config.memory_rule),
+        conv_kernel_size=config.linear_conv_kernel_dim,
+        max_lr=config.memory_max_lr,
+        norm_eps=config.rms_norm_eps,
+        num_persistent=config.num_persistent_memory_tokens,
+    )
+
+
+@dataclass
+class AttentionMemoryState:
+    """State of MAG and MAC: the attention's key/value window and the memory branch."""
+
+    attention: WindowState | None
+    memory: MemoryBranchState
+
+    def map(self, fn) -> AttentionMemoryState:
+        return AttentionMemoryState(None if self.attention is None else self.attention.map(fn), self.memory.map(fn))
+
+
+@register_mixer("memory")
+class MemoryLayer(nn.Module):
+    """LMM: ``hidden_states [B, T, hidden] -> [B, T, hidden]`` through the neural memory alone."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.memory = neural_memory_from_config(config)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
+        layer = memory_cache_layer(cache, self.layer_idx)
+        mask = padding_mask_for(attention_mask, hidden_states.shape[1])
+        out, state = self.memory(hidden_states, layer.state if layer is not None else None, mask)
+        if layer is not None:
+            layer.update_state(state, hidden_states.shape[1])
+        return out
+
+
+@register_mixer("memory_as_gate")
+class MemoryAsGate(nn.Module):
+    """MAG: sliding-window attention (``config.sliding_window``) and the memory, combined by a normalized gate."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attention = WindowAttention(
+            config, window=config.sliding_window, num_persistent=config.num_persistent_memory_tokens
+        )
+        self.memory = neural_memory_from_config(config)
+        self.attention_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.memory_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
+        layer = memory_cache_layer(cache, self.layer_idx)
+        state = layer.state if layer is not None else None
+        mask = padding_mask_for(attention_mask, hidden_states.shape[1])
+        attended, window = self.attention(
+            hidden_states, position_embeddings, mask, state.attention if state is not None else None
+        )
+        remembered, memory = self.memory(hidden_states, state.memory if state is not None else None, mask)
+        out = self.out_proj(self.attention_norm(attended) * torch.sigmoid(self.memory_norm(remembered)))
+        if layer is not None:
+            layer.update_state(AttentionMemoryState(window, memory), hidden_states.shape[1])
+        return out
+
+
+@register_mixer("memory_as_context")
+class MemoryAsContext(nn.Module):
+    """MAC: segments of ``config.memory_chunk_size`` tokens attend to the memory's retrievals as context."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.segment = config.memory_chunk_size
+        self.memory = neural_memory_from_config(config)
+        inner = self.memory.num_heads * self.memory.head_dim
+        self.retrieval_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        self.retrieval_out = nn.Linear(inner, config.hidden_size, bias=False)
+        self.attention = WindowAttention(
+            config, segment=self.segment, num_persistent=config.num_persistent_memory_tokens
+        )
+        self.memory_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def _segment(self, x, position_embeddings, mask, state: AttentionMemoryState):
+        """One segment (or the tokens of one, all in the same segment): retrieve, attend, memorize, read."""
+        retrieved = self.retrieval_out(self.memory.retrieve(self.retrieval_proj(x), state.memory))
+        attended, window = self.attention(x, position_embeddings, mask, state.attention, extra_keys=retrieved)
+        remembered, memory = self.memory(attended, state.memory, mask)
+        out = self.out_proj(attended * torch.sigmoid(self.memory_norm(remembered)))
+        return out, AttentionMemoryState(window, memory)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
+        batch, length, _ = hidden_states.shape
+        layer = memory_cache_layer(cache, self.layer_idx)
+        state = layer.state if layer is not None else None
+        if state is None:
+            state = AttentionMemoryState(None, self.memory.initial_state(batch))
+        mask = padding_mask_for(attention_mask, length)
+        cos, sin = position_embeddings
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+        seen = state.memory.memory.seen
+        if length > 1 and bool((seen % self.segment == 0).all()):
+            # whole segments: left pads move to the end so every row's segments start at its first token
+            shifts = left_pad_shifts(mask)
+            if shifts is not None:
+                hidden_states, mask = roll_rows(hidden_states, shifts), roll_rows(mask, shifts)
+                cos, sin = roll_rows(cos, shifts), roll_rows(sin, shifts)
+            pieces = range(0, length, self.segment)
+            spans = [slice(start, start + self.segment) for start in pieces]
+        else:  # inside a segment (decoding): token by token
+            shifts, spans = None, [slice(t, t + 1) for t in range(length)]
+        outs = []
+        for span in spans:
+            out, state = self._segment(
+                hidden_states[:, span], (cos[:, span], sin[:, span]), mask[:, span] if mask is not None else None,
+                state,
+            )
+            outs.append(out)
+        out = torch.cat(outs, dim=1)
+        if shifts is not None:
+            out = roll_rows(out, -shifts)
+        if layer is not None:
+            layer.update_state(state, length)
+        return out

@@ -1,0 +1,444 @@
+"""Neural long-term memory trained at test time: Titans (arXiv 2501.00663) and Miras (arXiv 2504.13173).
+
+Per head, the memory ``M`` is an MLP of depth 1 to 4 over head vectors of size ``d`` (depth 1 is a
+linear memory ``M(x) = W x``). It is trained online on an associative loss while the sequence is read:
+
+    loss_t = ell(M_{t-1}(k_t), v_t)                                  attentional bias       (1)
+    S_t    = eta_t S_{t-1} - theta_t grad_W loss_t                    momentum               (2)
+    P_t    = a_t P_{t-1} + S_t,   a_t = 1 - alpha_t                   forgetting (retention) (3)
+    W_t    = f(P_t)                                                   retention readout      (4)
+    y_t    = M_{W_t}(q_t)                                             retrieval, no update   (5)
+
+``P`` is the accumulated parameter; the retention choice fixes ``f``: ``l2`` (weight decay, Titans)
+``f(P) = P``; ``lq`` (Moneta) ``f(A) = A / ||A||_q^(q-2)``; ``kl`` (Memora) ``f(L) = softmax(L)`` over each
+row, so (3) is ``log W_t = a_t log W_{t-1} - theta_t grad`` up to the row normalizer. With algorithm
+``gd`` there is no momentum (``eta = 0``, ``S_t = -theta_t grad``).
+
+Chunk-parallel training (Titans section 3.2): the sequence is cut into chunks of ``C`` tokens and every
+gradient of a chunk is taken at the chunk's starting weights ``W_{t'}`` (``t'`` the chunk start). The
+gradient of one token is rank one per matrix, ``grad_{W_l} = delta_l h_{l-1}^T`` (back-propagated error
+times layer input), and (2)-(3) are linear, so inside a chunk, with ``A_t = prod a``, ``E_t = prod eta``
+(products from the chunk start):
+
+    P_t = A_t P_0 + m_t S_0 - sum_{s<=t} c_ts delta_s h_s^T                                    (6)
+    m_t = sum_{r<=t} (A_t / A_r) E_r,   c_ts = theta_s sum_{s<=r<=t} (A_t / A_r) (E_r / E_s)     (7)
+
+(``c = (D @ F) * theta`` with ``D_tr = A_t / A_r``, ``F_rs = E_r / E_s``, lower-triangular, computed from
+differences of cumulative logs so nothing overflows). For ``l2`` retention the retrieval (5) through
+layer ``l`` never forms ``W_t``:
+
+    W_t x = A_t (P_0 x) + m_t (S_0 x) - sum_{s<=t} c_ts (h_s . x) delta_s                       (8)
+
+an attention-like product inside the chunk, so no weight copy exists per token or per chunk beyond the
+chunk-boundary state. ``lq`` and ``kl`` apply a non-linear ``f`` to ``P_t``; the algebra does not avoid
+``P_t`` there, and those retentions form ``P_t`` for the tokens of one chunk at a time.
+
+Pads (``mask = 0``) are exact no-ops: ``theta = 0``, ``a = eta = 1`` and they add no momentum to ``P``.
+Every sequence restarts its chunk grid at its first real token, so a left-padded row computes exactly
+what the row computes alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from memlm.ops.utils import left_pad_shifts, roll_rows
+
+ATTENTIONAL_BIASES = ("l2", "lp", "huber", "dot")
+RETENTIONS = ("l2", "lq", "kl")
+ALGORITHMS = ("gd", "gd_momentum")
+
+
+@dataclass(frozen=True)
+class MemoryRule:
+    """The Miras choices of one memory (see the module docstring).
+
+    attentional_bias: ``l2`` ``1/2 ||r||^2``; ``lp`` ``1/p sum |r|^p`` with the smooth ``Sign(x) ~ tanh(a x)``
+        and ``|x| ~ sqrt(x^2 + eps)`` (gradient ``Sign(r) |r|^(p-1)``); ``huber`` with a learned, per-token
+        ``delta_t``: gradient ``r`` when ``||r|| <= delta_t``, else ``delta_t Sign(r)``; ``dot``
+        ``-<M(k), v>`` (gradient ``-v``, Hebbian). ``r = M(k) - v``.
+    retention: ``l2``, ``lq`` (with ``q``) or ``kl``; algorithm ``gd`` or ``gd_momentum``.
+    depth: MLP depth (1 = linear memory ``W x``); ``expansion`` the hidden width factor of deeper MLPs;
+        ``residual``: ``M(x) = x + LN(MLP(x))`` (Miras' memory; needs ``depth >= 2``).
+    """
+
+    attentional_bias: str = "l2"
+    retention: str = "l2"
+    algorithm: str = "gd_momentum"
+    depth: int = 2
+    expansion: float = 2.0
+    residual: bool = False
+    p: float = 2.0
+    q: float = 2.0
+    sign_sharpness: float = 10.0
+    abs_eps: float = 1e-6
+
+    def __post_init__(self):
+        def refuse(name, value, allowed):
+            raise ValueError(f"MemoryRule.{name}={value!r} is not allowed: {allowed}")
+
+        if self.attentional_bias not in ATTENTIONAL_BIASES:
+            refuse("attentional_bias", self.attentional_bias, f"one of {ATTENTIONAL_BIASES}")
+        if self.retention not in RETENTIONS:
+            refuse("retention", self.retention, f"one of {RETENTIONS}")
+        if self.algorithm not in ALGORITHMS:
+            refuse("algorithm", self.algorithm, f"one of {ALGORITHMS}")
+        if not (isinstance(self.depth, int) and 1 <= self.depth <= 4):
+            refuse("depth", self.depth, "an integer from 1 (linear memory) to 4")
+        if self.expansion <= 0:
+            refuse("expansion", self.expansion, "a positive width factor")
+        if self.residual and self.depth < 2:
+            refuse("residual", self.residual, "True only with depth >= 2 (a residual MLP; a linear memory has none)")
+        if self.attentional_bias == "lp" and self.p < 1:
+            refuse("p", self.p, "p >= 1 for the lp attentional bias (p < 1 has no descent direction)")
+        if self.retention == "lq" and self.q < 2:
+            refuse("q", self.q, "q >= 2 for the lq retention (W = A / ||A||_q^(q-2))")
+        if self.retention == "kl" and self.attentional_bias == "dot":
+            refuse("attentional_bias", self.attentional_bias,
+                   "l2, lp or huber with the kl retention (a dot bias drives softmax rows to one-hot)")
+
+    def hidden_size(self, head_dim: int) -> int:
+        return max(1, round(head_dim * self.expansion))
+
+    def shapes(self, head_dim: int) -> list[tuple[int, int]]:
+        """``[(out, in)]`` of the memory's matrices for head vectors of ``head_dim``."""
+        if self.depth == 1:
+            return [(head_dim, head_dim)]
+        hidden = self.hidden_size(head_dim)
+        return [(hidden, head_dim)] + [(hidden, hidden)] * (self.depth - 2) + [(head_dim, hidden)]
+
+
+PRESETS = {
+    "titans": MemoryRule(attentional_bias="l2", retention="l2", algorithm="gd_momentum", depth=2),
+    "moneta": MemoryRule(attentional_bias="lp", p=3.0, retention="lq", q=4.0, algorithm="gd", depth=2,
+                         residual=True),
+    "yaad": MemoryRule(attentional_bias="huber", retention="l2", algorithm="gd", depth=2, residual=True),
+    "memora": MemoryRule(attentional_bias="l2", retention="kl", algorithm="gd", depth=2, residual=True),
+}
+
+
+@dataclass
+class MemoryState:
+    """Where a memory stands after some tokens; tensors ``[B, H, out, in]`` per memory matrix.
+
+    ``params``: ``P`` of (3); ``momentum``: ``S`` of (2) (None for ``gd``); ``chunk_start``: ``P`` at the
+    start of the current chunk (gradients are taken there); ``seen``: ``[B]`` real tokens read.
+    """
+
+    params: list[torch.Tensor]
+    momentum: list[torch.Tensor] | None
+    chunk_start: list[torch.Tensor]
+    seen: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.params, *(self.momentum or []), *self.chunk_start, self.seen]
+
+    def map(self, fn) -> MemoryState:
+        """A state with ``fn`` applied to every tensor (batch selection, repeat, device moves)."""
+        return MemoryState(
+            [fn(p) for p in self.params],
+            None if self.momentum is None else [fn(s) for s in self.momentum],
+            [fn(p) for p in self.chunk_start],
+            fn(self.seen),
+        )
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def initial_state(initial_params: list[torch.Tensor], rule: MemoryRule, batch: int) -> MemoryState:
+    """The state before any token: learned ``[H, out, in]`` initial parameters repeated over the batch."""
+    params = [_at_least_fp32(p).unsqueeze(0).expand(batch, *p.shape) for p in initial_params]
+    momentum = [torch.zeros_like(p) for p in params] if rule.algorithm == "gd_momentum" else None
+    seen = torch.zeros(batch, dtype=torch.long, device=initial_params[0].device)
+    return MemoryState(params, momentum, list(params), seen)
+
+
+# --- the memory as a function of its weights -----------------------------------------------------------
+
+
+def readout(params: torch.Tensor, rule: MemoryRule) -> torch.Tensor:
+    """Equation (4): the weights ``W = f(P)`` of one accumulated parameter (any leading dims)."""
+    if rule.retention == "l2":
+        return params
+    if rule.retention == "kl":
+        return torch.softmax(params, dim=-1)
+    norm = params.abs().pow(rule.q).sum((-2, -1), keepdim=True).pow(1.0 / rule.q)
+    return params / norm.clamp_min(1e-6).pow(rule.q - 2)
+
+
+def _layer_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], eps=1e-5)
+
+
+def memory_forward(weights: list[torch.Tensor], x: torch.Tensor, rule: MemoryRule) -> torch.Tensor:
+    """``M_W(x)``: ``weights`` ``[..., out, in]`` per matrix, ``x`` ``[..., N, d]`` -> ``[..., N, d]``."""
+    h = x
+    for i, w in enumerate(weights):
+        h = h @ w.transpose(-1, -2)
+        if i < len(weights) - 1:
+            h = F.gelu(h)
+    return x + _layer_norm(h) if rule.residual else h
+
+
+def _gelu_derivative(z: torch.Tensor) -> torch.Tensor:
+    """``d/dz [z Phi(z)] = Phi(z) + z phi(z)`` (exact GELU)."""
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _smooth_sign(x: torch.Tensor, rule: MemoryRule) -> torch.Tensor:
+    return torch.tanh(rule.sign_sharpness * x)
+
+
+def output_gradient(out: torch.Tensor, v: torch.Tensor, rule: MemoryRule, huber_delta=None) -> torch.Tensor:
+    """``d loss_t / d M(k_t)`` for the attentional bias (1); ``[..., N, d]`` (``huber_delta`` ``[..., N]``)."""
+    r = out - v
+    if rule.attentional_bias == "l2":
+        return r
+    if rule.attentional_bias == "dot":
+        return -v
+    if rule.attentional_bias == "lp":
+        return _smooth_sign(r, rule) * (r * r + rule.abs_eps).pow((rule.p - 1) / 2)
+    delta = huber_delta[..., None]
+    inside = r.norm(dim=-1, keepdim=True) <= delta
+    return torch.where(inside, r, delta * _smooth_sign(r, rule))
+
+
+def token_gradients(weights, k, v, rule: MemoryRule, huber_delta=None):
+    """Per-token gradients of (1) at fixed weights, as rank-one factors.
+
+    ``weights`` ``[..., out, in]``, ``k, v`` ``[..., N, d]``. Returns ``(deltas, inputs)``: for matrix ``l``,
+    ``grad_{W_l} loss_t = deltas[l][..., t, :] (outer) inputs[l][..., t, :]`` (``[..., N, out]``, ``[..., N, in]``).
+    """
+    inputs, pre = [], []
+    h = k
+    for i, w in enumerate(weights):
+        inputs.append(h)
+        z = h @ w.transpose(-1, -2)
+        pre.append(z)
+        h = F.gelu(z) if i < len(weights) - 1 else z
+    if rule.residual:
+        normed = _layer_norm(h)
+        g = output_gradient(k + normed, v, rule, huber_delta)
+        std = (h.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        g = (g - g.mean(-1, keepdim=True) - normed * (g * normed).mean(-1, keepdim=True)) / std
+    else:
+        g = output_gradient(h, v, rule, huber_delta)
+    deltas = [None] * len(weights)
+    for i in range(len(weights) - 1, -1, -1):
+        deltas[i] = g
+        if i > 0:
+            g = (g @ weights[i]) * _gelu_derivative(pre[i - 1])
+    return deltas, inputs
+
+
+# --- the chunk-parallel op -------------------------------------------------------------------------------
+
+
+def _chunk_coefficients(log_a, log_eta, theta, live, momentum: bool):
+    """Equation (7) for one chunk: ``log_a, log_eta, theta, live`` ``[B, H, C]`` ->
+    ``decay A_t``, ``m_t`` (None without momentum), ``c [B, H, C, C]`` and the end-of-chunk momentum
+    weights ``E_C / E_s * theta_s`` (None without momentum).
+    """
+    size = log_a.shape[-1]
+    causal = torch.ones(size, size, dtype=torch.bool, device=log_a.device).tril()
+    cum_a = log_a.cumsum(-1)
+    decay = (cum_a[..., :, None] - cum_a[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    decay = decay * live[..., None, :]  # D_tr, a pad adds no momentum to P
+    if not momentum:
+        return cum_a.exp(), None, decay * theta[..., None, :], None
+    cum_eta = log_eta.cumsum(-1)
+    carry = (cum_eta[..., :, None] - cum_eta[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    m = (decay * cum_eta.exp()[..., None, :]).sum(-1)
+    c = (decay @ carry) * theta[..., None, :]
+    momentum_weights = carry[..., -1, :] * theta
+    return cum_a.exp(), m, c, momentum_weights
+
+
+def _retrieve_linear_algebra(x, chunk_start_params, momentum, decay, m, c, deltas, inputs, rule):
+    """Equation (8) through every layer: ``x [B, H, C, d]`` -> ``M_{W_t}(x_t)`` without forming ``W_t``."""
+    h = x
+    last = len(chunk_start_params) - 1
+    for i, p0 in enumerate(chunk_start_params):
+        z = decay[..., None] * (h @ p0.transpose(-1, -2))
+        if m is not None:
+            z = z + m[..., None] * (h @ momentum[i].transpose(-1, -2))
+        z = z - ((h @ inputs[i].transpose(-1, -2)) * c) @ deltas[i]
+        h = F.gelu(z) if i < last else z
+    return x + _layer_norm(h) if rule.residual else h
+
+
+def _retrieve_materialized(x, chunk_start_params, momentum, decay, m, c, deltas, inputs, rule):
+    """``lq`` / ``kl``: form ``P_t`` (6) for the chunk's tokens, apply ``f`` and read every token."""
+    weights = []
+    for i, p0 in enumerate(chunk_start_params):
+        p = decay[..., None, None] * p0.unsqueeze(-3)
+        if m is not None:
+            p = p + m[..., None, None] * momentum[i].unsqueeze(-3)
+        p = p - torch.einsum("bhts,bhso,bhsi->bhtoi", c, deltas[i], inputs[i])
+        weights.append(readout(p, rule))
+    return memory_forward(weights, x.unsqueeze(-2), rule).squeeze(-2)
+
+
+def chunk_neural_memory(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    theta: torch.Tensor,
+    log_a: torch.Tensor,
+    log_eta: torch.Tensor | None,
+    state: MemoryState,
+    rule: MemoryRule,
+    chunk_size: int,
+    huber_delta: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, MemoryState]:
+    """Equations (1)-(8), chunk by chunk.
+
+    Args:
+        q, k, v: ``[B, H, T, d]``. theta: ``[B, H, T]`` learning rates. log_a: ``[B, H, T]`` ``log(1 - alpha)``.
+        log_eta: ``[B, H, T]`` ``log eta`` (None for ``gd``). huber_delta: ``[B, H, T]`` (``huber`` only).
+        state: from :func:`initial_state` or an earlier call; its ``seen`` must be a multiple of
+            ``chunk_size`` for every row (use :func:`step_neural_memory` to continue inside a chunk).
+        mask: ``[B, T]`` 1 for real tokens; pads must come first (left padding) or last.
+    Returns ``(y [B, H, T, d], new state)``; computed in fp32, ``y`` in the dtype of ``q``.
+    """
+    if bool((state.seen % chunk_size != 0).any()):
+        raise ValueError("chunk_neural_memory continues only from a chunk boundary; use step_neural_memory")
+    batch, heads, length, _ = q.shape
+    dtype = q.dtype
+    q, k, v, theta, log_a = (_at_least_fp32(t) for t in (q, k, v, theta, log_a))
+    momentum_on = rule.algorithm == "gd_momentum"
+    log_eta = _at_least_fp32(log_eta) if momentum_on else None
+    huber_delta = _at_least_fp32(huber_delta) if huber_delta is not None else None
+    live = torch.ones(batch, length, device=q.device, dtype=q.dtype) if mask is None else mask.to(q.dtype)
+    # left pads move to the end, so each row's chunk grid starts at its first real token
+    shifts = left_pad_shifts(mask)
+    if shifts is not None:
+        q, k, v = (roll_rows(t, shifts, dim=2) for t in (q, k, v))
+        theta, log_a = roll_rows(theta, shifts, dim=2), roll_rows(log_a, shifts, dim=2)
+        log_eta = roll_rows(log_eta, shifts, dim=2) if momentum_on else None
+        huber_delta = roll_rows(huber_delta, shifts, dim=2) if huber_delta is not None else None
+        live = roll_rows(live, shifts)
+    live_h = live[:, None, :].expand(batch, heads, length)
+    theta = theta * live_h
+    log_a = log_a * live_h
+    log_eta = log_eta * live_h if momentum_on else None
+
+    real = live.sum(-1).long()  # tokens each row reads now
+    chunk_of_end = real // chunk_size  # the chunk whose start the next token's gradient uses
+    retrieve = _retrieve_linear_algebra if rule.retention == "l2" else _retrieve_materialized
+    params, momentum = list(state.params), list(state.momentum) if momentum_on else None
+    chunk_start = list(state.chunk_start)
+    outputs = []
+    for index, start in enumerate(range(0, length, chunk_size)):
+        part = slice(start, min(start + chunk_size, length))
+        weights = [readout(p, rule) for p in params]
+        deltas, inputs = token_gradients(
+            weights, k[:, :, part], v[:, :, part], rule, huber_delta[:, :, part] if huber_delta is not None else None
+        )
+        decay, m, c, momentum_weights = _chunk_coefficients(
+            log_a[:, :, part], log_eta[:, :, part] if momentum_on else None, theta[:, :, part],
+            live_h[:, :, part], momentum_on,
+        )
+        outputs.append(retrieve(q[:, :, part], params, momentum, decay, m, c, deltas, inputs, rule))
+        keep = (chunk_of_end == index).view(batch, 1, 1, 1)
+        chunk_start = [torch.where(keep, p, s) for p, s in zip(params, chunk_start, strict=True)]
+        end_decay, end_m, end_c = decay[..., -1], m[..., -1] if momentum_on else None, c[..., -1, :]
+        new_params = []
+        for i, p0 in enumerate(params):
+            p = end_decay[..., None, None] * p0 - (deltas[i] * end_c[..., None]).transpose(-1, -2) @ inputs[i]
+            if momentum_on:
+                p = p + end_m[..., None, None] * momentum[i]
+            new_params.append(p)
+        if momentum_on:
+            end_eta = log_eta[:, :, part].sum(-1).exp()
+            momentum = [
+                end_eta[..., None, None] * s - (deltas[i] * momentum_weights[..., None]).transpose(-1, -2) @ inputs[i]
+                for i, s in enumerate(momentum)
+            ]
+        params = new_params
+    keep = (chunk_of_end == len(outputs)).view(batch, 1, 1, 1)
+    chunk_start = [torch.where(keep, p, s) for p, s in zip(params, chunk_start, strict=True)]
+    y = torch.cat(outputs, dim=2)
+    if shifts is not None:
+        y = roll_rows(y, -shifts, dim=2)
+    return y.to(dtype), MemoryState(params, momentum, chunk_start, state.seen + real)
+
+
+def step_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule: MemoryRule, chunk_size: int,
+                       huber_delta=None, mask=None) -> tuple[torch.Tensor, MemoryState]:
+    """One token per row (``T = 1``), continuing anywhere inside a chunk; same arguments as the chunk op.
+
+    The gradient is taken at ``f(chunk_start)``; a row whose ``seen`` is a multiple of ``chunk_size``
+    starts a new chunk here. A pad (``mask = 0``) leaves the row's state unchanged.
+    """
+    dtype = q.dtype
+    q, k, v, theta, log_a = (_at_least_fp32(t)[:, :, 0] for t in (q, k, v, theta, log_a))
+    batch = q.shape[0]
+    live = torch.ones(batch, device=q.device, dtype=q.dtype) if mask is None else mask[:, -1].to(q.dtype)
+    new_chunk = (state.seen % chunk_size == 0).view(batch, 1, 1, 1)
+    chunk_start = [torch.where(new_chunk, p, s) for p, s in zip(state.params, state.chunk_start, strict=True)]
+    weights = [readout(p, rule) for p in chunk_start]
+    delta_h = _at_least_fp32(huber_delta)[:, :, 0, None] if huber_delta is not None else None
+    deltas, inputs = token_gradients(weights, k[:, :, None], v[:, :, None], rule, delta_h)
+    live4 = live.view(batch, 1, 1, 1)
+    theta4 = (theta * live[:, None])[..., None, None]
+    a4 = torch.where(live4.bool(), log_a[..., None, None].exp(), torch.ones_like(theta4))
+    grads = [d.transpose(-1, -2) @ h for d, h in zip(deltas, inputs, strict=True)]  # [B, H, out, in]
+    if rule.algorithm == "gd_momentum":
+        eta4 = torch.where(live4.bool(), _at_least_fp32(log_eta)[:, :, 0, None, None].exp(), torch.ones_like(theta4))
+        momentum = [eta4 * s - theta4 * g for s, g in zip(state.momentum, grads, strict=True)]
+        params = [a4 * p + live4 * s for p, s in zip(state.params, momentum, strict=True)]
+    else:
+        momentum = None
+        params = [a4 * p - theta4 * g for p, g in zip(state.params, grads, strict=True)]
+    weights = [readout(p, rule) for p in params]
+    y = memory_forward(weights, q[:, :, None], rule)
+    # a pad that fell on a chunk boundary must not move the row's chunk start
+    chunk_start = [torch.where(live4.bool(), s, old) for s, old in zip(chunk_start, state.chunk_start, strict=True)]
+    return y.to(dtype), MemoryState(params, momentum, chunk_start, state.seen + live.long())
+
+
+# --- the naive reference ---------------------------------------------------------------------------------
+
+
+def naive_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule: MemoryRule, chunk_size: int,
+                        huber_delta=None) -> tuple[torch.Tensor, MemoryState]:
+    """Token by token, straight from (1)-(5), with autograd's gradients through the memory (no rank-one algebra).
+
+    Weights are formed for every token; gradients are taken at ``f(P)`` of the chunk start (chunk size 1:
+    at ``M_{t-1}``, the fully sequential Titans update). For tests only: slow.
+    """
+    dtype = q.dtype
+    params = [_at_least_fp32(p) for p in state.params]
+    momentum = [_at_least_fp32(s) for s in state.momentum] if rule.algorithm == "gd_momentum" else None
+    chunk_start = list(state.chunk_start)
+    outputs = []
+    for t in range(q.shape[2]):
+        if t % chunk_size == 0:
+            chunk_start = params
+        with torch.enable_grad():
+            weights = [readout(p, rule) for p in chunk_start]
+            out = memory_forward(weights, _at_least_fp32(k[:, :, t : t + 1]), rule)
+            target = _at_least_fp32(v[:, :, t : t + 1])
+            delta = _at_least_fp32(huber_delta[:, :, t : t + 1]) if huber_delta is not None else None
+            # vector-Jacobian product with d loss / d M(k) (the definition of each attentional bias)
+            grads = torch.autograd.grad(out, weights, output_gradient(out, target, rule, delta), create_graph=True)
+        th = _at_least_fp32(theta[:, :, t, None, None])
+        a = _at_least_fp32(log_a[:, :, t, None, None]).exp()
+        if momentum is not None:
+            eta = _at_least_fp32(log_eta[:, :, t, None, None]).exp()
+            momentum = [eta * s - th * g for s, g in zip(momentum, grads, strict=True)]
+            params = [a * p + s for p, s in zip(params, momentum, strict=True)]
+        else:
+            params = [a * p - th * g for p, g in zip(params, grads, strict=True)]
+        weights = [readout(p, rule) for p in params]
+        outputs.append(memory_forward(weights, _at_least_fp32(q[:, :, t : t + 1]), rule))
+    seen = state.seen + q.shape[2]
+    return torch.cat(outputs, dim=2).to(dtype), MemoryState(params, momentum, chunk_start, seen)
