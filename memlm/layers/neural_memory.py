@@ -68,7 +68,8 @@ class NeuralMemory(nn.Module):
     Args:
         hidden_size: model width. num_heads: memory heads, each an independent MLP over ``head_dim``.
         chunk_size: tokens per mini-batch of the inner gradient descent.
-        rule: a :class:`MemoryRule` or a preset name. max_lr: the largest inner learning rate.
+        rule: a :class:`MemoryRule` or a preset name. max_lr: the largest inner learning rate (default: the
+            rule's ``max_lr``).
     """
 
     def __init__(
@@ -79,7 +80,7 @@ class NeuralMemory(nn.Module):
         head_dim: int | None = None,
         rule: MemoryRule | str = "titans",
         conv_kernel_size: int = 4,
-        max_lr: float = 1.0,
+        max_lr: float | None = None,
         norm_eps: float = 1e-6,
         num_persistent: int = 0,
     ):
@@ -88,12 +89,13 @@ class NeuralMemory(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim or hidden_size // num_heads
         self.chunk_size = chunk_size
-        self.max_lr = max_lr
+        self.max_lr = max_lr if max_lr is not None else self.rule.max_lr
         inner = num_heads * self.head_dim
         self.qkv_proj = nn.Linear(hidden_size, 3 * inner, bias=False)
         self.conv = ShortConvolution(3 * inner, conv_kernel_size)
         self.num_gates = 4 if self.rule.attentional_bias == "huber" else 3
-        self.gate_proj = nn.Linear(hidden_size, self.num_gates * num_heads, bias=True)
+        self.gate_proj = nn.Linear(hidden_size, self.num_gates * num_heads, bias=False)
+        self.gate_bias = nn.Parameter(torch.zeros(self.num_gates * num_heads))
         self.initial_params = nn.ParameterList(
             nn.Parameter(torch.empty(num_heads, out, inp)) for out, inp in self.rule.shapes(self.head_dim)
         )
@@ -105,20 +107,26 @@ class NeuralMemory(nn.Module):
 
     @torch.no_grad()
     def init_mixer_weights(self) -> None:
-        """``M_0`` ~ N(0, 1/fan_in) (``kl``: zero logits, uniform rows); gates start at ``theta = max_lr/2``,
-        ``alpha ~ 0.02``, ``eta ~ 0.9`` and (Huber) ``delta ~ 1``."""
-        for p in self.initial_params:
-            if self.rule.retention == "kl":
-                init.zeros_(p)
-            else:
-                init.normal_(p, std=p.shape[-1] ** -0.5)
+        """Memory weights ``f(P_0)`` with He scale ``sqrt(2 / fan_in)`` before a GELU and ``sqrt(1 / fan_in)`` on
+        the last matrix (``kl``: standard normal logits), so a deep memory's output is not vanishingly small
+        (its LayerNorm would amplify rounding); gates start at ``theta = max_lr/2``, ``alpha ~ 2.5e-3``,
+        ``eta ~ 0.9`` and (Huber) ``delta ~ 1``."""
+        last = len(self.initial_params) - 1
+        for i, p in enumerate(self.initial_params):
+            if self.rule.retention == "kl":  # random logits: equal rows would stay equal under every update
+                init.normal_(p)
+                continue
+            target = ((1.0 if i == last else 2.0) / p.shape[-1]) ** 0.5
+            sample = torch.randn_like(p)
+            # f(c P) = c f(P) (up to the smoothing of |.|): scale so that the weights f(P) hit the target
+            init.copy_(p, sample * (target / readout(sample, self.rule).std()))
         if self.persistent is not None:
             init.normal_(self.persistent, std=0.02)
         bias = torch.zeros(self.num_gates, self.num_heads)
-        bias[1], bias[2] = -4.0, 2.0
+        bias[1], bias[2] = -6.0, 2.0
         if self.num_gates == 4:
             bias[3] = math.log(math.e - 1)
-        init.copy_(self.gate_proj.bias, bias.flatten())
+        init.copy_(self.gate_bias, bias.flatten())
 
     def initial_state(self, batch: int) -> MemoryBranchState:
         """The state before the first token: ``M_0``, or ``M_0`` after reading the persistent tokens (Titans'
@@ -168,7 +176,8 @@ class NeuralMemory(nn.Module):
             conv_state = window.gather(2, columns[:, None, :].expand(-1, window.shape[1], -1))
         q, k, v = (t.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
         q, k = l2_normalize(q), l2_normalize(k)
-        gates = self.gate_proj(x).float().view(batch, length, self.num_gates, self.num_heads).permute(2, 0, 3, 1)
+        gates = (self.gate_proj(x) + self.gate_bias).float()
+        gates = gates.view(batch, length, self.num_gates, self.num_heads).permute(2, 0, 3, 1)  # [gate, B, H, T]
         theta = self.max_lr * torch.sigmoid(gates[0])
         log_a = F.logsigmoid(-gates[1])  # log(1 - alpha)
         log_eta = F.logsigmoid(gates[2])

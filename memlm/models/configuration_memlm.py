@@ -37,7 +37,7 @@ class MemLMConfig(PreTrainedConfig):
             e.g. ``{"depth": 3, "algorithm": "gd"}``.
         memory_chunk_size: tokens per inner mini-batch (and per MAC segment), default 64.
         memory_num_heads / memory_head_dim: memory heads and their width (default the attention's).
-        memory_max_lr: the largest inner learning rate ``theta`` (default 1.0).
+        memory_max_lr: the largest inner learning rate ``theta`` (default: the preset's, 0.1; Moneta 0.01).
         num_persistent_memory_tokens: learned persistent-memory tokens (default 0).
         ``"memory_as_gate"`` layers use ``sliding_window``.
     """
@@ -74,7 +74,7 @@ class MemLMConfig(PreTrainedConfig):
     memory_chunk_size: int = 64
     memory_num_heads: int | None = None
     memory_head_dim: int | None = None
-    memory_max_lr: float = 1.0
+    memory_max_lr: float | None = None
     num_persistent_memory_tokens: int = 0
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -146,13 +146,23 @@ class MemLMConfig(PreTrainedConfig):
                 "so sliding_window must be a positive number of tokens"
             )
 
+    def validate(self) -> None:
+        """transformers' class validators, with memlm's layer-type check in place of transformers' (whose list
+        of layer types has no memory layers)."""
+        for validator in getattr(PreTrainedConfig, "__class_validators__", []):
+            if validator.__name__ == "validate_layer_type":
+                self._validate_layers()
+            else:
+                validator(self)
+
     def _validate_memory(self) -> None:
         """Memory fields are checked whether or not a memory layer is present (a config must stay loadable)."""
         _check_positive(self, "memory_chunk_size", "memory_num_heads", "memory_head_dim")
         persistent = self.num_persistent_memory_tokens
         if isinstance(persistent, bool) or not isinstance(persistent, int) or persistent < 0:
             raise ValueError(f"num_persistent_memory_tokens must be a non-negative integer, got {persistent!r}")
-        if not (isinstance(self.memory_max_lr, int | float) and self.memory_max_lr > 0):
+        lr = self.memory_max_lr
+        if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
             raise ValueError(f"memory_max_lr must be a positive number, got {self.memory_max_lr!r}")
         if self.memory_rule is not None and not isinstance(self.memory_rule, dict):
             raise ValueError(f"memory_rule must be a dict of MemoryRule fields, got {self.memory_rule!r}")

@@ -1,0 +1,172 @@
+"""The neural-memory op against its token-by-token definition (fp64, values and gradients)."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from memlm.ops.neural_memory import (
+    PRESETS,
+    MemoryRule,
+    chunk_neural_memory,
+    initial_state,
+    naive_neural_memory,
+    step_neural_memory,
+)
+
+RULES = {
+    **PRESETS,
+    "linear": MemoryRule(depth=1),
+    "linear-gd": MemoryRule(depth=1, algorithm="gd"),
+    "depth3": MemoryRule(depth=3),
+    "depth4-residual": MemoryRule(depth=4, residual=True, algorithm="gd"),
+    "dot": MemoryRule(attentional_bias="dot"),
+    "lp-momentum": MemoryRule(attentional_bias="lp", p=3.0),
+}
+
+
+def inputs(rule, batch=2, heads=2, length=13, dim=8, dtype=torch.float64):
+    """q, k (unit), v, theta, log(1 - alpha), log eta, Huber delta and the learned M_0, all requiring grad."""
+    g = torch.Generator().manual_seed(1)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    q = F.normalize(torch.randn(batch, heads, length, dim, generator=g, dtype=dtype), dim=-1).requires_grad_()
+    k = F.normalize(torch.randn(batch, heads, length, dim, generator=g, dtype=dtype), dim=-1).requires_grad_()
+    v = rand(batch, heads, length, dim)
+    theta = (torch.rand(batch, heads, length, generator=g, dtype=dtype) * 0.5).requires_grad_()
+    log_a = F.logsigmoid(torch.randn(batch, heads, length, generator=g, dtype=dtype) + 3).requires_grad_()
+    log_eta = F.logsigmoid(torch.randn(batch, heads, length, generator=g, dtype=dtype)).requires_grad_()
+    delta = (torch.rand(batch, heads, length, generator=g, dtype=dtype) + 0.2).requires_grad_()
+    params = [rand(heads, out, inp, scale=inp**-0.5) for out, inp in rule.shapes(dim)]
+    return [q, k, v, theta, log_a, log_eta, delta], params
+
+
+def run(op, rule, tensors, params, chunk_size, state=None):
+    q, k, v, theta, log_a, log_eta, delta = tensors
+    state = state if state is not None else initial_state(params, rule, q.shape[0])
+    return op(q, k, v, theta, log_a, log_eta, state, rule, chunk_size, huber_delta=delta)
+
+
+def outputs_and_grads(op, rule, tensors, params, chunk_size):
+    y, state = run(op, rule, tensors, params, chunk_size)
+    loss = y.square().sum() + sum(p.sin().sum() for p in state.params)
+    leaves = tensors + params
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return y, state, [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, leaves, strict=True)]
+
+
+@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+def test_chunked_equals_sequential_definition(name, chunk_size):
+    """Chunk size 1 is the token-by-token Titans update; larger chunks take gradients at the chunk start."""
+    rule = RULES[name]
+    tensors, params = inputs(rule)
+    y, state, grads = outputs_and_grads(chunk_neural_memory, rule, tensors, params, chunk_size)
+    y_ref, state_ref, grads_ref = outputs_and_grads(naive_neural_memory, rule, tensors, params, chunk_size)
+    torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-7)
+    for p, p_ref in zip(state.params, state_ref.params, strict=True):
+        torch.testing.assert_close(p, p_ref, atol=1e-9, rtol=1e-7)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["titans", "moneta", "yaad", "memora", "linear"])
+def test_continuing_from_a_state_token_by_token(name):
+    """Prefill (a length that ends inside a chunk), then one token at a time, equals one chunked pass."""
+    rule = RULES[name]
+    tensors, params = inputs(rule, length=30)
+    with torch.no_grad():
+        full, _ = run(chunk_neural_memory, rule, tensors, params, 8)
+        prefix, state = run(chunk_neural_memory, rule, [t[..., :21, :] if t.dim() == 4 else t[..., :21]
+                                                        for t in tensors], params, 8)
+        outs = [prefix]
+        for t in range(21, 30):
+            step = [x[..., t : t + 1, :] if x.dim() == 4 else x[..., t : t + 1] for x in tensors]
+            out, state = run(step_neural_memory, rule, step, params, 8, state)
+            outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=2), full, atol=1e-10, rtol=1e-8)
+    assert state.seen.tolist() == [30, 30]
+
+
+@pytest.mark.parametrize("name", ["titans", "yaad"])
+def test_left_padded_rows_equal_each_row_alone(name):
+    rule = RULES[name]
+    tensors, params = inputs(rule, length=19)
+    mask = torch.ones(2, 19)
+    mask[1, :6] = 0
+    q, k, v, theta, log_a, log_eta, delta = tensors
+    with torch.no_grad():
+        y, state = chunk_neural_memory(q, k, v, theta, log_a, log_eta, initial_state(params, rule, 2), rule, 4,
+                                       huber_delta=delta, mask=mask)
+        alone, alone_state = chunk_neural_memory(
+            *(t[1:, :, 6:] for t in (q, k, v, theta, log_a, log_eta)), initial_state(params, rule, 1), rule, 4,
+            huber_delta=delta[1:, :, 6:],
+        )
+    torch.testing.assert_close(y[1:, :, 6:], alone, atol=1e-10, rtol=1e-8)
+    for p, p_alone in zip(state.params, alone_state.params, strict=True):
+        torch.testing.assert_close(p[1:], p_alone, atol=1e-10, rtol=1e-8)
+    for s, s_alone in zip(state.chunk_start, alone_state.chunk_start, strict=True):
+        torch.testing.assert_close(s[1:], s_alone, atol=1e-10, rtol=1e-8)
+    assert state.seen.tolist() == [19, 13]
+
+
+@pytest.mark.parametrize("name", ["linear", "titans", "yaad", "memora", "moneta"])
+def test_memory_memorizes_key_value_pairs(name):
+    """After reading key-value pairs, retrieving with those keys is closer to their values than before."""
+    rule = dataclasses.replace(RULES[name], attentional_bias="l2") if name == "moneta" else RULES[name]
+    torch.manual_seed(0)
+    heads, pairs, dim = 2, 6, 16
+    keys = F.normalize(torch.randn(1, heads, pairs, dim, dtype=torch.float64), dim=-1)
+    values = torch.randn(1, heads, pairs, dim, dtype=torch.float64)
+    params = [torch.randn(heads, o, i, dtype=torch.float64) * i**-0.5 for o, i in rule.shapes(dim)]
+    state = initial_state(params, rule, 1)
+    reads = 30  # the pairs, read again and again
+    k, v = keys.repeat(1, 1, reads, 1), values.repeat(1, 1, reads, 1)
+    length = pairs * reads
+    # inner steps that each memory takes stably (a softmax memory moves its logits, hence the larger step)
+    step = 0.5 if rule.depth == 1 else 1.0 if rule.retention == "kl" else 0.05
+    theta = torch.full((1, heads, length), step, dtype=torch.float64)
+    no_decay = torch.zeros(1, heads, length, dtype=torch.float64)
+    eta = torch.full((1, heads, length), 0.5, dtype=torch.float64).log()
+    delta = torch.full((1, heads, length), 10.0, dtype=torch.float64)
+    _, learned = chunk_neural_memory(k, k, v, theta, no_decay, eta, state, rule, 6, huber_delta=delta)
+
+    def error(memory_state):
+        from memlm.ops.neural_memory import memory_forward, readout
+
+        weights = [readout(p, rule) for p in memory_state.params]
+        return (memory_forward(weights, keys, rule) - values).square().mean().item()
+
+    before, after = error(state), error(learned)
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(attentional_bias="l3"), "attentional_bias='l3'"),
+        (dict(retention="l1"), "retention='l1'"),
+        (dict(algorithm="adam"), "algorithm='adam'"),
+        (dict(depth=5), "depth=5"),
+        (dict(depth=1, residual=True), "residual=True"),
+        (dict(attentional_bias="lp", p=0.5), "p=0.5"),
+        (dict(retention="lq", q=1.0), "q=1.0"),
+        (dict(retention="kl", attentional_bias="dot"), "kl retention"),
+        (dict(norm_eps=0.0), "norm_eps=0.0"),
+    ],
+)
+def test_invalid_miras_combinations_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        MemoryRule(**fields)
+
+
+def test_continuing_inside_a_chunk_needs_the_step_op():
+    rule = RULES["titans"]
+    tensors, params = inputs(rule, length=5)
+    with torch.no_grad():
+        _, state = run(chunk_neural_memory, rule, tensors, params, 4)
+        with pytest.raises(ValueError, match="step_neural_memory"):
+            run(chunk_neural_memory, rule, tensors, params, 4, state)
