@@ -2,25 +2,35 @@
 
 Both run the same memory: one MLP per head of depth ``--depth`` and hidden width ``--expansion`` x head
 dim with a residual LayerNorm (titans-pytorch's default memory model), l2 loss, momentum and weight
-decay, chunks of ``--chunk`` tokens. Each (implementation, length) runs in a fresh subprocess so that
-peak memory (``ru_maxrss`` above the process's footprint just before the first forward) is its own::
+decay, chunks of ``--chunk`` tokens. memlm runs twice: as is, and with ``recompute_chunks`` (only
+chunk-boundary states kept for the backward pass). Every measurement runs in a fresh subprocess:
+
+- speed: the best of ``--repeats`` timed forward+backward passes after one warm-up;
+- peak memory: one pass in a process whose allocator returns freed memory at once
+  (``MALLOC_MMAP_THRESHOLD_=65536``), so the peak resident size above the footprint just before the
+  first forward is the peak of live tensors, not what glibc's heap happens to keep cached.
+
+::
 
     pip install titans-pytorch==0.5.5          # benchmark-only dependency
     python scripts/bench_memory.py --lengths 1024,2048,4096,8192,16384 --threads 1 \\
         --json docs/figures/bench_memory.json --figure docs/figures/bench_memory.png
 
-Prints tokens/s and peak MB per length for both, and memlm's speed and memory ratios.
+Prints tokens/s and peak MB per length, and memlm's ratios to titans-pytorch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+IMPLS = ["memlm", "memlm-recompute", "titans-pytorch"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,19 +44,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="timed forward+backward passes (best is kept)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", choices=["memlm", "titans-pytorch"], default=None)
+    parser.add_argument("--only", choices=IMPLS, default=None)
     parser.add_argument("--json", default=None, help="write the measurements here")
     parser.add_argument("--figure", default=None, help="PNG of tokens/s and peak memory against length")
-    parser.add_argument("--worker", nargs=2, metavar=("IMPL", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "LENGTH", "MODE"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def build(impl: str, args):
-    if impl == "memlm":
+    if impl.startswith("memlm"):
         from memlm.layers.neural_memory import NeuralMemory, memory_rule
 
         rule = memory_rule("titans", {"depth": args.depth, "expansion": args.expansion, "residual": True})
-        module = NeuralMemory(args.dim, args.heads, args.chunk, args.dim // args.heads, rule)
+        module = NeuralMemory(args.dim, args.heads, args.chunk, args.dim // args.heads, rule,
+                              recompute_chunks=impl == "memlm-recompute")
         return lambda x: module(x)[0]
     from titans_pytorch import MemoryMLP, NeuralMemory
 
@@ -56,8 +67,8 @@ def build(impl: str, args):
     return lambda x: module(x)[0]
 
 
-def worker(impl: str, length: int, args) -> dict:
-    """One measurement in this process: the best of ``repeats`` timed passes after one warm-up."""
+def worker(impl: str, length: int, mode: str, args) -> dict:
+    """One measurement in this process: ``speed`` (best timed pass) or ``memory`` (peak of one pass)."""
     import torch
 
     torch.manual_seed(0)
@@ -66,7 +77,7 @@ def worker(impl: str, length: int, args) -> dict:
     x = torch.randn(args.batch, length, args.dim, requires_grad=True)
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     best = float("inf")
-    for _ in range(1 + args.repeats):
+    for _ in range(1 + args.repeats if mode == "speed" else 1):
         start = time.perf_counter()
         out = forward(x)
         out.float().square().mean().backward()
@@ -74,20 +85,24 @@ def worker(impl: str, length: int, args) -> dict:
         x.grad = None
         if not torch.isfinite(out).all():
             raise RuntimeError(f"{impl}: non-finite output at length {length}")
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"impl": impl, "length": length, "tokens_per_s": args.batch * length / best,
-            "seconds": best, "peak_mb": (peak_kb - base_kb) / 1024}
+    if mode == "speed":
+        return {"tokens_per_s": args.batch * length / best, "seconds": best}
+    return {"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024}
 
 
 def measure(impl: str, length: int, args) -> dict:
-    command = [sys.executable, __file__, "--worker", impl, str(length)] + [
-        f"--{name}={getattr(args, name)}" for name in ("dim", "heads", "chunk", "depth", "expansion", "batch",
-                                                       "repeats", "threads")
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"impl": impl, "length": length, "error": done.stderr.strip().splitlines()[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    row = {"impl": impl, "length": length}
+    for mode in ("speed", "memory"):
+        command = [sys.executable, __file__, "--worker", impl, str(length), mode] + [
+            f"--{name}={getattr(args, name)}"
+            for name in ("dim", "heads", "chunk", "depth", "expansion", "batch", "repeats", "threads")
+        ]
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if mode == "memory" else None
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            return {**row, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+        row.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return row
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -97,7 +112,7 @@ def plot(results: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for impl, marker in (("memlm", "o"), ("titans-pytorch", "s")):
+    for impl, marker in zip(IMPLS, "o^s", strict=True):
         rows = [r for r in results if r["impl"] == impl and "error" not in r]
         lengths = [r["length"] for r in rows]
         speed.plot(lengths, [r["tokens_per_s"] for r in rows], marker=marker, label=impl)
@@ -115,36 +130,43 @@ def plot(results: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def markdown_table(results: list[dict], lengths: list[int]) -> str:
+    """tokens/s and peak MB per implementation and length, with memlm's ratios to titans-pytorch."""
+    by = {(r["impl"], r["length"]): r for r in results}
+
+    def cell(impl, length, key, fmt):
+        row = by.get((impl, length), {})
+        return format(row[key], fmt) if key in row else row.get("error", "-")[:24]
+
+    def ratio(impl, length, key):
+        ours, theirs = by.get((impl, length), {}), by.get(("titans-pytorch", length), {})
+        return f"{ours[key] / theirs[key]:.2f}" if key in ours and key in theirs and theirs[key] > 0 else "-"
+
+    lines = ["| T | " + " | ".join(f"{i} tok/s" for i in IMPLS) + " | speed memlm/titans | "
+             + " | ".join(f"{i} peak MB" for i in IMPLS) + " | memory memlm/titans | memory recompute/titans |",
+             "|" + "---|" * (2 * len(IMPLS) + 4)]
+    for n in lengths:
+        lines.append(f"| {n} | " + " | ".join(cell(i, n, "tokens_per_s", ".0f") for i in IMPLS)
+                     + f" | {ratio('memlm', n, 'tokens_per_s')} | "
+                     + " | ".join(cell(i, n, "peak_mb", ".0f") for i in IMPLS)
+                     + f" | {ratio('memlm', n, 'peak_mb')} | {ratio('memlm-recompute', n, 'peak_mb')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.worker[2], args)))
         return []
     from tqdm import tqdm
 
-    impls = [args.only] if args.only else ["memlm", "titans-pytorch"]
+    impls = [args.only] if args.only else IMPLS
     lengths = [int(n) for n in args.lengths.split(",")]
-    results = []
-    for length in tqdm(lengths, desc="lengths", file=sys.stderr):
-        for impl in impls:
-            results.append(measure(impl, length, args))
+    results = [measure(impl, length, args)
+               for length in tqdm(lengths, desc="lengths", file=sys.stderr) for impl in impls]
     print(f"dim {args.dim}, heads {args.heads}, chunk {args.chunk}, depth {args.depth}, expansion {args.expansion}, "
           f"batch {args.batch}, {args.threads} thread(s), forward+backward")
-    print(f"{'T':>6} | {'memlm tok/s':>11} | {'titans tok/s':>12} | {'speed x':>7} | {'memlm MB':>8} | "
-          f"{'titans MB':>9} | {'memory x':>8}")
-    by = {(r["impl"], r["length"]): r for r in results}
-    for length in lengths:
-        ours, theirs = by.get(("memlm", length), {}), by.get(("titans-pytorch", length), {})
-
-        def cell(row, key, fmt):
-            return format(row[key], fmt) if key in row else row.get("error", "-")[:12]
-
-        ratio = (f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}"
-                 if "tokens_per_s" in ours and "tokens_per_s" in theirs else "-")
-        mem_ratio = (f"{ours['peak_mb'] / theirs['peak_mb']:.2f}"
-                     if "peak_mb" in ours and "peak_mb" in theirs and theirs["peak_mb"] > 0 else "-")
-        print(f"{length:>6} | {cell(ours, 'tokens_per_s', '11.0f')} | {cell(theirs, 'tokens_per_s', '12.0f')} | "
-              f"{ratio:>7} | {cell(ours, 'peak_mb', '8.0f')} | {cell(theirs, 'peak_mb', '9.0f')} | {mem_ratio:>8}")
+    print(markdown_table(results, lengths))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

@@ -69,7 +69,8 @@ class NeuralMemory(nn.Module):
         hidden_size: model width. num_heads: memory heads, each an independent MLP over ``head_dim``.
         chunk_size: tokens per mini-batch of the inner gradient descent.
         rule: a :class:`MemoryRule` or a preset name. max_lr: the largest inner learning rate (default: the
-            rule's ``max_lr``).
+            rule's ``max_lr``). recompute_chunks: trade one more forward for keeping only chunk-boundary states.
+        num_persistent: learned persistent-memory tokens read before the sequence.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class NeuralMemory(nn.Module):
         max_lr: float | None = None,
         norm_eps: float = 1e-6,
         num_persistent: int = 0,
+        recompute_chunks: bool = False,
     ):
         super().__init__()
         self.rule = memory_rule(rule) if isinstance(rule, str) else rule
@@ -90,6 +92,7 @@ class NeuralMemory(nn.Module):
         self.head_dim = head_dim or hidden_size // num_heads
         self.chunk_size = chunk_size
         self.max_lr = max_lr if max_lr is not None else self.rule.max_lr
+        self.recompute_chunks = recompute_chunks
         inner = num_heads * self.head_dim
         self.qkv_proj = nn.Linear(hidden_size, 3 * inner, bias=False)
         self.conv = ShortConvolution(3 * inner, conv_kernel_size)
@@ -185,7 +188,8 @@ class NeuralMemory(nn.Module):
         args = (self.rule, self.chunk_size)
         memory = state.memory
         if bool((memory.seen % self.chunk_size == 0).all()):
-            o, memory = chunk_neural_memory(q, k, v, theta, log_a, log_eta, memory, *args, huber_delta, mask)
+            o, memory = chunk_neural_memory(q, k, v, theta, log_a, log_eta, memory, *args, huber_delta, mask,
+                                            recompute_chunks=self.recompute_chunks)
         else:  # continuing inside a chunk: token by token, exactly as the chunked pass would
             outs = []
             for t in range(length):

@@ -45,6 +45,7 @@ def neural_memory_from_config(config) -> NeuralMemory:
         max_lr=config.memory_max_lr,
         norm_eps=config.rms_norm_eps,
         num_persistent=config.num_persistent_memory_tokens,
+        recompute_chunks=config.memory_recompute_chunks,
     )
 
 

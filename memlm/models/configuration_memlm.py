@@ -39,6 +39,8 @@ class MemLMConfig(PreTrainedConfig):
         memory_num_heads / memory_head_dim: memory heads and their width (default the attention's).
         memory_max_lr: the largest inner learning rate ``theta`` (default: the preset's, 0.1; Moneta 0.01).
         num_persistent_memory_tokens: learned persistent-memory tokens (default 0).
+        memory_recompute_chunks: in training, keep only the memory states at chunk boundaries and recompute
+            the chunks in the backward pass (less memory, about 25% slower; default False).
         ``"memory_as_gate"`` layers use ``sliding_window``.
     """
 
@@ -76,6 +78,7 @@ class MemLMConfig(PreTrainedConfig):
     memory_head_dim: int | None = None
     memory_max_lr: float | None = None
     num_persistent_memory_tokens: int = 0
+    memory_recompute_chunks: bool = False
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from memlm.ops.utils import left_pad_shifts, roll_rows
 
@@ -310,6 +311,29 @@ def _retrieve_materialized(x, chunk_start_params, momentum, decay, m, c, deltas,
     return memory_forward(weights, x.unsqueeze(-2), rule).squeeze(-2)
 
 
+def _one_chunk(rule: MemoryRule, num_matrices: int, q, k, v, theta, log_a, log_eta, live, huber_delta, *state):
+    """Equations (6)-(8) for one chunk: returns ``(y, *P_end, *S_end)`` from ``state = (*P_0, *S_0)``."""
+    params, momentum = list(state[:num_matrices]), list(state[num_matrices:]) or None
+    deltas, inputs = token_gradients([readout(p, rule) for p in params], k, v, rule, huber_delta)
+    decay, m, c, momentum_weights = _chunk_coefficients(log_a, log_eta, theta, live, momentum is not None)
+    retrieve = _retrieve_linear_algebra if rule.retention == "l2" else _retrieve_materialized
+    y = retrieve(q, params, momentum, decay, m, c, deltas, inputs, rule)
+    new_params = []
+    for i, p0 in enumerate(params):
+        p = decay[..., -1, None, None] * p0 - (deltas[i] * c[..., -1, :, None]).transpose(-1, -2) @ inputs[i]
+        if momentum is not None:
+            p = p + m[..., -1, None, None] * momentum[i]
+        new_params.append(p)
+    if momentum is None:
+        return (y, *new_params)
+    end_eta = log_eta.sum(-1).exp()[..., None, None]
+    new_momentum = [
+        end_eta * s - (deltas[i] * momentum_weights[..., None]).transpose(-1, -2) @ inputs[i]
+        for i, s in enumerate(momentum)
+    ]
+    return (y, *new_params, *new_momentum)
+
+
 def chunk_neural_memory(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -322,6 +346,7 @@ def chunk_neural_memory(
     chunk_size: int,
     huber_delta: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    recompute_chunks: bool = False,
 ) -> tuple[torch.Tensor, MemoryState]:
     """Equations (1)-(8), chunk by chunk.
 
@@ -331,6 +356,8 @@ def chunk_neural_memory(
         state: from :func:`initial_state` or an earlier call; its ``seen`` must be a multiple of
             ``chunk_size`` for every row (use :func:`step_neural_memory` to continue inside a chunk).
         mask: ``[B, T]`` 1 for real tokens; pads must come first (left padding) or last.
+        recompute_chunks: for training, keep only the states at chunk boundaries and recompute each chunk in
+            the backward pass (less memory, one more forward; measured in docs/titans.md).
     Returns ``(y [B, H, T, d], new state)``; computed in fp32, ``y`` in the dtype of ``q``.
     """
     if bool((state.seen % chunk_size != 0).any()):
@@ -357,37 +384,22 @@ def chunk_neural_memory(
 
     real = live.sum(-1).long()  # tokens each row reads now
     chunk_of_end = real // chunk_size  # the chunk whose start the next token's gradient uses
-    retrieve = _retrieve_linear_algebra if rule.retention == "l2" else _retrieve_materialized
     params, momentum = list(state.params), list(state.momentum) if momentum_on else None
     chunk_start = list(state.chunk_start)
     outputs = []
     for index, start in enumerate(range(0, length, chunk_size)):
         part = slice(start, min(start + chunk_size, length))
-        weights = [readout(p, rule) for p in params]
-        deltas, inputs = token_gradients(
-            weights, k[:, :, part], v[:, :, part], rule, huber_delta[:, :, part] if huber_delta is not None else None
-        )
-        decay, m, c, momentum_weights = _chunk_coefficients(
-            log_a[:, :, part], log_eta[:, :, part] if momentum_on else None, theta[:, :, part],
-            live_h[:, :, part], momentum_on,
-        )
-        outputs.append(retrieve(q[:, :, part], params, momentum, decay, m, c, deltas, inputs, rule))
         keep = (chunk_of_end == index).view(batch, 1, 1, 1)
         chunk_start = [torch.where(keep, p, s) for p, s in zip(params, chunk_start, strict=True)]
-        end_decay, end_m, end_c = decay[..., -1], m[..., -1] if momentum_on else None, c[..., -1, :]
-        new_params = []
-        for i, p0 in enumerate(params):
-            p = end_decay[..., None, None] * p0 - (deltas[i] * end_c[..., None]).transpose(-1, -2) @ inputs[i]
-            if momentum_on:
-                p = p + end_m[..., None, None] * momentum[i]
-            new_params.append(p)
-        if momentum_on:
-            end_eta = log_eta[:, :, part].sum(-1).exp()
-            momentum = [
-                end_eta[..., None, None] * s - (deltas[i] * momentum_weights[..., None]).transpose(-1, -2) @ inputs[i]
-                for i, s in enumerate(momentum)
-            ]
-        params = new_params
+        per_token = (q, k, v, theta, log_a, log_eta, live_h, huber_delta)
+        pieces = [t[:, :, part] if t is not None else None for t in per_token]
+        if recompute_chunks and torch.is_grad_enabled():  # keep only chunk-boundary states, recompute the rest
+            out = checkpoint(_one_chunk, rule, len(params), *pieces, *params, *(momentum or []), use_reentrant=False)
+        else:
+            out = _one_chunk(rule, len(params), *pieces, *params, *(momentum or []))
+        outputs.append(out[0])
+        params = list(out[1 : 1 + len(params)])
+        momentum = list(out[1 + len(params) :]) if momentum_on else None
     keep = (chunk_of_end == len(outputs)).view(batch, 1, 1, 1)
     chunk_start = [torch.where(keep, p, s) for p, s in zip(params, chunk_start, strict=True)]
     y = torch.cat(outputs, dim=2)
