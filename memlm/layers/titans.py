@@ -60,8 +60,40 @@ class AttentionMemoryState:
         return AttentionMemoryState(None if self.attention is None else self.attention.map(fn), self.memory.map(fn))
 
 
+def documents_as_rows(x: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed row ``[1, N, ...]`` -> right-padded documents ``[D, L, ...]`` and their ``[D, L]`` 0/1 mask."""
+    lengths = cu_seqlens.diff()
+    mask = torch.arange(int(lengths.max()), device=x.device)[None, :] < lengths[:, None]
+    rows = x.new_zeros(len(lengths), mask.shape[1], *x.shape[2:])
+    rows[mask] = x[0]
+    return rows, mask.long()
+
+
+class MemoryMixer(nn.Module):
+    """Shared entry point of the memory layer types: cache lookup, padding mask and packed documents.
+
+    Subclasses implement ``mix(hidden_states, mask, position_embeddings, state) -> (out, new_state)``.
+    With ``cu_seqlens`` (packed training rows) every document runs as its own right-padded row, so no
+    memory, conv window or attention crosses a document boundary.
+    """
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None,
+                cu_seqlens=None, **kwargs):
+        if cu_seqlens is not None:
+            rows, mask = documents_as_rows(hidden_states, cu_seqlens)
+            cos, sin = (documents_as_rows(t.expand(1, -1, -1), cu_seqlens)[0] for t in position_embeddings)
+            out, _ = self.mix(rows, mask, (cos, sin), None)
+            return out[mask.bool()][None]
+        layer = memory_cache_layer(cache, self.layer_idx)
+        mask = padding_mask_for(attention_mask, hidden_states.shape[1])
+        out, state = self.mix(hidden_states, mask, position_embeddings, layer.state if layer is not None else None)
+        if layer is not None:
+            layer.update_state(state, hidden_states.shape[1])
+        return out
+
+
 @register_mixer("memory")
-class MemoryLayer(nn.Module):
+class MemoryLayer(MemoryMixer):
     """LMM: ``hidden_states [B, T, hidden] -> [B, T, hidden]`` through the neural memory alone."""
 
     def __init__(self, config, layer_idx: int):
@@ -69,17 +101,12 @@ class MemoryLayer(nn.Module):
         self.layer_idx = layer_idx
         self.memory = neural_memory_from_config(config)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
-        layer = memory_cache_layer(cache, self.layer_idx)
-        mask = padding_mask_for(attention_mask, hidden_states.shape[1])
-        out, state = self.memory(hidden_states, layer.state if layer is not None else None, mask)
-        if layer is not None:
-            layer.update_state(state, hidden_states.shape[1])
-        return out
+    def mix(self, hidden_states, mask, position_embeddings, state):
+        return self.memory(hidden_states, state, mask)
 
 
 @register_mixer("memory_as_gate")
-class MemoryAsGate(nn.Module):
+class MemoryAsGate(MemoryMixer):
     """MAG: sliding-window attention (``config.sliding_window``) and the memory, combined by a normalized gate."""
 
     def __init__(self, config, layer_idx: int):
@@ -93,22 +120,17 @@ class MemoryAsGate(nn.Module):
         self.memory_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
-        layer = memory_cache_layer(cache, self.layer_idx)
-        state = layer.state if layer is not None else None
-        mask = padding_mask_for(attention_mask, hidden_states.shape[1])
+    def mix(self, hidden_states, mask, position_embeddings, state):
         attended, window = self.attention(
             hidden_states, position_embeddings, mask, state.attention if state is not None else None
         )
         remembered, memory = self.memory(hidden_states, state.memory if state is not None else None, mask)
         out = self.out_proj(self.attention_norm(attended) * torch.sigmoid(self.memory_norm(remembered)))
-        if layer is not None:
-            layer.update_state(AttentionMemoryState(window, memory), hidden_states.shape[1])
-        return out
+        return out, AttentionMemoryState(window, memory)
 
 
 @register_mixer("memory_as_context")
-class MemoryAsContext(nn.Module):
+class MemoryAsContext(MemoryMixer):
     """MAC: segments of ``config.memory_chunk_size`` tokens attend to the memory's retrievals as context."""
 
     def __init__(self, config, layer_idx: int):
@@ -133,13 +155,10 @@ class MemoryAsContext(nn.Module):
         out = self.out_proj(attended * torch.sigmoid(self.memory_norm(remembered)))
         return out, AttentionMemoryState(window, memory)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
+    def mix(self, hidden_states, mask, position_embeddings, state):
         batch, length, _ = hidden_states.shape
-        layer = memory_cache_layer(cache, self.layer_idx)
-        state = layer.state if layer is not None else None
         if state is None:
             state = AttentionMemoryState(None, self.memory.initial_state(batch))
-        mask = padding_mask_for(attention_mask, length)
         cos, sin = position_embeddings
         cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
         seen = state.memory.memory.seen
@@ -163,6 +182,4 @@ class MemoryAsContext(nn.Module):
         out = torch.cat(outs, dim=1)
         if shifts is not None:
             out = roll_rows(out, -shifts)
-        if layer is not None:
-            layer.update_state(state, length)
-        return out
+        return out, state

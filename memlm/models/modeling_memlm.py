@@ -125,12 +125,6 @@ class MemLMModel(MemLMPreTrainedModel):
                     "use_cache=False and no cache"
                 )
             use_cache = False
-            memory = sorted({t for t in self.config.layer_types if t in MEMORY_LAYER_TYPES})
-            if memory:
-                raise ValueError(
-                    f"packed documents (cu_seq_lens_q) are not supported by the memory layer types {memory}: "
-                    "their memory would carry over between documents; train without packing (one document per row)"
-                )
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -155,9 +149,9 @@ class MemLMModel(MemLMPreTrainedModel):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             layer_kwargs = {}
-            if layer.layer_type == LINEAR_LAYER_TYPE:
+            if layer.layer_type in (LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES):  # documents kept apart by offsets
                 layer_kwargs["cu_seqlens"] = cu_seq_lens_q
-                if lower_bounds is not None:
+                if layer.layer_type == LINEAR_LAYER_TYPE and lower_bounds is not None:
                     position = self.linear_position[i]
                     layer_kwargs["lower_bound"] = lower_bounds[position] if position > 0 else None
             else:

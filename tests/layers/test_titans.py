@@ -107,7 +107,18 @@ def test_config_errors_name_the_field(overrides, message):
         MemLMConfig(**{**base, **overrides})
 
 
-def test_packed_documents_are_refused_by_memory_layers():
-    model = tiny(["memory", "full_attention"])
-    with pytest.raises(ValueError, match="not supported by the memory layer types"):
-        model(torch.ones(1, 6, dtype=torch.long), cu_seq_lens_q=torch.tensor([0, 3, 6]), use_cache=False)
+@pytest.mark.parametrize("layer_types", [["memory", "sliding_attention"], ["memory_as_gate", "full_attention"],
+                                         ["memory_as_context", "full_attention"]])
+def test_packed_documents_match_separate_forwards(layer_types):
+    """Packed training rows (cu_seq_lens_q): no memory, conv or attention crosses a document boundary."""
+    model = tiny(layer_types, num_persistent_memory_tokens=2)
+    docs = [torch.randint(1, 61, (1, n)) for n in (13, 21, 5)]
+    packed = torch.cat(docs, dim=1)
+    position_ids = torch.cat([torch.arange(d.shape[1]) for d in docs])[None]
+    with torch.no_grad():
+        logits = model(packed, position_ids=position_ids, cu_seq_lens_q=torch.tensor([0, 13, 34, 39])).logits
+        start = 0
+        for doc in docs:
+            torch.testing.assert_close(logits[:, start : start + doc.shape[1]], model(doc).logits,
+                                       atol=1e-4, rtol=1e-4)
+            start += doc.shape[1]
