@@ -38,6 +38,30 @@ def mqar_accuracy(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tenso
         ValueError: for ``input_ids`` and ``labels`` of different or non-2-D shapes, a ``batch_size`` that
             is not a positive int, a label at position 0, or no label at all.
     """
+    check_labelled_rows(input_ids, labels, batch_size)
+    total = int((labels != IGNORE_INDEX).sum())
+    if total == 0:
+        raise ValueError("labels has no labelled position (all are -100), so the accuracy is undefined")
+
+    hits = label_hits(model, input_ids, labels, batch_size)
+    return int(hits.sum()) / total
+
+
+def row_exact_match(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
+    """Fraction of rows whose every labelled position is predicted right (passkey: the whole key).
+
+    Same arguments, checks and evaluation mode as :func:`mqar_accuracy`; every row needs a label.
+    """
+    check_labelled_rows(input_ids, labels, batch_size)
+    if bool(((labels != IGNORE_INDEX).sum(-1) == 0).any()):
+        raise ValueError("every row needs a labelled position for a row exact match")
+    hits = label_hits(model, input_ids, labels, batch_size)
+    scored = labels[:, 1:] != IGNORE_INDEX
+    return int((hits | ~scored.to(hits.device)).all(-1).sum()) / input_ids.shape[0]
+
+
+def check_labelled_rows(input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+    """The argument checks shared by the accuracies (see :func:`mqar_accuracy`'s Raises)."""
     if input_ids.dim() != 2 or labels.shape != input_ids.shape:
         raise ValueError(
             f"input_ids and labels must both be [N, T], got {tuple(input_ids.shape)} and {tuple(labels.shape)}"
@@ -46,21 +70,24 @@ def mqar_accuracy(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tenso
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if (labels[:, 0] != IGNORE_INDEX).any():
         raise ValueError("labels[:, 0] must be -100: with the transformers shift no logit predicts position 0")
-    total = int((labels != IGNORE_INDEX).sum())
-    if total == 0:
+    if not bool((labels != IGNORE_INDEX).any()):
         raise ValueError("labels has no labelled position (all are -100), so the accuracy is undefined")
 
+
+@torch.no_grad()
+def label_hits(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``[N, T - 1]`` bool: the argmax at ``t - 1`` equals ``labels[:, t]`` (False where unlabelled)."""
     parameter = next(model.parameters(), None)
     device = input_ids.device if parameter is None else parameter.device
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        correct = 0
+        hits = []
         for start in range(0, input_ids.shape[0], batch_size):
             batch_labels = labels[start : start + batch_size, 1:].to(device)
             logits = model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False).logits
-            correct += int((logits[:, :-1].argmax(-1) == batch_labels).sum())  # an argmax is never -100
+            hits.append(logits[:, :-1].argmax(-1) == batch_labels)  # an argmax is never -100
     finally:
         for module, training in modes:
             module.training = training
-    return correct / total
+    return torch.cat(hits)

@@ -23,9 +23,12 @@ def build_tokenizer(config: RecipeConfig):
     if spec.kind == "byte":
         return tokenization.byte_level_tokenizer()
     if spec.kind == "integer":
-        vocab = spec.vocab_size or (config.data.mqar or {}).get("vocab_size")
+        task = config.data.mqar or config.data.passkey or {}
+        vocab = spec.vocab_size or task.get("vocab_size")
         if not vocab:
-            raise ValueError("tokenizer.kind='integer' needs tokenizer.vocab_size (or data.mqar.vocab_size)")
+            raise ValueError(
+                "tokenizer.kind='integer' needs tokenizer.vocab_size (or data.mqar / data.passkey vocab_size)"
+            )
         return tokenization.integer_tokenizer(vocab)
     if config.data.source != "text":
         raise ValueError("tokenizer.kind='bpe' trains on local plain-text data.files (data.source='text')")
@@ -37,18 +40,19 @@ def build_tokenizer(config: RecipeConfig):
 def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None]:
     """Training rows (packed text, or synthetic task rows) and, for synthetic tasks, held-out eval rows."""
     data = config.data
-    if data.source == "mqar":
-        from memlm.data import mqar
+    if data.source in ("mqar", "passkey"):
+        from memlm.data import mqar, passkey
 
-        args = dict(data.mqar)
+        generate = {"mqar": mqar, "passkey": passkey}[data.source]
+        args = dict(getattr(data, data.source))
         if "num_examples" not in args:
-            raise ValueError("data.mqar needs num_examples, num_kv_pairs and vocab_size")
+            raise ValueError(f"data.{data.source} needs num_examples (and the task's sizes)")
         args.setdefault("seq_len", data.seq_len)
-        train_ids, train_labels = mqar(**args, seed=config.train.seed)
+        train_ids, train_labels = generate(**args, seed=config.train.seed)
         eval_args = {**args, "num_examples": config.eval.num_examples}
-        eval_ids, eval_labels = mqar(**eval_args, seed=config.eval.seed)
+        eval_ids, eval_labels = generate(**eval_args, seed=config.eval.seed)
         dataset = Dataset.from_dict({"input_ids": train_ids.tolist(), "labels": train_labels.tolist()})
-        return dataset.with_format("torch"), {"mqar": (eval_ids, eval_labels)}
+        return dataset.with_format("torch"), {data.source: (eval_ids, eval_labels)}
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no pad_token for the last packed row")
     if data.streaming:
@@ -115,4 +119,10 @@ def run_evaluations(model, config: RecipeConfig, eval_data: dict | None) -> dict
 
         input_ids, labels = eval_data["mqar"]
         results["mqar_accuracy"] = mqar_accuracy(model, input_ids, labels)
+    if "passkey" in config.eval.tasks:
+        from memlm.eval import mqar_accuracy, row_exact_match
+
+        input_ids, labels = eval_data["passkey"]
+        results["passkey_token_accuracy"] = mqar_accuracy(model, input_ids, labels)
+        results["passkey_exact_match"] = row_exact_match(model, input_ids, labels)
     return results

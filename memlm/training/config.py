@@ -3,7 +3,7 @@
     output_dir: runs/demo
     model:      {config: {...MemLMConfig fields...}}  or  {pretrained: DIR_OR_HUB_NAME}
     tokenizer:  {kind: byte | bpe | integer | pretrained, ...}
-    data:       {source: text | json | parquet | hub | mqar | niah, ...}
+    data:       {source: text | json | parquet | hub | mqar | passkey | niah, ...}
     optimizer:  {lr, weight_decay, betas, eps}
     schedule:   {kind: cosine | linear | constant, warmup_steps, min_lr_ratio}
     train:      {max_steps, batch_size, gradient_accumulation_steps, max_grad_norm, precision, seed, log_every}
@@ -62,7 +62,8 @@ class DataSection:
     """Text sources are tokenized, each document ended with EOS, and packed into rows of ``seq_len``.
 
     ``source``: ``text`` / ``json`` / ``parquet`` (local ``files``), ``hub`` (dataset ``name``), or a
-    synthetic task: ``mqar`` (rows with labels; arguments of :func:`memlm.data.mqar` in ``mqar``) or
+    synthetic task: ``mqar`` (rows with labels; arguments of :func:`memlm.data.mqar` in ``mqar``),
+    ``passkey`` (rows with labels; arguments of :func:`memlm.data.passkey` in ``passkey``) or
     ``niah`` (needle-in-a-haystack documents, packed like text; arguments of
     :func:`memlm.data.niah_grid` in ``niah``, lengths counted in the recipe's tokenizer).
     """
@@ -77,6 +78,7 @@ class DataSection:
     seq_len: int = 512
     max_documents: int | None = None
     mqar: dict | None = None
+    passkey: dict | None = None
     niah: dict | None = None
 
 
@@ -146,7 +148,7 @@ class LoraSection:
 
 @dataclasses.dataclass
 class EvalSection:
-    """Evaluations run after training. ``tasks``: ``mqar`` (needs ``data.source: mqar``)."""
+    """Evaluations run after training. ``tasks``: ``mqar`` / ``passkey`` (need the same ``data.source``)."""
 
     tasks: list = dataclasses.field(default_factory=list)
     num_examples: int = 256
@@ -173,10 +175,10 @@ class RecipeConfig:
 
 CHOICES = {
     "tokenizer.kind": ("byte", "bpe", "integer", "pretrained"),
-    "data.source": ("text", "json", "parquet", "hub", "mqar", "niah"),
+    "data.source": ("text", "json", "parquet", "hub", "mqar", "passkey", "niah"),
     "schedule.kind": ("cosine", "linear", "constant"),
     "train.precision": ("no", "bf16", "fp16"),
-    "eval.tasks": ("mqar",),
+    "eval.tasks": ("mqar", "passkey"),
 }
 FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 POSITIVE = ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "train.log_every",
@@ -281,8 +283,11 @@ def _check_values(config: RecipeConfig) -> None:
         raise ValueError("data.source='mqar' needs data.mqar: {num_examples, num_kv_pairs, vocab_size}")
     if data.source == "niah" and not data.niah:
         raise ValueError("data.source='niah' needs data.niah: {context_lengths, depths, num_examples_per_cell, ...}")
-    if "mqar" in config.eval.tasks and data.source != "mqar":
-        raise ValueError("eval.tasks contains 'mqar', which needs data.source='mqar'")
+    if data.source == "passkey" and not data.passkey:
+        raise ValueError("data.source='passkey' needs data.passkey: {num_examples, vocab_size, key_length, ...}")
+    for task in ("mqar", "passkey"):
+        if task in config.eval.tasks and data.source != task:
+            raise ValueError(f"eval.tasks contains {task!r}, which needs data.source={task!r}")
     if config.tokenizer.kind == "pretrained" and not (config.tokenizer.path or model.pretrained):
         raise ValueError("tokenizer.kind='pretrained' needs tokenizer.path (or model.pretrained)")
     if len(config.optimizer.betas) != 2:

@@ -6,7 +6,7 @@ from torch import nn
 
 import memlm
 from memlm.data import mqar
-from memlm.eval import mqar_accuracy
+from memlm.eval import mqar_accuracy, row_exact_match
 
 V = 64
 
@@ -41,6 +41,19 @@ def test_right_and_wrong_predictions():
     assert mqar_accuracy(LabelModel(input_ids, labels, [1] * 10), input_ids, labels) == 0.0
     half = LabelModel(input_ids, labels, [0, 1] * 5)  # every other row answered right
     assert mqar_accuracy(half, input_ids, labels, batch_size=3) == 0.5
+
+
+def test_row_exact_match_needs_every_label_of_a_row():
+    input_ids, labels = mqar(10, 32, 4, V)
+    assert row_exact_match(LabelModel(input_ids, labels, [0] * 10), input_ids, labels) == 1.0
+    assert row_exact_match(LabelModel(input_ids, labels, [0, 1] * 5), input_ids, labels, batch_size=3) == 0.5
+    one_wrong = labels.clone()
+    one_wrong[0, (labels[0] != -100).nonzero()[0, 0]] += 1  # one of row 0's labels can no longer be hit
+    assert row_exact_match(LabelModel(input_ids, labels, [0] * 10), input_ids, one_wrong) == 0.9
+    unlabelled = labels.clone()
+    unlabelled[3] = -100
+    with pytest.raises(ValueError, match="every row needs a labelled position"):
+        row_exact_match(LabelModel(input_ids, labels, [0] * 10), input_ids, unlabelled)
 
 
 def test_tiny_memlm_model():

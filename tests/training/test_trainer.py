@@ -47,6 +47,30 @@ def text_recipe(tmp_path: Path, **sections) -> dict:
     return recipe
 
 
+@pytest.mark.parametrize("layer_types", [["memory", "sliding_attention"] * 2,
+                                         ["memory_as_context", "full_attention"] * 2])
+def test_text_recipe_trains_a_titans_model_on_packed_documents(tmp_path, layer_types):
+    config = {key: value for key, value in TINY_MODEL.items() if key != "hybrid_ratio"}
+    config.update(layer_types=layer_types, sliding_window=8, memory_chunk_size=16)
+    result = train(config_from_dict(text_recipe(tmp_path, model={"config": config})))
+    assert result.summary["steps"] == 6 and all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert loaded.config.layer_types == layer_types
+
+
+def test_passkey_recipe_reports_token_and_key_accuracy(tmp_path):
+    recipe = text_recipe(
+        tmp_path,
+        tokenizer={"kind": "integer"},
+        data={"source": "passkey", "seq_len": 48, "passkey": {"num_examples": 32, "vocab_size": 30, "key_length": 3}},
+        eval={"tasks": ["passkey"], "num_examples": 8},
+    )
+    del recipe["data"]["files"]
+    scores = train(config_from_dict(recipe)).summary["eval"]
+    assert set(scores) == {"passkey_token_accuracy", "passkey_exact_match"}
+    assert 0 <= scores["passkey_exact_match"] <= scores["passkey_token_accuracy"] <= 1
+
+
 def losses(output_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
 
