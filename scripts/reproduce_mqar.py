@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -88,21 +87,6 @@ def command_line(argv=None) -> str:
     return "python scripts/reproduce_mqar.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
 
-def machine_note() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs visible, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, no GPU")
-
-
 def markdown_table(args, results: dict) -> str:
     names = [name for name, _ in ARCHITECTURES]
     head = "| kv pairs | " + " | ".join(f"{n} acc" for n in names) + " | " + \
@@ -142,6 +126,8 @@ def plot(args, results: dict, path: str) -> None:
 
 
 def write_report(args, results: dict, command: str, total_seconds: float) -> None:
+    from memlm.eval.report import machine_description
+
     names = [name for name, _ in ARCHITECTURES]
     figure_rel = os.path.relpath(args.figure, Path(args.out).parent)
     text = f"""# MQAR reproduction at tiny scale (generated)
@@ -157,7 +143,7 @@ seq_len {args.seq_len}, vocab {args.vocab_size}, {args.num_examples} training ro
 batch {args.batch_size}, AdamW lr {args.lr} cosine, seed {args.seed}; MQAR accuracy on {args.eval_examples}
 held-out rows. Only `model.config.hybrid_ratio` differs: attention "0:1", hybrid "3:1", all-GDN "1:0".
 
-Machine: {machine_note()}. Total wall time {total_seconds / 60:.1f} min.
+Machine: {machine_description()}. Total wall time {total_seconds / 60:.1f} min.
 
 {markdown_table(args, results)}
 

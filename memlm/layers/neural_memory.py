@@ -182,7 +182,7 @@ class NeuralMemory(nn.Module):
         gates = (self.gate_proj(x) + self.gate_bias).float()
         gates = gates.view(batch, length, self.num_gates, self.num_heads).permute(2, 0, 3, 1)  # [gate, B, H, T]
         theta = self.max_lr * torch.sigmoid(gates[0])
-        log_a = F.logsigmoid(-gates[1])  # log(1 - alpha)
+        log_a = F.logsigmoid(-gates[1]) if self.rule.forgetting else torch.zeros_like(theta)  # log(1 - alpha)
         log_eta = F.logsigmoid(gates[2])
         huber_delta = F.softplus(gates[3]) if self.num_gates == 4 else None
         args = (self.rule, self.chunk_size)

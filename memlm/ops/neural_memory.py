@@ -77,6 +77,7 @@ class MemoryRule:
         so as retention shrinks them the inner step grows like ``1 / var(MLP(x))``; with the usual 1e-5 the
         inner dynamics turn chaotic (measured: input gradients overflow fp32 within 2k tokens at depth 4),
         with 1.0 the amplification is bounded.
+    forgetting: False removes the forgetting gate (``alpha = 0``), the Titans ablation.
     max_lr: the ceiling of the data-dependent inner learning rate ``theta_t``. Moneta's is 0.01: its mirror map
         enlarges steps on small entries, and at 0.1 its inner dynamics diverge within 4k tokens (measured).
     """
@@ -93,6 +94,7 @@ class MemoryRule:
     abs_eps: float = 1e-6
     norm_eps: float = 1.0
     max_lr: float = 0.1
+    forgetting: bool = True
 
     def __post_init__(self):
         def refuse(name, value, allowed):
