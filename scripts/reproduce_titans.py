@@ -31,8 +31,8 @@ ARCHITECTURES = {
     "MAL": {"layer_types": ["memory", "sliding_attention"] * 2},
     "MAG": {"layer_types": ["memory_as_gate"] * 4},
     "MAC": {"layer_types": ["memory_as_context"] * 4},
-    "MAL, no momentum": {"layer_types": ["memory", "sliding_attention"] * 2, "memory_rule": {"algorithm": "gd"}},
-    "MAL, no forgetting": {"layer_types": ["memory", "sliding_attention"] * 2,
+    "MAL no momentum": {"layer_types": ["memory", "sliding_attention"] * 2, "memory_rule": {"algorithm": "gd"}},
+    "MAL no forgetting": {"layer_types": ["memory", "sliding_attention"] * 2,
                            "memory_rule": {"forgetting": False}},
 }
 
@@ -132,7 +132,7 @@ def plot(args, results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in args.architectures:
         if name in results:
-            dashed = "," in name
+            dashed = " no " in name
             ax.plot(args.test_lens, [results[name]["scores"][n] for n in args.test_lens], marker="o",
                     linestyle="--" if dashed else "-", label=name)
     ax.axvline(args.train_len, color="grey", linewidth=0.8)
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
     results: dict = {}
     start = time.perf_counter()
     for name in tqdm(args.architectures, desc="architectures", file=sys.stderr):
-        out = workdir / name.replace(" ", "_").replace(",", "").replace(":", "to")
+        out = workdir / name.replace(" ", "_").replace(":", "to")
         t0 = time.perf_counter()
         result = train(config_from_dict(recipe(args, name, str(out))))
         seconds = time.perf_counter() - t0
