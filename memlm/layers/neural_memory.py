@@ -171,9 +171,10 @@ class NeuralMemory(nn.Module):
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)
         state = state if state is not None else self.initial_state(batch)
-        qkv, conv_state = self.conv.with_state(self.qkv_proj(x), state.conv)
+        projected = self.qkv_proj(x)
+        qkv, conv_state = self.conv.with_state(projected, state.conv)
         if mask is not None and bool((mask[:, -1] == 0).any()):  # right pads: keep the last real inputs
-            window = torch.cat([state.conv, self.qkv_proj(x).transpose(1, 2)], dim=-1)
+            window = torch.cat([state.conv, projected.transpose(1, 2)], dim=-1)
             real = mask.long().sum(-1)
             columns = real[:, None] + torch.arange(conv_state.shape[-1], device=x.device)[None, :]
             conv_state = window.gather(2, columns[:, None, :].expand(-1, window.shape[1], -1))
