@@ -2,52 +2,15 @@
 
 import pytest
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
 
-from memlm import MemLMConfig, MemLMForCausalLM
 from memlm.cola import chain
-
-SIZES = dict(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, eos_token_id=None,
-             bos_token_id=None)
-
-
-def build(name: str):
-    torch.manual_seed(0)
-    if name == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**SIZES))
-    elif name == "qwen2-sliding":
-        model = Qwen2ForCausalLM(Qwen2Config(**SIZES, use_sliding_window=True, sliding_window=5, max_window_layers=2))
-    elif name == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(**SIZES, head_dim=8))
-    elif name == "mistral":
-        model = MistralForCausalLM(MistralConfig(**SIZES, sliding_window=6))
-    else:
-        layer_types = {"memlm-gdn": ["linear_attention", "full_attention"] * 2,
-                       "memlm-titans": ["memory", "sliding_attention", "memory_as_gate", "full_attention"]}[name]
-        model = MemLMForCausalLM(MemLMConfig(**SIZES, layer_types=layer_types, sliding_window=5,
-                                             memory_chunk_size=8))
-    model.eval()
-    with torch.no_grad():  # larger logits than the default init, so greedy choices are not near-ties
-        model.lm_head.weight.mul_(20)
-    return model
-
 
 MODELS = ["llama", "qwen2-sliding", "qwen3", "mistral", "memlm-gdn", "memlm-titans"]
 PATHS = {"skip": [0, 2, 3], "repeat": [0, 1, 1, 2, 3, 3], "reorder": [3, 0, 2, 1], "mixed": [1, 1, 0, 3, 2, 2, 0]}
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def model(request):
+def model(request, build):
     return build(request.param)
 
 
@@ -90,7 +53,7 @@ def test_a_path_changes_the_computation_and_the_model_is_restored(model):
     assert sorted(set(idx)) == [0, 1, 2, 3]  # no copy's position leaked into the original layers
 
 
-def test_repeated_layer_shares_weights_but_not_its_cache_slot():
+def test_repeated_layer_shares_weights_but_not_its_cache_slot(build):
     model = build("llama")
     with chain(model, [1, 1]):
         first, second = model.model.layers
@@ -106,7 +69,7 @@ def test_repeated_layer_shares_weights_but_not_its_cache_slot():
      ([0, -1], r"path\[1\]=-1"), ([0, 1.0], r"path\[1\]=1.0"), ("0123", "sequence of layer indices"),
      ([0] * 17, "more than max_length=16")],
 )
-def test_bad_paths_raise_clear_errors(path, message):
+def test_bad_paths_raise_clear_errors(path, message, build):
     model = build("llama")
     with pytest.raises(ValueError, match=message), chain(model, path):
         pass
