@@ -38,3 +38,12 @@ def test_memory_benchmark_measures_memlm(tmp_path):
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert {row["impl"] for row in rows} == {"memlm", "memlm-recompute", "titans-pytorch"}
     assert all(row["tokens_per_s"] > 0 and row["peak_mb"] >= 0 for row in rows)
+
+
+def test_cola_demo_trains_searches_and_writes_the_table(tmp_path):
+    out, figure = tmp_path / "cola.md", tmp_path / "cola.png"
+    result = run(str(SCRIPTS / "cola_demo.py"), "--steps", "5", "--layers", "2", "--eval-samples", "3",
+                 "--simulations", "4", "--out", str(out), "--figure", str(figure), "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "full-model accuracy" in out.read_text() and figure.exists()
+    assert len((tmp_path / "w" / "cola" / "samples.jsonl").read_text().splitlines()) == 3
