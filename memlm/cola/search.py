@@ -1,22 +1,21 @@
 """Monte Carlo Tree Search over chains of layers (CoLa, arXiv 2507.07996, section 3).
 
-A chain is built left to right over the model's ``L`` layers with a cursor ``i`` (the next original layer).
-At each step the actions are the paper's:
+Every node of the tree is a complete chain; the root is the full model, ``[0, 1, ..., L-1]``. A node's
+children are the chains one action away, the paper's actions applied at any position ``i`` of the chain:
 
-- ``skip k``: leave out layers ``i .. i+k-1`` (``k`` in ``1..max_block``);
-- ``repeat k r``: append the block ``i .. i+k-1`` ``r`` times (``k, r`` in ``1..max_block``; ``r = 1`` keeps it);
+- ``skip k``: drop the block ``chain[i : i+k]`` (``k`` in ``1..max_block``);
+- ``repeat k r``: follow the block ``chain[i : i+k]`` by ``r`` more copies of it (``k, r`` in ``1..max_block``);
 
-and a chain is complete when the cursor reaches ``L`` (a chain that skipped everything is not allowed).
-Chains longer than ``max_length`` are not generated.
+keeping chains of ``1..max_length`` layers, each chain at most once in the whole tree.
 
-One simulation: **select** from the root by UCB, ``Q/v + c sqrt(ln V / v) - lambda len(chain) / L`` (``V`` the
-parent's visits, ``v`` the child's, the last term the paper's length penalty); a node that still has
-unexplored actions expands a random one, and at a fully expanded node a random child replaces the UCB choice
-with probability ``explore_probability`` (0.1, our reading of the paper's "random child" rule); **roll out**
-from the new node with random actions to a complete chain; **evaluate** the chain's reward (rewards of chains
-already seen are cached, not recomputed); **back up** the reward along the visited nodes.
-``num_simulations`` (200 in the paper) bounds the reward evaluations. Seeded: the same seed, rewards and
-arguments give the same search.
+One simulation (after the authors' released search): **select** from the root, among the children not yet
+fully explored, the one with the largest ``Q/v + c sqrt(ln V / v) - lambda len(chain) / L`` (``V`` the
+parent's visits, ``v`` the child's; the last term is the paper's length penalty, lambda = 5; a child never
+visited has no score), or with probability ``explore_probability`` (0.1) a random one; if the reached chain
+has no reward yet, **evaluate** it, otherwise **expand** it (create all its children) and evaluate a random
+child; **back up** the reward to the root. ``num_simulations`` (200 in the paper) bounds the reward
+evaluations, the root's included; rewards are never recomputed.
+Seeded: the same seed, rewards and arguments give the same search.
 """
 
 from __future__ import annotations
@@ -44,31 +43,26 @@ class SearchResult:
 @dataclass
 class _Node:
     path: tuple[int, ...]
-    cursor: int
     parent: _Node | None = None
-    children: dict[tuple, _Node] = field(default_factory=dict)
-    untried: list[tuple] = field(default_factory=list)
+    children: list[_Node] = field(default_factory=list)
     visits: int = 0
     value: float = 0.0
+    fully_explored: bool = False
 
 
-def actions(cursor: int, path_length: int, num_layers: int, max_block: int, max_length: int) -> list[tuple]:
-    """The legal actions at ``cursor``: ``("skip", k)`` and ``("repeat", k, r)``."""
-    legal = []
-    for k in range(1, min(max_block, num_layers - cursor) + 1):
-        if not (path_length == 0 and cursor + k == num_layers):  # skipping every layer leaves no chain
-            legal.append(("skip", k))
-        for r in range(1, max_block + 1):
-            if path_length + k * r <= max_length:
-                legal.append(("repeat", k, r))
-    return legal
-
-
-def apply(path: tuple[int, ...], cursor: int, action: tuple) -> tuple[tuple[int, ...], int]:
-    if action[0] == "skip":
-        return path, cursor + action[1]
-    _, k, r = action
-    return path + tuple(range(cursor, cursor + k)) * r, cursor + k
+def neighbours(path: tuple[int, ...], max_block: int, max_length: int) -> list[tuple[int, ...]]:
+    """The chains one action away from ``path``: every ``skip k`` and ``repeat k r`` at every position."""
+    found = []
+    for i in range(len(path)):
+        for k in range(1, min(max_block, len(path) - i) + 1):
+            block = path[i : i + k]
+            skipped = path[:i] + path[i + k :]
+            if skipped:
+                found.append(skipped)
+            for r in range(1, max_block + 1):
+                if len(path) + k * r <= max_length:
+                    found.append(path[:i] + block * (r + 1) + path[i + k :])
+    return found
 
 
 def mcts(
@@ -90,69 +84,71 @@ def mcts(
         num_layers: layers of the model. num_simulations: the budget of simulations (>= 1).
         max_block: the largest ``k`` and ``r``. max_length: the longest chain (default ``2 * num_layers``).
         exploration: UCB constant ``c``. length_penalty: ``lambda`` (the paper's 5, over ``num_layers``).
-        explore_probability: chance of a random child instead of the UCB choice at a fully expanded node.
+        explore_probability: chance of a random child instead of the UCB choice.
         seed: seed of the search's random choices. progress: show a tqdm bar.
     """
     for name, value in (("num_layers", num_layers), ("num_simulations", num_simulations), ("max_block", max_block)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     max_length = 2 * num_layers if max_length is None else max_length
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length!r}")
+    if max_length < num_layers:
+        raise ValueError(f"max_length={max_length!r} must be at least num_layers={num_layers} (the full chain)")
     rng = random.Random(seed)
-    seen: dict[tuple[int, ...], float] = {}
-    order: dict[tuple[int, ...], int] = {}
-
-    def legal(path, cursor):
-        return actions(cursor, len(path), num_layers, max_block, max_length)
+    rewards: dict[tuple[int, ...], float] = {}
+    in_tree: set[tuple[int, ...]] = set()
 
     def evaluate(path: tuple[int, ...]) -> float:
-        if path not in seen:
-            seen[path] = float(reward(list(path)))
-            order[path] = len(order)
-        return seen[path]
+        if path not in rewards:
+            rewards[path] = float(reward(list(path)))
+        return rewards[path]
 
     def ucb(child: _Node, parent_visits: int) -> float:
-        return (child.value / child.visits + exploration * math.sqrt(math.log(parent_visits) / child.visits)
+        if child.visits == 0:  # reached only through the random choice (as in the authors' search)
+            return -math.inf
+        return (child.value / child.visits + exploration * math.sqrt(math.log(max(parent_visits, 1)) / child.visits)
                 - length_penalty * len(child.path) / num_layers)
 
-    root = _Node((), 0, untried=legal((), 0))
+    root = _Node(tuple(range(num_layers)))
+    in_tree.add(root.path)
+    evaluate(root.path)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=num_simulations, desc="mcts", leave=False)
-    for _ in range(num_simulations):
+    for _ in range(num_simulations - 1):  # the root's evaluation is the first of the budget
         node = root
-        while node.cursor < num_layers:  # selection and expansion
-            if node.untried:
-                action = node.untried.pop(rng.randrange(len(node.untried)))
-                path, cursor = apply(node.path, node.cursor, action)
-                child = _Node(path, cursor, parent=node, untried=legal(path, cursor) if cursor < num_layers else [])
-                node.children[action] = child
-                node = child
+        while node.children:  # selection
+            open_children = [c for c in node.children if not c.fully_explored]
+            if not open_children:
                 break
             if rng.random() < explore_probability:
-                node = rng.choice(list(node.children.values()))
+                node = rng.choice(open_children)
             else:
-                node = max(node.children.values(), key=lambda c: ucb(c, node.visits))
-        path, cursor = node.path, node.cursor
-        while cursor < num_layers:  # random rollout
-            options = legal(path, cursor)
-            if not options:
-                break
-            path, cursor = apply(path, cursor, rng.choice(options))
-        value = evaluate(path) if cursor == num_layers and path else 0.0
+                node = max(open_children, key=lambda c, parent=node: ucb(c, parent.visits))
+        if node.path in rewards and not node.fully_explored and not node.children:  # expansion
+            for path in neighbours(node.path, max_block, max_length):
+                if path not in in_tree:
+                    in_tree.add(path)
+                    node.children.append(_Node(path, parent=node))
+            if node.children:
+                node = rng.choice(node.children)
+            else:
+                node.fully_explored = True
+        value = evaluate(node.path)
         while node is not None:  # back-up
             node.visits += 1
             node.value += value
+            if node.children and all(c.fully_explored for c in node.children):
+                node.fully_explored = True
             node = node.parent
         if bar is not None:
             bar.update()
+        if root.fully_explored:
+            break
     if bar is not None:
         bar.close()
-    if not seen:
-        raise RuntimeError("the search evaluated no complete chain: raise num_simulations or max_length")
-    best = max(seen, key=lambda p: (seen[p], -len(p), -order[p]))
-    return SearchResult(list(best), seen[best], dict(seen), evaluations=len(seen), simulations=num_simulations,
+    order = {path: i for i, path in enumerate(rewards)}
+    best = max(rewards, key=lambda p: (rewards[p], -len(p), -order[p]))
+    return SearchResult(list(best), rewards[best], dict(rewards), evaluations=len(rewards), simulations=num_simulations,
                         layers_saved=int(getattr(reward, "layers_saved", 0)))
