@@ -37,7 +37,7 @@ class MemLMConfig(PreTrainedConfig):
             e.g. ``{"depth": 3, "algorithm": "gd"}``.
         memory_chunk_size: tokens per inner mini-batch (and per MAC segment), default 64.
         memory_num_heads / memory_head_dim: memory heads and their width (default the attention's).
-        memory_max_lr: the largest inner learning rate ``theta`` (default: the preset's, 0.1; Moneta 0.01).
+        memory_max_lr: the largest inner learning rate ``theta`` (default: the preset's, 0.03; Moneta 0.01).
         num_persistent_memory_tokens: learned persistent-memory tokens (default 0).
         memory_recompute_chunks: in training, keep only the memory states at chunk boundaries and recompute
             the chunks in the backward pass (less memory, about 25% slower; default False).
