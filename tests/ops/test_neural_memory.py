@@ -23,6 +23,8 @@ RULES = {
     "depth4-residual": MemoryRule(depth=4, residual=True, algorithm="gd"),
     "dot": MemoryRule(attentional_bias="dot"),
     "lp-momentum": MemoryRule(attentional_bias="lp", p=3.0),
+    "clipped": MemoryRule(grad_clip=0.05),  # every token's gradient is clipped
+    "unclipped": MemoryRule(grad_clip=None),
 }
 
 
@@ -156,6 +158,7 @@ def test_memory_memorizes_key_value_pairs(name):
         (dict(retention="lq", q=1.0), "q=1.0"),
         (dict(retention="kl", attentional_bias="dot"), "kl retention"),
         (dict(norm_eps=0.0), "norm_eps=0.0"),
+        (dict(grad_clip=0.0), "grad_clip=0.0"),
     ],
 )
 def test_invalid_miras_combinations_are_refused(fields, message):
@@ -170,3 +173,16 @@ def test_continuing_inside_a_chunk_needs_the_step_op():
         _, state = run(chunk_neural_memory, rule, tensors, params, 4)
         with pytest.raises(ValueError, match="step_neural_memory"):
             run(chunk_neural_memory, rule, tensors, params, 4, state)
+
+
+def test_gradient_clipping_bounds_every_token_update():
+    from memlm.ops.neural_memory import token_gradients
+
+    rule = MemoryRule(grad_clip=0.05)
+    tensors, params = inputs(rule)
+    with torch.no_grad():
+        deltas, layer_inputs = token_gradients(params, tensors[1], tensors[2] * 10, rule)
+        norms = sum((d[..., :, :, None] * h[..., :, None, :]).pow(2).sum((-2, -1))
+                    for d, h in zip(deltas, layer_inputs, strict=True)).sqrt()
+    assert norms.max() <= 0.05 * (1 + 1e-9) and norms.min() > 0.049  # all were above the bound
+
