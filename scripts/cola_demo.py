@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import random
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,8 +83,9 @@ def initial_model(args, workdir: Path) -> Path:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = "python scripts/cola_demo.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    from memlm.eval.report import script_command
+
+    command = script_command(__file__, argv)
     import torch
 
     from memlm.cola.evaluate import main as evaluate

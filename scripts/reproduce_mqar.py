@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -58,33 +57,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def recipe(args: argparse.Namespace, ratio: str, kv_pairs: int, output_dir: str) -> dict:
     """The recipe of ``recipes/configs/mqar_hybrid_tiny.yaml`` with this run's sizes; only the ratio varies."""
-    return {
-        "output_dir": output_dir,
-        "model": {"config": {
-            "hidden_size": args.hidden_size,
-            "intermediate_size": 2 * args.hidden_size,
-            "num_hidden_layers": args.layers,
-            "num_attention_heads": args.heads,
-            "hybrid_ratio": ratio,
-            "linear_attn_type": "gated_deltanet",
-            "max_position_embeddings": max(256, args.seq_len),
-        }},
-        "tokenizer": {"kind": "integer"},
-        "data": {"source": "mqar", "seq_len": args.seq_len,
-                 "mqar": {"num_examples": args.num_examples, "num_kv_pairs": kv_pairs,
-                          "vocab_size": args.vocab_size}},
-        "optimizer": {"lr": args.lr, "weight_decay": 0.1},
-        "schedule": {"kind": "cosine", "warmup_steps": min(50, max(1, args.steps // 10)), "min_lr_ratio": 0.05},
-        "train": {"max_steps": args.steps, "batch_size": args.batch_size, "precision": "no", "seed": args.seed,
-                  "log_every": max(1, args.steps // 5)},
-        "checkpoint": {"every": 0, "keep": 1},
-        "logging": {"trackers": []},
-        "eval": {"tasks": ["mqar"], "num_examples": args.eval_examples},
+    model = {
+        "hidden_size": args.hidden_size,
+        "intermediate_size": 2 * args.hidden_size,
+        "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads,
+        "hybrid_ratio": ratio,
+        "linear_attn_type": "gated_deltanet",
+        "max_position_embeddings": max(256, args.seq_len),
     }
+    task = {"num_examples": args.num_examples, "num_kv_pairs": kv_pairs, "vocab_size": args.vocab_size}
+    from memlm.training.config import synthetic_task_recipe
 
-
-def command_line(argv=None) -> str:
-    return "python scripts/reproduce_mqar.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    return synthetic_task_recipe(output_dir, model, "mqar", task, args.seq_len, args.steps, args.batch_size,
+                                 args.lr, args.seed, args.eval_examples)
 
 
 def markdown_table(args, results: dict) -> str:
@@ -157,7 +143,9 @@ Columns: {", ".join(names)} accuracy, then each run's training seconds.
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = command_line(argv)
+    from memlm.eval.report import script_command
+
+    command = script_command(__file__, argv)
     import torch
     from tqdm import tqdm
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -82,21 +81,11 @@ def recipe(args, name: str, output_dir: str) -> dict:
         "num_attention_heads": args.heads, "sliding_window": args.window, "memory_chunk_size": args.chunk,
         "max_position_embeddings": max(args.test_lens), **ARCHITECTURES[name],
     }
-    return {
-        "output_dir": output_dir,
-        "model": {"config": model},
-        "tokenizer": {"kind": "integer"},
-        "data": {"source": "passkey", "seq_len": args.train_len,
-                 "passkey": {"num_examples": args.num_examples, "vocab_size": args.vocab_size,
-                             "key_length": args.key_length}},
-        "optimizer": {"lr": args.lr, "weight_decay": 0.1},
-        "schedule": {"kind": "cosine", "warmup_steps": min(50, max(1, args.steps // 10)), "min_lr_ratio": 0.05},
-        "train": {"max_steps": args.steps, "batch_size": args.batch_size, "precision": "no", "seed": args.seed,
-                  "log_every": max(1, args.steps // 5)},
-        "checkpoint": {"every": 0, "keep": 1},
-        "logging": {"trackers": []},
-        "eval": {"tasks": ["passkey"], "num_examples": args.eval_examples},
-    }
+    task = {"num_examples": args.num_examples, "vocab_size": args.vocab_size, "key_length": args.key_length}
+    from memlm.training.config import synthetic_task_recipe
+
+    return synthetic_task_recipe(output_dir, model, "passkey", task, args.train_len, args.steps, args.batch_size,
+                                 args.lr, args.seed, args.eval_examples)
 
 
 def length_sweep(model, args) -> dict[int, float]:
@@ -186,8 +175,9 @@ Machine: {machine_description()}. Total wall time {total_seconds / 60:.1f} min.
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = "python scripts/reproduce_titans.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    from memlm.eval.report import script_command
+
+    command = script_command(__file__, argv)
     import torch
     from tqdm import tqdm
 

@@ -77,18 +77,17 @@ def evaluate_sample(model, tokenizer, sample: dict, num_layers: int, args) -> di
     full = list(range(num_layers))
     result = mcts(reward, num_layers, num_simulations=args.simulations, max_block=args.max_block,
                   max_length=args.max_length, length_penalty=args.length_penalty, seed=args.seed)
-    if reward is oracle:
-        correct_chains = [path for path, value in result.rewards.items() if value == 1.0]
-    else:
-        correct_chains = [path for path in result.rewards if oracle(path) == 1.0]
+    # the oracle score of every searched chain (the search always scores the full chain first)
+    scores = result.rewards if reward is oracle else {path: oracle(path) for path in result.rewards}
+    correct_chains = [path for path, value in scores.items() if value == 1.0]
     shortest = min(correct_chains, key=len) if correct_chains else None
     return {
         "prompt": sample["prompt"],
         "answer": sample["answer"],
-        "full_correct": oracle(full) == 1.0,
+        "full_correct": scores[tuple(full)] == 1.0,
         "best_path": result.best_path,
         "best_reward": result.best_reward,
-        "best_correct": oracle(result.best_path) == 1.0,
+        "best_correct": scores[tuple(result.best_path)] == 1.0,
         "shortest_correct_path": list(shortest) if shortest else None,
         "evaluations": result.evaluations,
         "layers_saved": result.layers_saved,

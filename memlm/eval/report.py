@@ -118,3 +118,12 @@ def machine_description() -> str:
     return (f"{cpu}, {os.cpu_count()} logical CPUs visible, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {gpu}")
 
+
+def script_command(script: str, argv: list[str] | None = None) -> str:
+    """``python scripts/NAME.py ARGS...`` as typed from the repository root (``argv`` default: ``sys.argv[1:]``)."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return f"python scripts/{Path(script).name} " + " ".join(shlex.quote(a) for a in args)
+

@@ -150,10 +150,7 @@ class NeuralMemory(nn.Module):
         """
         batch, length, _ = q.shape
         q = l2_normalize(q.view(batch, length, self.num_heads, self.head_dim)).transpose(1, 2)
-        memory = state.memory
-        boundary = (memory.seen % self.chunk_size == 0).view(batch, 1, 1, 1)
-        weights = [readout(torch.where(boundary, p, s), self.rule)
-                   for p, s in zip(memory.params, memory.chunk_start, strict=True)]
+        weights = [readout(p, self.rule) for p in state.memory.current_chunk_start(self.chunk_size)]
         out = memory_forward(weights, q.to(weights[0].dtype), self.rule)
         return out.transpose(1, 2).reshape(batch, length, -1).to(q.dtype)
 

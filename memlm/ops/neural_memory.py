@@ -168,8 +168,10 @@ class MemoryState:
     chunk_start: list[torch.Tensor]
     seen: torch.Tensor
 
-    def tensors(self) -> list[torch.Tensor]:
-        return [*self.params, *(self.momentum or []), *self.chunk_start, self.seen]
+    def current_chunk_start(self, chunk_size: int) -> list[torch.Tensor]:
+        """``P`` at the start of the chunk the next token falls in: ``params`` for a row at a chunk boundary."""
+        boundary = (self.seen % chunk_size == 0).view(-1, 1, 1, 1)
+        return [torch.where(boundary, p, s) for p, s in zip(self.params, self.chunk_start, strict=True)]
 
     def map(self, fn) -> MemoryState:
         """A state with ``fn`` applied to every tensor (batch selection, repeat, device moves)."""
@@ -445,8 +447,7 @@ def step_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule:
     q, k, v, theta, log_a = (_at_least_fp32(t)[:, :, 0] for t in (q, k, v, theta, log_a))
     batch = q.shape[0]
     live = torch.ones(batch, device=q.device, dtype=q.dtype) if mask is None else mask[:, -1].to(q.dtype)
-    new_chunk = (state.seen % chunk_size == 0).view(batch, 1, 1, 1)
-    chunk_start = [torch.where(new_chunk, p, s) for p, s in zip(state.params, state.chunk_start, strict=True)]
+    chunk_start = state.current_chunk_start(chunk_size)
     weights = [readout(p, rule) for p in chunk_start]
     delta_h = _at_least_fp32(huber_delta)[:, :, 0, None] if huber_delta is not None else None
     deltas, inputs = token_gradients(weights, k[:, :, None], v[:, :, None], rule, delta_h)
