@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import memlm  # noqa: F401  (registers memlm's model type)
+from memlm.data.documents import MAX_ATTRIBUTES
 from memlm.eval.report import markdown_table, summarize, write_report
 from memlm.eval.tasks import TASKS, EvalOptions, run_tasks
 
@@ -48,14 +49,19 @@ def main() -> None:
     parser.add_argument("--mqar-num-kv-pairs", type=int, default=8)
     parser.add_argument("--mqar-vocab-size", type=int, default=None)
     parser.add_argument("--num-shots", type=int, default=8, help="shots of the icl_* tasks")
+    parser.add_argument("--doc-num-attributes", type=int, default=6,
+                        help=f"attributes per document of doc_recall (1 to {MAX_ATTRIBUTES})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; available: {sorted(TASKS)}")
-    for name in ("num_examples", "batch_size", "max_new_tokens", "num_shots"):
+    for name in ("num_examples", "batch_size", "max_new_tokens", "num_shots", "doc_num_attributes"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+    if args.doc_num_attributes > MAX_ATTRIBUTES:
+        parser.error(f"--doc-num-attributes must be at most {MAX_ATTRIBUTES}, got {args.doc_num_attributes}")
 
     model = AutoModelForCausalLM.from_pretrained(args.model).to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -63,7 +69,7 @@ def main() -> None:
         num_examples=args.num_examples, context_lengths=args.context_lengths, depths=args.depths,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
         mqar_seq_len=args.mqar_seq_len, mqar_num_kv_pairs=args.mqar_num_kv_pairs,
-        mqar_vocab_size=args.mqar_vocab_size, num_shots=args.num_shots,
+        mqar_vocab_size=args.mqar_vocab_size, num_shots=args.num_shots, doc_num_attributes=args.doc_num_attributes,
     )
     started = time.perf_counter()
     records = run_tasks(model, tokenizer, args.tasks, options)

@@ -1,11 +1,14 @@
-"""Reproduce the MQAR recall ordering (attention >= 3:1 GatedDeltaNet hybrid > all-GDN) at tiny scale on a CPU.
+"""Reproduce the MQAR recall ordering (attention >= 3:1 GatedDeltaNet hybrid > all-GDN) at tiny scale.
 
-Trains one model per (architecture, number of key-value pairs) with everything but
-``model.config.hybrid_ratio`` identical (width, layers, steps, learning rate, data, seeds), evaluates MQAR
-accuracy on held-out rows, and writes a markdown table and a plot::
+Trains one model per (architecture, number of key-value pairs, learning rate) with everything but
+``model.config.hybrid_ratio`` identical (width, layers, steps, data, seeds), evaluates MQAR accuracy on
+held-out rows, and writes a markdown table of the best learning rate per cell (Zoology's protocol: each
+architecture at its best learning rate of the sweep), the whole sweep, and a plot::
 
-    python scripts/reproduce_mqar.py --kv-pairs 16,64 --seq-len 128 --steps 300 \\
+    python scripts/reproduce_mqar.py --kv-pairs 16,64 --seq-len 128 --steps 300 --lr 1e-3,3e-3 \\
         --out docs/mqar_reproduction.md --figure docs/figures/mqar_ordering.png
+
+``--jobs N`` trains N runs at once in separate processes (on a GPU, many small runs share it well).
 
 ``--quick`` runs a tiny smoke grid (a few steps, short rows) and writes under /tmp unless told otherwise.
 The training recipe is the one of ``recipes/configs/mqar_hybrid_tiny.yaml`` with the sizes given here.
@@ -29,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", default="1e-3,3e-3", help="comma-separated learning rates swept per cell")
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=2)
@@ -38,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-examples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit of each run's training")
     parser.add_argument("--out", default="docs/mqar_reproduction.md")
     parser.add_argument("--figure", default="docs/figures/mqar_ordering.png")
     parser.add_argument("--workdir", default=None, help="run directories (default: a fresh folder under /tmp)")
@@ -51,11 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         if "--figure" not in (argv if argv is not None else sys.argv):
             args.figure = "/tmp/mqar_quick/mqar_ordering.png"
     args.kv_pairs = [int(k) for k in str(args.kv_pairs).split(",") if k.strip()]
+    args.lr = [float(lr) for lr in str(args.lr).split(",") if lr.strip()]
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     args.vocab_size = args.vocab_size or max(args.seq_len, 128)
     return args
 
 
-def recipe(args: argparse.Namespace, ratio: str, kv_pairs: int, output_dir: str) -> dict:
+def recipe(args: argparse.Namespace, ratio: str, kv_pairs: int, lr: float, output_dir: str) -> dict:
     """The recipe of ``recipes/configs/mqar_hybrid_tiny.yaml`` with this run's sizes; only the ratio varies."""
     model = {
         "hidden_size": args.hidden_size,
@@ -69,20 +77,37 @@ def recipe(args: argparse.Namespace, ratio: str, kv_pairs: int, output_dir: str)
     task = {"num_examples": args.num_examples, "num_kv_pairs": kv_pairs, "vocab_size": args.vocab_size}
     from memlm.training.config import synthetic_task_recipe
 
-    return synthetic_task_recipe(output_dir, model, "mqar", task, args.seq_len, args.steps, args.batch_size,
-                                 args.lr, args.seed, args.eval_examples)
+    raw = synthetic_task_recipe(output_dir, model, "mqar", task, args.seq_len, args.steps, args.batch_size, lr,
+                                args.seed, args.eval_examples)
+    raw["train"]["max_minutes"] = args.max_minutes
+    return raw
+
+
+def best_per_cell(results: dict) -> dict:
+    """``{(name, kv): result}`` of the learning rate with the highest accuracy of each cell."""
+    best: dict = {}
+    for (name, kv, lr), result in results.items():
+        if (name, kv) not in best or result["acc"] > best[(name, kv)]["acc"]:
+            best[(name, kv)] = {**result, "lr": lr}
+    return best
 
 
 def markdown_table(args, results: dict) -> str:
+    """Best accuracy per cell, with its learning rate and training seconds."""
+    best = best_per_cell(results)
     names = [name for name, _ in ARCHITECTURES]
-    head = "| kv pairs | " + " | ".join(f"{n} acc" for n in names) + " | " + \
-        " | ".join(f"{n} train s" for n in names) + " |"
-    rule = "|" + "---|" * (1 + 2 * len(names))
-    rows = [head, rule]
+    rows = ["| kv pairs | " + " | ".join(f"{n} acc (lr)" for n in names) + " |", "|" + "---|" * (1 + len(names))]
     for kv in args.kv_pairs:
-        accs = [f"{results[(n, kv)]['acc']:.3f}" if (n, kv) in results else "—" for n in names]
-        secs = [f"{results[(n, kv)]['seconds']:.0f}" if (n, kv) in results else "—" for n in names]
-        rows.append(f"| {kv} | " + " | ".join(accs) + " | " + " | ".join(secs) + " |")
+        cells = [f"{best[(n, kv)]['acc']:.3f} ({best[(n, kv)]['lr']:g})" if (n, kv) in best else "—" for n in names]
+        rows.append(f"| {kv} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def sweep_table(results: dict) -> str:
+    """Every run: accuracy, steps done (fewer than asked when ``--max-minutes`` ended it) and seconds."""
+    rows = ["| kv pairs | architecture | lr | acc | steps | train s |", "|---|---|---|---|---|---|"]
+    for (name, kv, lr), r in sorted(results.items(), key=lambda item: (item[0][1], item[0][0], item[0][2])):
+        rows.append(f"| {kv} | {name} | {lr:g} | {r['acc']:.3f} | {r['steps']} | {r['seconds']:.0f} |")
     return "\n".join(rows)
 
 
@@ -92,15 +117,16 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    best = best_per_cell(results)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for (name, _), marker in zip(ARCHITECTURES, "os^", strict=True):
-        kvs = [kv for kv in args.kv_pairs if (name, kv) in results]
-        ax.plot(kvs, [results[(name, kv)]["acc"] for kv in kvs], marker=marker, label=name)
+        kvs = [kv for kv in args.kv_pairs if (name, kv) in best]
+        ax.plot(kvs, [best[(name, kv)]["acc"] for kv in kvs], marker=marker, label=name)
     ax.set_xscale("log", base=2)
     ax.set_xticks(args.kv_pairs, [str(k) for k in args.kv_pairs])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("key-value pairs")
-    ax.set_ylabel("MQAR accuracy")
+    ax.set_ylabel("MQAR accuracy (best lr)")
     ax.set_title(f"MQAR, seq_len {args.seq_len}, d={args.hidden_size}, {args.layers} layers, {args.steps} steps",
                  fontsize=9)
     ax.grid(alpha=0.3)
@@ -111,11 +137,9 @@ def plot(args, results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(args, results: dict, command: str, total_seconds: float) -> None:
-    from memlm.eval.report import machine_description
-
-    names = [name for name, _ in ARCHITECTURES]
+def write_report(args, results: dict, command: str, total_seconds: float, machine: str) -> None:
     figure_rel = os.path.relpath(args.figure, Path(args.out).parent)
+    lrs = ", ".join(f"{lr:g}" for lr in args.lr)
     text = f"""# MQAR reproduction at tiny scale (generated)
 
 Command (from the repository root):
@@ -126,54 +150,73 @@ Command (from the repository root):
 
 Setup: hidden {args.hidden_size}, intermediate {2 * args.hidden_size}, {args.layers} layers, {args.heads} heads,
 seq_len {args.seq_len}, vocab {args.vocab_size}, {args.num_examples} training rows, {args.steps} steps of
-batch {args.batch_size}, AdamW lr {args.lr} cosine, seed {args.seed}; MQAR accuracy on {args.eval_examples}
-held-out rows. Only `model.config.hybrid_ratio` differs: attention "0:1", hybrid "3:1", all-GDN "1:0".
+batch {args.batch_size}, AdamW (weight decay 0.1) with a cosine schedule at each learning rate of [{lrs}],
+seed {args.seed}; MQAR accuracy on {args.eval_examples} held-out rows. Only `model.config.hybrid_ratio`
+differs: attention "0:1", hybrid "3:1", all-GDN "1:0".
 
-Machine: {machine_description()}. Total wall time {total_seconds / 60:.1f} min.
+Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} runs at a time).
+
+Best learning rate per cell:
 
 {markdown_table(args, results)}
 
 ![MQAR accuracy vs key-value pairs]({figure_rel})
 
-Columns: {", ".join(names)} accuracy, then each run's training seconds.
+Every run:
+
+{sweep_table(results)}
 """
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    from memlm.eval.report import script_command
-
-    command = script_command(__file__, argv)
+def train_run(raw_recipe: dict, threads: int | None) -> dict:
+    """Train one recipe (in this process or a worker) and return its accuracy, steps and seconds."""
     import torch
-    from tqdm import tqdm
 
     from memlm.training import train
     from memlm.training.config import config_from_dict
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    summary = train(config_from_dict(raw_recipe)).summary
+    return {"acc": float(summary["eval"]["mqar_accuracy"]), "steps": summary["steps"],
+            "seconds": time.perf_counter() - started}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from tqdm import tqdm
+
+    from memlm.eval.report import machine_description, script_command
+    from memlm.training.grid import run_grid
+
+    command = script_command(__file__, argv)
+    machine = machine_description()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mqar_repro_", dir="/tmp"))
-    grid = [(kv, name, ratio) for kv in args.kv_pairs for name, ratio in ARCHITECTURES]
+    grid = [(name, kv, lr, ratio) for kv in args.kv_pairs for name, ratio in ARCHITECTURES for lr in args.lr]
     results: dict = {}
     start = time.perf_counter()
-    bar = tqdm(grid, desc="runs", file=sys.stderr)
-    for kv, name, ratio in bar:
-        bar.set_postfix_str(f"{name}, {kv} pairs")
-        out = workdir / f"kv{kv}_{ratio.replace(':', 'to')}"
-        t0 = time.perf_counter()
-        result = train(config_from_dict(recipe(args, ratio, kv, str(out))))
-        seconds = time.perf_counter() - t0
-        results[(name, kv)] = {"acc": float(result.summary["eval"]["mqar_accuracy"]), "seconds": seconds}
-        tqdm.write(f"kv={kv:3d}  {name:11s} ratio={ratio}  acc={results[(name, kv)]['acc']:.3f}  "
-                   f"{seconds:.0f}s", file=sys.stdout)
+    bar = tqdm(total=len(grid), desc="runs", file=sys.stderr)
+
+    def record(name, kv, lr, result) -> None:
+        results[(name, kv, lr)] = result
+        tqdm.write(f"kv={kv:3d}  {name:11s} lr={lr:g}  acc={result['acc']:.3f}  steps={result['steps']}  "
+                   f"{result['seconds']:.0f}s", file=sys.stdout)
         sys.stdout.flush()
+        bar.update(1)
         # keep partial results on disk as the grid goes
-        write_report(args, results, command, time.perf_counter() - start)
+        write_report(args, results, command, time.perf_counter() - start, machine)
         plot(args, results, args.figure)
+
+    recipes = {(name, kv, lr): recipe(args, ratio, kv, lr, str(workdir / f"kv{kv}_{ratio.replace(':', 'to')}_lr{lr:g}"))
+               for name, kv, lr, ratio in grid}
+    run_grid(train_run, {key: (raw, args.threads) for key, raw in recipes.items()}, args.jobs,
+             lambda key, result: record(*key, result))
+    bar.close()
     total = time.perf_counter() - start
-    write_report(args, results, command, total)
+    write_report(args, results, command, total, machine)
     plot(args, results, args.figure)
     print(markdown_table(args, results))
     print(f"total {total / 60:.1f} min; wrote {args.out} and {args.figure}")

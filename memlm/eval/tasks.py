@@ -26,6 +26,7 @@ class EvalOptions:
     mqar_num_kv_pairs: int = 8
     mqar_vocab_size: int | None = None
     num_shots: int = 8
+    doc_num_attributes: int = 6
     progress: bool = True
 
 
@@ -66,7 +67,7 @@ def run_doc_recall(model, tokenizer, options: EvalOptions) -> list[dict]:
     from memlm.data import document_recall
     from memlm.eval.scoring import contains_any
 
-    examples = document_recall(options.num_examples, seed=options.seed)
+    examples = document_recall(options.num_examples, num_attributes=options.doc_num_attributes, seed=options.seed)
     records = []
     for variant, prompts in (("plain", [e.prompt for e in examples]), ("jrt", [e.jrt_prompt() for e in examples])):
         outputs = greedy_answers(model, tokenizer, prompts, options.max_new_tokens, options.batch_size,

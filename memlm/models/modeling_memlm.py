@@ -112,8 +112,10 @@ class MemLMModel(MemLMPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         """Args as in Llama; ``cache`` (alias ``past_key_values``) is a ``DynamicCache(config=...)``.
 
-        ``cu_seq_lens_q`` (``[N + 1]``, with a batch of one packed row) keeps packed documents apart
-        in the linear layers; attention layers separate them through ``position_ids`` (restarting at 0).
+        ``cu_seq_lens_q`` (``[N + 1]``): the offsets of packed documents in the ``[B, T]`` rows read one after
+        the other (a document never crosses a row). Linear and memory layers read the rows as one packed
+        sequence and keep the documents apart by these offsets; attention layers separate them through
+        ``position_ids`` (restarting at 0), row by row.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -125,6 +127,12 @@ class MemLMModel(MemLMPreTrainedModel):
                     "use_cache=False and no cache"
                 )
             use_cache = False
+            rows = input_ids if input_ids is not None else inputs_embeds
+            if int(cu_seq_lens_q[-1]) != rows.shape[0] * rows.shape[1]:
+                raise ValueError(
+                    f"cu_seq_lens_q ends at {int(cu_seq_lens_q[-1])}, but the rows hold {rows.shape[0]} x "
+                    f"{rows.shape[1]} tokens: it must give the document offsets of all rows read one after the other"
+                )
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -158,13 +166,18 @@ class MemLMModel(MemLMPreTrainedModel):
                 layer_kwargs = {"position_ids": position_ids, **kwargs}
                 if cu_seq_lens_q is not None:
                     layer_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_q)
+            rows_shape, layer_positions = hidden_states.shape, position_embeddings
+            if cu_seq_lens_q is not None and layer.layer_type in (LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES):
+                hidden_states = hidden_states.reshape(1, -1, rows_shape[-1])  # the rows as one packed sequence
+                layer_positions = tuple(t.expand(rows_shape[0], -1, -1).reshape(1, -1, t.shape[-1])
+                                        for t in position_embeddings)
             hidden_states = layer(
                 hidden_states,
                 attention_mask=masks[layer.layer_type],
-                position_embeddings=position_embeddings,
+                position_embeddings=layer_positions,
                 cache=cache,
                 **layer_kwargs,
-            )
+            ).reshape(rows_shape)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden.append(hidden_states)

@@ -7,6 +7,7 @@ document boundary.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from itertools import pairwise
 
@@ -280,6 +281,47 @@ def use_fla(*tensors: torch.Tensor) -> bool:
     import importlib.util
 
     return importlib.util.find_spec("fla") is not None
+
+
+def fla_gated_backward_is_broken(capability: tuple[int, int], triton_version: str, has_tilelang: bool) -> bool:
+    """Whether fla refuses the backward pass of its gated chunk kernels here: on Hopper GPUs (compute
+    capability 9.x) Triton 3.4.0 to 3.7.0 miscompiles fla's gated ``chunk_bwd_dqkwg`` (fla issue #640), and fla
+    raises a RuntimeError in the backward pass unless tilelang is installed to replace the kernel."""
+    from packaging.version import Version
+
+    version = Version(triton_version.split("+")[0])
+    return capability[0] == 9 and Version("3.4.0") <= version < Version("3.7.1") and not has_tilelang
+
+
+@functools.cache
+def _fla_gated_backward_is_broken_on(device_index: int) -> bool:
+    import importlib.util
+    import warnings
+
+    import triton
+
+    broken = fla_gated_backward_is_broken(torch.cuda.get_device_capability(device_index), triton.__version__,
+                                          importlib.util.find_spec("tilelang") is not None)
+    if broken:
+        warnings.warn(
+            f"memlm: fla cannot train the gated delta rule on this GPU with Triton {triton.__version__} (fla issue "
+            "#640: Hopper, Triton 3.4.0 to 3.7.0); memlm uses its own torch kernel when gradients are needed. "
+            "Install Triton >= 3.7.1 or tilelang to train with fla's kernel.", stacklevel=3,
+        )
+    return broken
+
+
+def needs_backward(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will differentiate through an op on these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def use_fla_gated_chunk(*tensors: torch.Tensor) -> bool:
+    """:func:`use_fla`, except where a backward pass will be needed and fla refuses it on this GPU
+    (:func:`fla_gated_backward_is_broken`); the forward pass alone (inference) always goes to fla."""
+    if not use_fla(*tensors):
+        return False
+    return not (needs_backward(*tensors) and _fla_gated_backward_is_broken_on(tensors[0].device.index or 0))
 
 
 def roll_rows(x: torch.Tensor, shifts: torch.Tensor, dim: int = 1) -> torch.Tensor:

@@ -6,7 +6,8 @@
     data:       {source: text | json | parquet | hub | mqar | passkey | niah, ...}
     optimizer:  {lr, weight_decay, betas, eps}
     schedule:   {kind: cosine | linear | constant, warmup_steps, min_lr_ratio}
-    train:      {max_steps, batch_size, gradient_accumulation_steps, max_grad_norm, precision, seed, log_every}
+    train:      {max_steps, batch_size, gradient_accumulation_steps, max_grad_norm, precision, seed, log_every,
+                 max_minutes}
     checkpoint: {every, resume_from, keep}
     logging:    {trackers, project}
     lora:       {enabled, r, alpha, dropout, target_modules, merge}
@@ -104,7 +105,10 @@ class ScheduleSection:
 @dataclasses.dataclass
 class TrainSection:
     """``batch_size`` is per process and per micro-step; the global batch is
-    ``batch_size * gradient_accumulation_steps * num_processes`` rows."""
+    ``batch_size * gradient_accumulation_steps * num_processes`` rows. ``max_minutes``: a wall-clock limit
+    on training (as Lightning's ``max_time``): the run ends after the first optimizer step past it, saves,
+    and evaluates as if ``max_steps`` were reached; the summary records ``stopped_by_time``. The learning
+    rate schedule still runs to ``max_steps``."""
 
     max_steps: int
     batch_size: int = 8
@@ -113,6 +117,7 @@ class TrainSection:
     precision: str = "no"
     seed: int = 0
     log_every: int = 10
+    max_minutes: float | None = None
 
 
 @dataclasses.dataclass
@@ -182,7 +187,7 @@ CHOICES = {
 }
 FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 POSITIVE = ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "train.log_every",
-            "data.seq_len", "checkpoint.keep", "lora.r", "eval.num_examples")
+            "data.seq_len", "checkpoint.keep", "lora.r", "eval.num_examples", "train.max_minutes")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
@@ -286,7 +291,7 @@ def _check_values(config: RecipeConfig) -> None:
             if item not in choices:
                 raise ValueError(f"{key}={item!r} is not allowed; choose from {list(choices)}")
     for key in POSITIVE:
-        if _get(config, key) <= 0:
+        if _get(config, key) is not None and _get(config, key) <= 0:
             raise ValueError(f"{key} must be positive, got {_get(config, key)!r}")
     model = config.model
     if (model.config is None) == (model.pretrained is None):

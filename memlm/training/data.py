@@ -79,9 +79,11 @@ def tokenize_documents(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
 class PackedCollator:
     """Batch of rows -> model inputs.
 
-    Packed rows (with ``segment_lengths``) become one flattened row with ``position_ids``,
-    ``cu_seq_lens_q`` and boundary-masked ``labels``; rows that bring their own ``labels`` (synthetic
-    tasks) are stacked as ``[B, seq_len]``.
+    Packed rows (with ``segment_lengths``) become ``[B, seq_len]`` ``input_ids`` with ``position_ids``
+    restarting at every document, boundary-masked ``labels``, and ``cu_seq_lens_q``: the document offsets in
+    the rows read one after the other (no document crosses a row). Attention then costs ``B x seq_len^2``,
+    not ``(B x seq_len)^2``; linear and memory layers read the rows as one packed sequence. Rows that bring
+    their own ``labels`` (synthetic tasks) are stacked as ``[B, seq_len]``.
     """
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -100,10 +102,11 @@ class PackedCollator:
         for r in rows:  # padding is never a target
             offset += len(r["input_ids"])
             labels[offset - r["pad_length"] : offset] = -100
+        shape = (len(rows), -1)
         return {
-            "input_ids": input_ids[None],
-            "labels": labels[None],
-            "position_ids": position_ids[None],
+            "input_ids": input_ids.view(shape),
+            "labels": labels.view(shape),
+            "position_ids": position_ids.view(shape),
             "cu_seq_lens_q": starts,
         }
 

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    GradientAccumulationPlugin,
+    broadcast,
+    set_seed,
+)
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
@@ -164,7 +170,7 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
     progress = tqdm(total=last_step, initial=state.step, desc="train", disable=not accelerator.is_main_process)
     model.train()
     started, tokens, loss_sum, micro_in_step = time.perf_counter(), 0, 0.0, 0
-    losses = []
+    losses, stopped_by_time = [], False
     batches = _micro_batches(accelerator, loader, state.step * accum) if state.step < last_step else ()
     for batch in batches:
         with accelerator.accumulate(model):
@@ -193,21 +199,33 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
         if state.step % config.train.log_every == 0 or state.step == last_step:
             progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
         progress.update(1)
+        stopped_by_time = _time_is_up(accelerator, started, config.train.max_minutes)
         every = config.checkpoint.every
-        if (every and state.step % every == 0) or state.step == last_step:
+        if (every and state.step % every == 0) or state.step == last_step or stopped_by_time:
             _save_checkpoint(accelerator, output_dir, state.step, config.checkpoint.keep)
-        if state.step >= last_step:
+        if state.step >= last_step or stopped_by_time:
             break
     progress.close()
     summary = {"steps": state.step, "final_loss": losses[-1] if losses else None,
-               "train_seconds": time.perf_counter() - started}
+               "train_seconds": time.perf_counter() - started, "stopped_by_time": stopped_by_time}
+    if stopped_by_time:
+        accelerator.print(f"[memlm] train.max_minutes={config.train.max_minutes} reached at step {state.step} "
+                          f"of {config.train.max_steps}")
     model = accelerator.unwrap_model(model)
-    if state.step >= config.train.max_steps:
+    if state.step >= config.train.max_steps or stopped_by_time:
         model = _finish(accelerator, model, tokenizer, config, eval_data, summary)
     accelerator.end_training()
     if accelerator.is_main_process:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(summary, model)
+
+
+def _time_is_up(accelerator: Accelerator, started: float, max_minutes: float | None) -> bool:
+    """Whether ``max_minutes`` of training have passed on the main process (all processes get its answer)."""
+    if max_minutes is None:
+        return False
+    elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
+    return bool(broadcast(elapsed, from_process=0).item() > 60 * max_minutes)
 
 
 def _micro_batches(accelerator: Accelerator, loader, start: int):

@@ -73,3 +73,7 @@ def test_eval_entry_point_rejects_unknown_tasks(saved_model, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path), "--tasks", "bogus",
                              "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0 and "unknown task(s) ['bogus']" in result.stderr
+    result = subprocess.run([sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path), "--tasks",
+                             "doc_recall", "--doc-num-attributes", "99", "--out", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "--doc-num-attributes must be at most" in result.stderr

@@ -167,6 +167,27 @@ def test_packed_documents_match_separate_forwards(variant):
             start += doc.shape[1]
 
 
+@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag"])
+def test_packed_rows_match_documents_alone(variant):
+    """Training batches: [B, T] rows of packed documents, offsets over the rows read one after the other."""
+    model = tiny_model(**VARIANTS[variant])
+    rows = [[13, 31], [20, 24]]  # document lengths per row
+    docs = [[torch.randint(1, 61, (1, n)) for n in row] for row in rows]
+    ids = torch.cat([torch.cat(row, dim=1) for row in docs])
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in rows])
+    cu_seqlens = torch.tensor([0, 13, 44, 64, 88])
+    with torch.no_grad():
+        logits = model(ids, position_ids=position_ids, cu_seq_lens_q=cu_seqlens).logits
+        for r, row in enumerate(docs):
+            start = 0
+            for doc in row:
+                torch.testing.assert_close(logits[r : r + 1, start : start + doc.shape[1]], model(doc).logits,
+                                           atol=1e-4, rtol=1e-4)
+                start += doc.shape[1]
+    with pytest.raises(ValueError, match="cu_seq_lens_q ends at 44, but the rows hold 2 x 44 tokens"):
+        model(ids, position_ids=position_ids, cu_seq_lens_q=torch.tensor([0, 13, 44]))
+
+
 def test_eager_and_sdpa_attention_agree():
     model = tiny_model(**VARIANTS["gdn-gqa-sliding"])
     ids = torch.randint(1, 61, (2, 17))

@@ -25,6 +25,16 @@ def test_titans_reproduction_quick_run_writes_table_and_figure(tmp_path):
     assert set(scores) == {"attention", "MAL", "MAC"}
 
 
+def test_mqar_reproduction_sweeps_learning_rates_in_parallel_workers(tmp_path):
+    out, figure = tmp_path / "mqar.md", tmp_path / "mqar.png"
+    result = run(str(SCRIPTS / "reproduce_mqar.py"), "--quick", "--threads", "1", "--jobs", "2",
+                 "--lr", "1e-3,3e-3", "--out", str(out), "--figure", str(figure), "--workdir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert text.count("| attention | ") == 4 and text.count("| all-GDN | ") == 4  # 2 kv x 2 lr each
+    assert "attention acc (lr)" in text and figure.exists()
+
+
 def test_titans_reproduction_rejects_an_unknown_architecture():
     result = run(str(SCRIPTS / "reproduce_titans.py"), "--architectures", "MAX")
     assert result.returncode != 0 and "--architectures: ['MAX'] unknown" in result.stderr
@@ -47,3 +57,23 @@ def test_cola_demo_trains_searches_and_writes_the_table(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "full-model accuracy" in out.read_text() and figure.exists()
     assert len((tmp_path / "w" / "cola" / "samples.jsonl").read_text().splitlines()) == 3
+
+
+def test_gpu_check_runs_cpu_against_cpu(tmp_path):
+    result = run(str(SCRIPTS / "check_gpu.py"), "--device", "cpu", "--json", str(tmp_path / "check.json"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "check.json").read_text())["rows"]
+    assert len(rows) == 29 and all(row["passed"] for row in rows)
+    assert {"chunk_gated_delta_rule packed", "model titans generate"} <= {row["check"] for row in rows}
+
+
+def test_jrt_prompt_reproduction_quick_run_writes_table_and_figure(tmp_path):
+    out, figure = tmp_path / "jrt.md", tmp_path / "jrt.png"
+    result = run(str(SCRIPTS / "reproduce_jrt_prompt.py"), "--quick", "--threads", "1", "--out", str(out),
+                 "--figure", str(figure), "--workdir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| all-GDN |" in out.read_text() and "| attention |" in out.read_text() and figure.exists()
+    assert set(json.loads(out.with_suffix(".json").read_text())["results"]) == {"all-GDN", "attention"}
+    lines = (tmp_path / "runs" / "train_documents.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["text"] for line in lines]
+    assert len(texts) == 64 and texts[1].startswith("Information about") and not texts[0].startswith("Information")

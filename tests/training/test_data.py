@@ -13,21 +13,22 @@ def test_packing_keeps_every_token_and_marks_segments():
     assert rows[-1]["pad_length"] == 2 and all(len(r["input_ids"]) == 6 for r in rows)
 
 
-def test_collator_flattens_rows_with_positions_and_offsets():
+def test_collator_keeps_rows_with_positions_and_offsets():
     rows = list(pack_documents([[5] * 3, [6] * 4], seq_len=4, pad_token_id=0))
     batch = PackedCollator()(rows)
-    assert batch["input_ids"].shape == (1, 8)
+    assert batch["input_ids"].shape == (2, 4)
     assert batch["cu_seq_lens_q"].tolist() == [0, 3, 4, 7, 8]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1, 2, 0]]
-    assert batch["labels"].tolist() == [[-100, 5, 5, -100, -100, 6, 6, -100]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0], [0, 1, 2, 0]]
+    assert batch["labels"].tolist() == [[-100, 5, 5, -100], [-100, 6, 6, -100]]
 
 
 def test_packed_row_loss_equals_sum_of_documents_alone():
     torch.manual_seed(0)
     model = MemLMForCausalLM(MemLMConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4,
                                          num_attention_heads=4, hybrid_ratio="3:1")).eval()
-    docs = [torch.randint(1, 50, (n,)).tolist() for n in (7, 70, 12, 3)]  # one document longer than a chunk
-    batch = PackedCollator()(list(pack_documents(docs, seq_len=100, pad_token_id=0)))  # one row, 8 pads
+    docs = [torch.randint(1, 50, (n,)).tolist() for n in (7, 70, 12, 3, 8, 66, 30)]  # rows of 100 and 96 + 4 pads
+    batch = PackedCollator()(list(pack_documents(docs, seq_len=100, pad_token_id=0)))  # two rows
+    assert batch["input_ids"].shape == (2, 100)
     with torch.no_grad():
         packed_sum = model(**batch, use_cache=False).loss * (batch["labels"] != -100).sum()
         alone_sum = sum(model(torch.tensor([d]), labels=torch.tensor([d])).loss * (len(d) - 1) for d in docs)

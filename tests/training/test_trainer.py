@@ -87,6 +87,18 @@ def test_text_recipe_trains_and_saves_model_with_tokenizer(tmp_path):
     assert any(out.glob("**/events.out.tfevents*")), "tensorboard logs are written"
 
 
+def test_max_minutes_ends_training_saves_and_evaluates(tmp_path):
+    recipe = text_recipe(tmp_path)
+    recipe["train"]["max_minutes"] = 1e-9  # passed after the first optimizer step
+    result = train(config_from_dict(recipe))
+    assert result.summary["steps"] == 1 and result.summary["stopped_by_time"]
+    assert len(losses(tmp_path / "run")) == 1
+    assert "saved_to" in result.summary  # the final model is written as at max_steps
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    with pytest.raises(ValueError, match="train.max_minutes must be positive"):
+        config_from_dict({**recipe, "train": {**recipe["train"], "max_minutes": 0}})
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_exact_resume_matches_uninterrupted_run(tmp_path, streaming):
     (tmp_path / "a").mkdir()
