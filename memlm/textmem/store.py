@@ -92,7 +92,9 @@ class TextMemory:
         self.path, self.scope = path, scope
         self._embedder = embedder
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None)  # transactions are explicit
+            # transactions are explicit; any thread may use the store, one at a time (the web page's server
+            # serializes its requests)
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)

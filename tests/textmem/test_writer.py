@@ -162,3 +162,45 @@ def test_a_bad_model_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="is not a model directory: it has no config.json"):
         TransformersBackend(str(tmp_path / "empty"))
+
+
+def test_a_writer_killed_in_the_middle_of_a_step_keeps_the_steps_before(tmp_path, embedder):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store, marker = tmp_path / "story.db", tmp_path / "in_step_3"
+    code = f"""
+import time
+from pathlib import Path
+from conftest import numbered_answers
+from memlm.textmem import RecurrentWriter, ScriptedBackend, TextMemory
+
+answers = numbered_answers()
+def answer(prompt):
+    text = answers(prompt)
+    if "Paragraph number 3." in text:  # the backend is busy with step 3 when the process is killed
+        Path({str(marker)!r}).write_text("now")
+        time.sleep(600)
+    return text
+writer = RecurrentWriter(TextMemory({str(store)!r}), ScriptedBackend(answer))
+writer.start("premise")
+while True:
+    writer.step(0)
+"""
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(__file__))
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert time.time() < deadline and process.poll() is None, "the writer process did not get going"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    with TextMemory(store, embedder=embedder) as memory:
+        writer = RecurrentWriter(memory, ScriptedBackend(numbered_answers("Resumed")))
+        assert writer.state["step"] == 2 and writer.paragraphs() == ["Paragraph number 1.", "Paragraph number 2."]
+        assert writer.short_term() == "Memory after paragraph 2."
+        assert writer.step(0).step == 3  # and the story goes on

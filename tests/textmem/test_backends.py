@@ -1,0 +1,56 @@
+"""The OpenAI-compatible backend against a local fake server; backend specs and their errors."""
+
+import socket
+
+import pytest
+
+from memlm.textmem import OpenAIBackend, VLLMBackend, backend_from_spec
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_openai_backend_chat_and_completions_streamed_or_not(openai_server, chat, streamed):
+    backend = OpenAIBackend(openai_server.url, chat=chat)
+    assert backend.model == "tiny-model"  # the first served model
+    pieces = []
+    text = backend.generate("Tell a story.", max_new_tokens=64, on_text=pieces.append if streamed else None)
+    assert text.startswith("Paragraph:\nParagraph number 1.") and "Plan 3:\nPlan 1.3." in text
+    assert ("".join(pieces) == text and len(pieces) > 1) if streamed else pieces == []
+    path, body = openai_server.requests[-1]
+    assert path == ("/v1/chat/completions" if chat else "/v1/completions")
+    assert body["model"] == "tiny-model" and body["max_tokens"] == 64 and body["stream"] is streamed
+    assert (body["messages"] == [{"role": "user", "content": "Tell a story."}]) if chat else \
+        body["prompt"] == "Tell a story."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_bad_backend_address_is_a_clear_error():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ConnectionError, match=f"no OpenAI-compatible server answers at {url}"):
+        OpenAIBackend(url)
+    with pytest.raises(ValueError, match="base_url must start with http"):
+        OpenAIBackend("localhost:8000")
+
+
+def test_backend_specs(openai_server, tmp_path):
+    assert backend_from_spec(openai_server.url, model="other").name == f"openai:{openai_server.url}#other"
+    with pytest.raises(ValueError, match="use hf:MODEL_DIR, vllm:MODEL_DIR or an http"):
+        backend_from_spec("gpt")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        backend_from_spec(f"hf:{tmp_path}/missing")
+
+
+def test_vllm_backend_says_how_to_install_vllm():
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install vllm"):
+            VLLMBackend("/nonexistent")
+    else:
+        pytest.skip("vLLM is installed here")
