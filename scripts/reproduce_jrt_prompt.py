@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ VARIANTS = ("plain", "jrt")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from memlm.eval.report import add_run_arguments, quick_outputs
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default="all-GDN,attention",
                         help=f"comma-separated subset of: {', '.join(ARCHITECTURES)}")
@@ -45,20 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--eval-examples", type=int, default=500, help="held-out documents, each asked both ways")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--jobs", type=int, default=1, help="models trained at once, each in its own process")
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit of each run's training")
-    parser.add_argument("--out", default="docs/jrt_prompt_reproduction.md")
-    parser.add_argument("--figure", default="docs/figures/jrt_prompt.png")
-    parser.add_argument("--workdir", default=None, help="data and run directories (default: a fresh folder under /tmp)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (outputs under /tmp by default)")
+    add_run_arguments(parser, "docs/jrt_prompt_reproduction.md", "docs/figures/jrt_prompt.png")
     args = parser.parse_args(argv)
-    given = argv if argv is not None else sys.argv
+    quick_outputs(args, argv, "/tmp/jrt_quick")
     if args.quick:
         args.num_attributes, args.num_train, args.seq_len, args.steps = 3, 64, 256, 3
         args.hidden_size, args.layers, args.heads, args.eval_examples, args.batch_size = 32, 4, 2, 4, 4
-        args.out = args.out if "--out" in given else "/tmp/jrt_quick/jrt_prompt_reproduction.md"
-        args.figure = args.figure if "--figure" in given else "/tmp/jrt_quick/jrt_prompt.png"
     args.architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
     unknown = [a for a in args.architectures if a not in ARCHITECTURES]
     if unknown:
@@ -67,8 +60,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     if not 1 <= args.num_attributes <= MAX_ATTRIBUTES:
         parser.error(f"--num-attributes must be in 1..{MAX_ATTRIBUTES}, got {args.num_attributes}")
-    if args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     return args
 
 
@@ -141,6 +132,8 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from memlm.eval.report import save_figure
+
     names = list(results)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     width = 0.38
@@ -154,10 +147,7 @@ def plot(args, results: dict, path: str) -> None:
                  f"{args.steps} steps", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(args, results: dict, command: str, machine: str, total_seconds: float) -> None:

@@ -27,6 +27,8 @@ ARCHITECTURES = [("attention", "0:1"), ("3:1 hybrid", "3:1"), ("all-GDN", "1:0")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from memlm.eval.report import add_run_arguments, quick_outputs
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kv-pairs", default="16,32,64", help="comma-separated numbers of key-value pairs")
     parser.add_argument("--seq-len", type=int, default=256)
@@ -40,25 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-examples", type=int, default=20000, help="training rows per run")
     parser.add_argument("--eval-examples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit of each run's training")
-    parser.add_argument("--out", default="docs/mqar_reproduction.md")
-    parser.add_argument("--figure", default="docs/figures/mqar_ordering.png")
-    parser.add_argument("--workdir", default=None, help="run directories (default: a fresh folder under /tmp)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (outputs under /tmp by default)")
+    add_run_arguments(parser, "docs/mqar_reproduction.md", "docs/figures/mqar_ordering.png")
     args = parser.parse_args(argv)
+    quick_outputs(args, argv, "/tmp/mqar_quick")
     if args.quick:
         args.kv_pairs, args.seq_len, args.steps = "4,8", 64, 5
         args.hidden_size, args.layers, args.num_examples, args.eval_examples = 32, 4, 256, 64
-        if "--out" not in (argv if argv is not None else sys.argv):
-            args.out = "/tmp/mqar_quick/mqar_reproduction.md"
-        if "--figure" not in (argv if argv is not None else sys.argv):
-            args.figure = "/tmp/mqar_quick/mqar_ordering.png"
     args.kv_pairs = [int(k) for k in str(args.kv_pairs).split(",") if k.strip()]
     args.lr = [float(lr) for lr in str(args.lr).split(",") if lr.strip()]
-    if args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     args.vocab_size = args.vocab_size or max(args.seq_len, 128)
     return args
 
@@ -117,6 +108,8 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from memlm.eval.report import save_figure
+
     best = best_per_cell(results)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for (name, _), marker in zip(ARCHITECTURES, "os^", strict=True):
@@ -131,10 +124,7 @@ def plot(args, results: dict, path: str) -> None:
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(args, results: dict, command: str, total_seconds: float, machine: str) -> None:

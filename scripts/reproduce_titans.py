@@ -37,6 +37,8 @@ ARCHITECTURES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from memlm.eval.report import add_run_arguments, quick_outputs
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
                         help=f"comma-separated subset of: {', '.join(ARCHITECTURES)}")
@@ -54,18 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-examples", type=int, default=8000, help="training rows")
     parser.add_argument("--eval-examples", type=int, default=32, help="test rows per length")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default="docs/titans_reproduction.md")
-    parser.add_argument("--figure", default="docs/figures/titans_passkey.png")
-    parser.add_argument("--workdir", default=None, help="run directories (default: a fresh folder under /tmp)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (outputs under /tmp by default)")
-    argv = list(sys.argv[1:] if argv is None else argv)
+    add_run_arguments(parser, "docs/titans_reproduction.md", "docs/figures/titans_passkey.png", jobs=False)
     args = parser.parse_args(argv)
+    quick_outputs(args, argv, "/tmp/titans_quick")
     if args.quick:
         args.architectures, args.train_len, args.test_lens, args.steps = "attention,MAL,MAC", 64, "64,128", 3
         args.num_examples, args.eval_examples, args.batch_size = 32, 4, 4
-        args.out = args.out if "--out" in argv else "/tmp/titans_quick/titans_reproduction.md"
-        args.figure = args.figure if "--figure" in argv else "/tmp/titans_quick/titans_passkey.png"
     args.architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
     unknown = [a for a in args.architectures if a not in ARCHITECTURES]
     if unknown:
@@ -118,6 +114,8 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from memlm.eval.report import save_figure
+
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in args.architectures:
         if name in results:
@@ -134,10 +132,7 @@ def plot(args, results: dict, path: str) -> None:
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(args, results: dict, command: str, total_seconds: float) -> None:

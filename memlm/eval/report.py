@@ -7,6 +7,7 @@ A *record* is one scored example: ``{"task", "variant", "context_length", "depth
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -127,3 +128,40 @@ def script_command(script: str, argv: list[str] | None = None) -> str:
     args = sys.argv[1:] if argv is None else argv
     return f"python scripts/{Path(script).name} " + " ".join(shlex.quote(a) for a in args)
 
+
+
+def add_run_arguments(parser, out: str, figure: str, jobs: bool = True) -> None:
+    """The flags the reproduction scripts share: ``--threads``, ``--jobs`` and ``--max-minutes`` (with
+    ``jobs``), ``--out``, ``--figure``, ``--workdir`` and ``--quick``."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    if jobs:
+        parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+        parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit of each run's training")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--figure", default=figure)
+    parser.add_argument("--workdir", default=None, help="run directories (default: a fresh folder under /tmp)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (outputs under /tmp by default)")
+
+
+def quick_outputs(args, argv: list[str] | None, folder: str) -> None:
+    """With ``--quick``, ``--out`` and ``--figure`` not given go to ``folder`` (not over the committed docs);
+    ``--jobs`` (where the script has it) must be at least 1."""
+    given = argv if argv is not None else sys.argv
+    if args.quick:
+        if "--out" not in given:
+            args.out = str(Path(folder) / Path(args.out).name)
+        if "--figure" not in given:
+            args.figure = str(Path(folder) / Path(args.figure).name)
+    if getattr(args, "jobs", 1) < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG (120 dpi, folders created) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -2,7 +2,12 @@
 
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -81,3 +86,16 @@ def openai_server():
     yield server
     server.shutdown()
     server.server_close()
+
+
+def kill_when_marked(code: str, marker, cwd=None) -> None:
+    """Run ``code`` in a new Python process, SIGKILL it once it has written the file ``marker``."""
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=cwd)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert time.time() < deadline and process.poll() is None, "the process did not reach its marker"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)

@@ -1,13 +1,11 @@
 """TextMemory on a real SQLite file with the real embedder (all-MiniLM-L6-v2)."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import kill_when_marked
 
 from memlm.textmem import MemoryItem, TextMemory
 
@@ -106,15 +104,7 @@ with m.transaction():
     Path({str(marker)!r}).write_text("ready")
     time.sleep(600)
 """
-    process = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert time.time() < deadline and process.poll() is None, "the writer process did not get going"
-            time.sleep(0.2)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
+    kill_when_marked(code, marker)
     with TextMemory(path, embedder=embedder) as memory:
         assert [i.text for i in memory.items()] == ["first committed paragraph", "second committed paragraph"]
         memory.add("the store is still writable")

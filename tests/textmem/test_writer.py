@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import formatted_answer, numbered_answers
+from conftest import formatted_answer, kill_when_marked, numbered_answers
 
 from memlm import MemLMConfig, MemLMForCausalLM
 from memlm.textmem import RecurrentWriter, ScriptedBackend, TextMemory, TransformersBackend, WriterError, parse_sections
@@ -166,10 +166,6 @@ def test_a_bad_model_path_is_a_clear_error(tmp_path):
 
 def test_a_writer_killed_in_the_middle_of_a_step_keeps_the_steps_before(tmp_path, embedder):
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     store, marker = tmp_path / "story.db", tmp_path / "in_step_3"
     code = f"""
@@ -190,15 +186,7 @@ writer.start("premise")
 while True:
     writer.step(0)
 """
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(__file__))
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert time.time() < deadline and process.poll() is None, "the writer process did not get going"
-            time.sleep(0.2)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
+    kill_when_marked(code, marker, cwd=os.path.dirname(__file__))
     with TextMemory(store, embedder=embedder) as memory:
         writer = RecurrentWriter(memory, ScriptedBackend(numbered_answers("Resumed")))
         assert writer.state["step"] == 2 and writer.paragraphs() == ["Paragraph number 1.", "Paragraph number 2."]
