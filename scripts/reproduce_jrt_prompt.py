@@ -2,10 +2,11 @@
 
 Trains small byte-level language models that differ only in ``model.config.hybrid_ratio`` (all-GDN "1:0",
 all-attention "0:1", optionally the 3:1 hybrid) on generated SWDE/FDA-style documents
-(:func:`memlm.data.document_recall`), each followed by its question and answer. Half of the training
-documents are written with the plain prompt and half with JRT-Prompt, so both formats are in
-distribution. Each model then answers held-out documents (other seed) with both prompts: greedy
-generation up to 48 tokens stopped at a newline, scored by "contains" as the JRT recall suite does
+(:func:`memlm.data.document_recall`), each followed by its question and answer, with the loss on the answer
+only (recipe ``data.completion_field``). Half of the training documents are written with the plain prompt
+and half with JRT-Prompt, so both formats are in distribution. Each model then answers held-out documents
+(other seed) with both prompts: greedy generation up to 48 tokens stopped at a newline, scored by "contains"
+as the JRT recall suite does
 (``evals/run.py --tasks doc_recall``)::
 
     python scripts/reproduce_jrt_prompt.py --steps 3000 --out docs/jrt_prompt_reproduction.md \\
@@ -64,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def write_training_documents(args: argparse.Namespace, path: Path) -> None:
-    """JSON lines ``{"text": prompt + " " + answer}``, even rows with the plain prompt, odd rows with JRT's."""
+    """JSON lines ``{"prompt": ..., "answer": " " + answer}``, even rows with the plain prompt, odd rows with
+    JRT's."""
     from memlm.data import document_recall
 
     examples = document_recall(args.num_train, num_attributes=args.num_attributes, seed=args.seed)
@@ -72,7 +74,7 @@ def write_training_documents(args: argparse.Namespace, path: Path) -> None:
     with path.open("w") as f:
         for i, example in enumerate(examples):
             prompt = example.prompt if i % 2 == 0 else example.jrt_prompt()
-            f.write(json.dumps({"text": f"{prompt} {example.answers[0]}"}) + "\n")
+            f.write(json.dumps({"prompt": prompt, "answer": f" {example.answers[0]}"}) + "\n")
 
 
 def recipe(args: argparse.Namespace, ratio: str, data_file: Path, output_dir: Path) -> dict:
@@ -84,7 +86,8 @@ def recipe(args: argparse.Namespace, ratio: str, data_file: Path, output_dir: Pa
         "output_dir": str(output_dir),
         "model": {"config": model},
         "tokenizer": {"kind": "byte"},
-        "data": {"source": "json", "files": [str(data_file)], "seq_len": args.seq_len},
+        "data": {"source": "json", "files": [str(data_file)], "seq_len": args.seq_len, "text_field": "prompt",
+                 "completion_field": "answer"},
         "optimizer": {"lr": args.lr, "weight_decay": 0.1},
         "schedule": {"kind": "cosine", "warmup_steps": min(100, max(1, args.steps // 10)), "min_lr_ratio": 0.05},
         "train": {"max_steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
@@ -162,7 +165,8 @@ Command (from the repository root):
 
 Setup: byte-level models, hidden {args.hidden_size}, intermediate {2 * args.hidden_size}, {args.layers} layers,
 {args.heads} heads; {args.num_train} generated training documents of {args.num_attributes} attributes (half with
-the plain prompt, half with JRT-Prompt, each followed by its answer), packed into rows of {args.seq_len} bytes;
+the plain prompt, half with JRT-Prompt, each followed by its answer; loss on the answer only), packed into rows of
+{args.seq_len} bytes;
 {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr:g} (weight decay 0.1), cosine schedule, seed
 {args.seed}. Test: {args.eval_examples} held-out documents (seed 1234), each asked with both prompts, greedy
 generation up to 48 bytes stopped at a newline, "contains" scoring. Only `model.config.hybrid_ratio` differs.

@@ -67,6 +67,8 @@ class DataSection:
     ``passkey`` (rows with labels; arguments of :func:`memlm.data.passkey` in ``passkey``) or
     ``niah`` (needle-in-a-haystack documents, packed like text; arguments of
     :func:`memlm.data.niah_grid` in ``niah``, lengths counted in the recipe's tokenizer).
+    ``completion_field``: a column holding each row's completion; ``text_field`` then holds its prompt, and
+    only the completion (and its EOS) is trained on.
     """
 
     source: str = "text"
@@ -75,6 +77,7 @@ class DataSection:
     subset: str | None = None
     split: str = "train"
     text_field: str = "text"
+    completion_field: str | None = None
     streaming: bool = False
     seq_len: int = 512
     max_documents: int | None = None

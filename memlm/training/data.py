@@ -2,13 +2,15 @@
 
 Packing: documents (each ended with EOS) are concatenated and cut into rows of ``seq_len`` tokens; a
 document longer than the space left continues at the start of the next row, as a new segment. A
-row remembers its segment lengths. The last, partial row is padded (pad tokens form their own
-segment, with no loss), so no token is dropped.
+row remembers its segment lengths and which tokens carry the loss. The last, partial row is padded
+(pad tokens form their own segment, with no loss), so no token is dropped. With
+``data.completion_field`` a document is a prompt (``text_field``) and a completion, and only the
+completion (with its EOS) carries the loss, as in supervised fine-tuning.
 
-The collator flattens a batch of packed rows into one row ``[1, B * seq_len]`` with
-``position_ids`` restarting at every segment, ``cu_seq_lens_q`` (segment offsets) and labels of -100
-on each segment's first token: attention sees block-diagonal masks, linear mixers reset their state,
-and no token predicts across a document boundary.
+The collator returns the rows ``[B, seq_len]`` with ``position_ids`` restarting at every segment,
+``cu_seq_lens_q`` (segment offsets in the rows read one after the other) and labels of -100 on each
+segment's first token and on tokens without loss: attention sees block-diagonal masks, linear mixers
+reset their state, and no token predicts across a document boundary.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from torch.utils.data import IterableDataset, Sampler
 from memlm.training.config import DataSection
 
 
-def load_documents(data: DataSection, tokenizer=None) -> Iterable[str]:
-    """The text of each document: from ``datasets`` (streamed when ``data.streaming``), or generated
-    needle-in-a-haystack documents (``niah``, lengths counted with ``tokenizer``)."""
+def load_documents(data: DataSection, tokenizer=None) -> Iterable[str | tuple[str, str]]:
+    """The text of each document (a ``(prompt, completion)`` pair with ``data.completion_field``): from
+    ``datasets`` (streamed when ``data.streaming``), or generated needle-in-a-haystack documents (``niah``,
+    lengths counted with ``tokenizer``)."""
     from datasets import load_dataset
 
     if data.source == "niah":
@@ -39,41 +42,54 @@ def load_documents(data: DataSection, tokenizer=None) -> Iterable[str]:
         builder = {"text": "text", "json": "json", "parquet": "parquet"}[data.source]
         dataset = load_dataset(builder, data_files=files, split="train", streaming=data.streaming)
     columns = dataset.column_names
-    if columns is not None and data.text_field not in columns:
-        raise ValueError(f"data.text_field={data.text_field!r} is not a column of the data; columns: {columns}")
-    texts = (row[data.text_field] for row in dataset)
+    for name in ("text_field", "completion_field"):
+        field = getattr(data, name)
+        if columns is not None and field is not None and field not in columns:
+            raise ValueError(f"data.{name}={field!r} is not a column of the data; columns: {columns}")
+    if data.completion_field is not None:
+        texts = ((row[data.text_field], row[data.completion_field]) for row in dataset)
+    else:
+        texts = (row[data.text_field] for row in dataset)
     return itertools.islice(texts, data.max_documents) if data.max_documents else texts
 
 
 def pack_documents(
-    token_lists: Iterable[list[int]], seq_len: int, pad_token_id: int
+    documents: Iterable[list[int] | tuple[list[int], list[int]]], seq_len: int, pad_token_id: int
 ) -> Iterator[dict[str, list[int]]]:
-    """Concatenate tokenized documents into rows of ``seq_len``.
+    """Concatenate tokenized documents (token ids, or ``(ids, loss_mask)`` pairs) into rows of ``seq_len``.
 
-    Yields ``{"input_ids": [seq_len], "segment_lengths": [...], "pad_length": n}``: the segment lengths
-    sum to ``seq_len``; the final row's trailing padding (``pad_length`` tokens) is its last segment.
+    Yields ``{"input_ids": [seq_len], "loss_mask": [seq_len], "segment_lengths": [...], "pad_length": n}``:
+    the segment lengths sum to ``seq_len``; the final row's trailing padding (``pad_length`` tokens, no loss)
+    is its last segment. A document given as plain ids has the loss on every token.
     """
-    row, segments = [], []
-    for tokens in token_lists:
+    row, mask, segments = [], [], []
+    for document in documents:
+        tokens, loss = document if isinstance(document, tuple) else (document, [1] * len(document))
         while tokens:
-            take = tokens[: seq_len - len(row)]
-            row.extend(take)
-            segments.append(len(take))
-            tokens = tokens[len(take) :]
+            room = seq_len - len(row)
+            row.extend(tokens[:room])
+            mask.extend(loss[:room])
+            segments.append(len(tokens[:room]))
+            tokens, loss = tokens[room:], loss[room:]
             if len(row) == seq_len:
-                yield {"input_ids": row, "segment_lengths": segments, "pad_length": 0}
-                row, segments = [], []
+                yield {"input_ids": row, "loss_mask": mask, "segment_lengths": segments, "pad_length": 0}
+                row, mask, segments = [], [], []
     if row:
         pad = seq_len - len(row)
-        yield {"input_ids": row + [pad_token_id] * pad, "segment_lengths": segments + [pad], "pad_length": pad}
+        yield {"input_ids": row + [pad_token_id] * pad, "loss_mask": mask + [0] * pad,
+               "segment_lengths": segments + [pad], "pad_length": pad}
 
 
-def tokenize_documents(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
-    """Token ids of each document followed by the tokenizer's EOS."""
+def tokenize_documents(documents: Iterable[str | tuple[str, str]], tokenizer) -> Iterator[tuple[list[int], list[int]]]:
+    """``(token ids, loss mask)`` of each document followed by the tokenizer's EOS; for a ``(prompt,
+    completion)`` pair the two are tokenized apart and only the completion and the EOS carry the loss."""
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no eos_token: documents need a separator")
-    for text in texts:
-        yield tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for document in documents:
+        prompt, completion = document if isinstance(document, tuple) else ("", document)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        yield prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
 
 
 class PackedCollator:
@@ -98,10 +114,7 @@ class PackedCollator:
         starts = torch.tensor([0, *itertools.accumulate(lengths)])
         labels[starts[:-1]] = -100  # the first token of a segment is not predicted from the previous one
         position_ids = torch.arange(len(input_ids)) - torch.repeat_interleave(starts[:-1], torch.tensor(lengths))
-        offset = 0
-        for r in rows:  # padding is never a target
-            offset += len(r["input_ids"])
-            labels[offset - r["pad_length"] : offset] = -100
+        labels[torch.tensor([m for r in rows for m in r["loss_mask"]]) == 0] = -100  # prompts and padding
         shape = (len(rows), -1)
         return {
             "input_ids": input_ids.view(shape),

@@ -75,5 +75,6 @@ def test_jrt_prompt_reproduction_quick_run_writes_table_and_figure(tmp_path):
     assert "| all-GDN |" in out.read_text() and "| attention |" in out.read_text() and figure.exists()
     assert set(json.loads(out.with_suffix(".json").read_text())["results"]) == {"all-GDN", "attention"}
     lines = (tmp_path / "runs" / "train_documents.jsonl").read_text().splitlines()
-    texts = [json.loads(line)["text"] for line in lines]
-    assert len(texts) == 64 and texts[1].startswith("Information about") and not texts[0].startswith("Information")
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 64 and rows[1]["prompt"].startswith("Information about")
+    assert not rows[0]["prompt"].startswith("Information") and rows[0]["answer"].startswith(" ")

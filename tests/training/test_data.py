@@ -1,7 +1,8 @@
 import torch
 
 from memlm import MemLMConfig, MemLMForCausalLM
-from memlm.training.data import EpochSampler, PackedCollator, pack_documents
+from memlm.tokenization import byte_level_tokenizer
+from memlm.training.data import EpochSampler, PackedCollator, pack_documents, tokenize_documents
 
 
 def test_packing_keeps_every_token_and_marks_segments():
@@ -41,3 +42,17 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch():
     first = list(a)
     a.set_epoch(1)
     assert list(a) != first
+
+
+def test_prompt_completion_pairs_train_on_the_completion_only():
+    tokenizer = byte_level_tokenizer()
+    docs = list(tokenize_documents([("Q: 2+2?", " 4"), "free text"], tokenizer))
+    (ids, mask), (text_ids, text_mask) = docs
+    assert ids == tokenizer("Q: 2+2? 4")["input_ids"] + [tokenizer.eos_token_id]
+    assert mask == [0] * 7 + [1] * 3 and text_mask == [1] * len(text_ids)  # " 4" and EOS carry the loss
+    rows = list(pack_documents(docs, seq_len=24, pad_token_id=tokenizer.pad_token_id))  # one row, 4 pads
+    batch = PackedCollator()(rows)
+    labels = batch["labels"].flatten().tolist()
+    targets = [t for t, keep in zip(batch["input_ids"].flatten().tolist(), labels, strict=True) if keep != -100]
+    # the completion (its first token too, predicted from the prompt), then the text after its first token
+    assert targets == ids[7:] + text_ids[1:]

@@ -87,6 +87,17 @@ def test_text_recipe_trains_and_saves_model_with_tokenizer(tmp_path):
     assert any(out.glob("**/events.out.tfevents*")), "tensorboard logs are written"
 
 
+def test_json_prompt_completion_recipe(tmp_path):
+    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(6) for b in range(6)]
+    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = text_recipe(tmp_path, data={"source": "json", "files": [str(tmp_path / "sums.jsonl")], "seq_len": 32,
+                                         "text_field": "question", "completion_field": "answer"})
+    assert train(config_from_dict(recipe)).summary["steps"] == 6
+    recipe["data"]["completion_field"] = "response"
+    with pytest.raises(ValueError, match="data.completion_field='response' is not a column of the data"):
+        train(config_from_dict(recipe))
+
+
 def test_max_minutes_ends_training_saves_and_evaluates(tmp_path):
     recipe = text_recipe(tmp_path)
     recipe["train"]["max_minutes"] = 1e-9  # passed after the first optimizer step
