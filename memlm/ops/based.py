@@ -1,0 +1,79 @@
+"""Based linear attention (Arora et al., arXiv 2402.18668): causal linear attention with the second-order
+Taylor feature map of ``exp``, normalized.
+
+For q, k of a small dimension d (16 in the paper),
+
+    phi(x) = [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))]              (1)   (1 + d + d^2 features)
+
+so that ``phi(q) . phi(k) = 1 + s + s^2 / 2`` with ``s = q . k / sqrt(d)``: the Taylor expansion of
+``exp(s)`` to second order, which is at least 1/2 for every s (``((s + 1)^2 + 1) / 2``). Then
+
+    y_i = sum_{j<=i} phi(q_i).phi(k_j) v_j / sum_{j<=i} phi(q_i).phi(k_j)   (2)
+
+Both sums are one linear attention over ``[v, 1]`` (the last column gives the denominator), so the state
+is one ``[1 + d + d^2, dv + 1]`` matrix per head, and the chunked and recurrent forms are those of
+:mod:`memlm.ops.gla` with no decay (flash-linear-attention's kernels on CUDA where installed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from memlm.ops.gla import chunk_gla, recurrent_gla
+
+
+def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """Equation (1): ``[..., d] -> [..., 1 + d + d * d]``."""
+    d = x.shape[-1]
+    second = (x[..., :, None] * x[..., None, :]).flatten(-2) / (math.sqrt(2) * math.sqrt(d))
+    return torch.cat([x.new_ones(*x.shape[:-1], 1), x / d**0.25, second], dim=-1)
+
+
+def based_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    chunked: bool = True,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Equation (2) over a sequence.
+
+    Args:
+        q, k: ``[B, T, H, d]`` (projected to the small feature dimension).
+        v: ``[B, T, H, dv]``.
+        initial_state: ``[N, H, 1 + d + d^2, dv + 1]`` (numerator state | denominator state), N = B or the
+            number of documents with ``cu_seqlens``.
+        cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one row.
+        chunked: the chunkwise form (training, prefill) or the token-by-token recurrence (decoding).
+
+    Returns:
+        ``y`` ``[B, T, H, dv]`` in v's dtype, and the final state (fp32) or None.
+    """
+    if q.shape != k.shape:
+        raise ValueError(f"based_linear_attention: q {tuple(q.shape)} and k {tuple(k.shape)} must have one shape")
+    phi_q, phi_k = taylor_feature_map(q.float()), taylor_feature_map(k.float())  # fp32, as the GLA ops compute
+    values = torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
+    no_decay = phi_q.new_zeros(phi_q.shape)
+    kwargs = {"scale": 1.0, "initial_state": initial_state, "output_final_state": output_final_state,
+              "cu_seqlens": cu_seqlens}
+    if chunked:
+        out, state = chunk_gla(phi_q, phi_k, values, no_decay, chunk_size=chunk_size, **kwargs)
+    else:
+        out, state = recurrent_gla(phi_q, phi_k, values, no_decay, **kwargs)
+    y = out[..., :-1] / out[..., -1:]  # the denominator is >= 1/2 per token (module notes)
+    return y.to(v.dtype), state
+
+
+def naive_based_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Equation (2) as masked quadratic attention with weights ``1 + s + s^2 / 2``: the reference."""
+    dtype = torch.promote_types(q.dtype, torch.float32)  # fp64 inputs give an fp64 reference
+    s = torch.einsum("bthd,bshd->bhts", q.to(dtype), k.to(dtype)) / math.sqrt(q.shape[-1])
+    causal = torch.ones(q.shape[1], q.shape[1], dtype=torch.bool, device=q.device).tril()
+    weights = (1 + s + s.square() / 2) * causal
+    y = torch.einsum("bhts,bshd->bthd", weights, v.to(dtype)) / weights.sum(-1).transpose(1, 2)[..., None]
+    return y.to(v.dtype)

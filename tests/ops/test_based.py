@@ -1,0 +1,59 @@
+"""Based linear attention: chunked and recurrent forms against the quadratic definition."""
+
+import pytest
+import torch
+
+from memlm.ops.based import based_linear_attention, naive_based_attention, taylor_feature_map
+
+TOL = {"atol": 2e-5, "rtol": 1e-4}  # the ops accumulate in fp32; the reference runs in fp64
+
+
+def inputs(batch=2, length=150, heads=2, d=8, dv=12, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, length, heads, n, generator=g, dtype=dtype).requires_grad_() for n in (d, d, dv)]
+
+
+def test_feature_map_is_the_second_order_taylor_expansion_of_exp():
+    q, k = torch.randn(5, 16, dtype=torch.float64), torch.randn(5, 16, dtype=torch.float64)
+    s = (q * k).sum(-1) / 4
+    torch.testing.assert_close((taylor_feature_map(q) * taylor_feature_map(k)).sum(-1), 1 + s + s * s / 2)
+    assert taylor_feature_map(q).shape == (5, 1 + 16 + 256)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+@pytest.mark.parametrize("length", [1, 63, 150])  # not multiples of the chunk (64)
+def test_chunked_and_recurrent_forms_equal_the_definition(chunked, length):
+    q, k, v = inputs(length=length)
+    y, _ = based_linear_attention(q, k, v, chunked=chunked)
+    reference = naive_based_attention(q, k, v)
+    torch.testing.assert_close(y, reference, **TOL)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum(), (q, k, v))
+    expected = torch.autograd.grad((reference * weights).sum(), (q, k, v))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_a_state_carries_the_prefix():
+    q, k, v = inputs(length=150)
+    whole, _ = based_linear_attention(q, k, v)
+    first, state = based_linear_attention(q[:, :70], k[:, :70], v[:, :70], output_final_state=True)
+    rest, _ = based_linear_attention(q[:, 70:], k[:, 70:], v[:, 70:], initial_state=state)
+    step, _ = based_linear_attention(q[:, 70:71], k[:, 70:71], v[:, 70:71], initial_state=state, chunked=False)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole, **TOL)
+    torch.testing.assert_close(step, whole[:, 70:71], **TOL)
+
+
+def test_packed_documents_are_kept_apart():
+    q, k, v = inputs(batch=1, length=90)
+    cu_seqlens = torch.tensor([0, 20, 90])
+    packed, _ = based_linear_attention(q, k, v, cu_seqlens=cu_seqlens)
+    for start, end in ((0, 20), (20, 90)):
+        alone, _ = based_linear_attention(q[:, start:end], k[:, start:end], v[:, start:end])
+        torch.testing.assert_close(packed[:, start:end], alone, **TOL)
+
+
+def test_mismatched_q_and_k_are_refused():
+    q, k, v = inputs()
+    with pytest.raises(ValueError, match="must have one shape"):
+        based_linear_attention(q, k[..., :4], v)
