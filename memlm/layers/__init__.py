@@ -1,6 +1,7 @@
 """nn.Modules: token mixers (registered by name), norms, MLP, rotary embeddings."""
 
 from memlm.layers.attention import Attention
+from memlm.layers.based import BasedLinearAttention
 from memlm.layers.gated_deltanet import GatedDeltaNet
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
 from memlm.layers.memory_cache import MemoryCacheLayer
@@ -15,6 +16,7 @@ __all__ = [
     "MIXERS",
     "HGRN2",
     "Attention",
+    "BasedLinearAttention",
     "ForgetLowerBounds",
     "GatedDeltaNet",
     "GatedRMSNorm",

@@ -21,8 +21,9 @@ class MemLMConfig(PreTrainedConfig):
             ``"linear_attention"`` (the vocabulary of transformers' cache and vLLM). If omitted it is
             built from ``hybrid_ratio``.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
-        linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers: ``"gated_deltanet"``
-            or ``"hgrn2"``.
+        linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers: ``"gated_deltanet"``,
+            ``"hgrn2"`` or ``"based"`` (Based linear attention; its feature dimension is
+            ``linear_key_head_dim``, 16 in the paper).
 
     Linear mixers (each defaults from the attention fields, so a config with only standard fields builds):
         linear_num_key_heads: q/k heads (default ``num_attention_heads``).

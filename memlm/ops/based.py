@@ -40,6 +40,7 @@ def based_linear_attention(
     cu_seqlens: torch.Tensor | None = None,
     chunked: bool = True,
     chunk_size: int = 64,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Equation (2) over a sequence.
 
@@ -50,6 +51,8 @@ def based_linear_attention(
             number of documents with ``cu_seqlens``.
         cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one row.
         chunked: the chunkwise form (training, prefill) or the token-by-token recurrence (decoding).
+        key_mask: ``[B, T]`` 0/1: keys at 0 (padding) add nothing to either sum (``phi(0)`` is not zero: its
+            constant feature would count a pad in the denominator).
 
     Returns:
         ``y`` ``[B, T, H, dv]`` in v's dtype, and the final state (fp32) or None.
@@ -57,6 +60,8 @@ def based_linear_attention(
     if q.shape != k.shape:
         raise ValueError(f"based_linear_attention: q {tuple(q.shape)} and k {tuple(k.shape)} must have one shape")
     phi_q, phi_k = taylor_feature_map(q.float()), taylor_feature_map(k.float())  # fp32, as the GLA ops compute
+    if key_mask is not None:
+        phi_k = phi_k * key_mask[:, :, None, None].to(phi_k.dtype)
     values = torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
     no_decay = phi_q.new_zeros(phi_q.shape)
     kwargs = {"scale": 1.0, "initial_state": initial_state, "output_final_state": output_final_state,
@@ -65,7 +70,8 @@ def based_linear_attention(
         out, state = chunk_gla(phi_q, phi_k, values, no_decay, chunk_size=chunk_size, **kwargs)
     else:
         out, state = recurrent_gla(phi_q, phi_k, values, no_decay, **kwargs)
-    y = out[..., :-1] / out[..., -1:]  # the denominator is >= 1/2 per token (module notes)
+    # the denominator is >= 1/2 per key seen (module notes); 0 only before any unmasked key (left pads: y = 0)
+    y = out[..., :-1] / out[..., -1:].clamp_min(1e-6)
     return y.to(v.dtype), state
 
 

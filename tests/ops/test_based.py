@@ -57,3 +57,12 @@ def test_mismatched_q_and_k_are_refused():
     q, k, v = inputs()
     with pytest.raises(ValueError, match="must have one shape"):
         based_linear_attention(q, k[..., :4], v)
+
+
+def test_masked_keys_count_for_nothing():
+    q, k, v = inputs(batch=1, length=40)
+    mask = torch.ones(1, 40)
+    mask[:, :7] = 0  # left padding
+    padded, _ = based_linear_attention(q, k, v, key_mask=mask)
+    alone, _ = based_linear_attention(q[:, 7:], k[:, 7:], v[:, 7:])
+    torch.testing.assert_close(padded[:, 7:], alone, **TOL)

@@ -19,7 +19,7 @@ def test_supported_hybrids_pass():
     (dict(num_hidden_layers=4, layer_types=["memory", "full_attention", "memory_as_gate", "full_attention"],
           sliding_window=8),
      "cannot serve layer types ['memory', 'memory_as_gate']"),
-    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="hgrn2"), "got 'hgrn2' (vLLM has no HGRN-2 layer)"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="hgrn2"), "got 'hgrn2' (vLLM has no layer for it)"),
 ])
 def test_unsupported_layers_are_named(config, message):
     with pytest.raises(UnsupportedLayerError, match=re.escape(message)):

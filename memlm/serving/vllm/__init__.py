@@ -36,7 +36,7 @@ def check_supported_layers(config) -> None:
     if "linear_attention" in config.layer_types and config.linear_attn_type != "gated_deltanet":
         raise UnsupportedLayerError(
             f"memlm's vLLM model serves linear_attention layers of linear_attn_type='gated_deltanet' only, got "
-            f"{config.linear_attn_type!r} (vLLM has no HGRN-2 layer); serve this model with transformers instead."
+            f"{config.linear_attn_type!r} (vLLM has no layer for it); serve this model with transformers instead."
         )
 
 

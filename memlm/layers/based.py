@@ -1,0 +1,59 @@
+"""Based linear-attention mixer (Arora et al., arXiv 2402.18668), ``linear_attn_type="based"``.
+
+    q = W_q x,  k = W_k x   per head, of the small feature dimension d = linear_key_head_dim (16 in the paper)
+    v = W_v x               per head, linear_value_head_dim
+    o = based_linear_attention(q, k, v)     normalized, phi = 2nd-order Taylor map of exp (memlm.ops.based)
+    y = W_o o
+
+The state per head is ``[1 + d + d^2, dv + 1]`` (numerator | denominator), kept in transformers'
+linear-attention cache layer like the other linear mixers'.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from memlm.layers.gated_deltanet import padding_mask_for
+from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.registry import register_mixer
+from memlm.ops.based import based_linear_attention
+
+
+@register_mixer("based", linear=True)
+class BasedLinearAttention(nn.Module):
+    """``hidden_states [B, T, hidden] -> [B, T, hidden]``; ``linear_num_key_heads`` heads."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.linear_num_key_heads
+        self.feature_dim = config.linear_key_head_dim
+        self.head_v_dim = config.linear_value_head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.feature_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_heads * self.feature_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_heads * self.head_v_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_v_dim, hidden, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings=None,
+        cache=None,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        batch, seq_len, _ = hidden_states.shape
+        mask = padding_mask_for(attention_mask, seq_len)
+        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
+        shape = (batch, seq_len, self.num_heads, -1)
+        q, k, v = (proj(hidden_states).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        o, final_state = based_linear_attention(
+            q, k, v, initial_state=recurrent_state, output_final_state=cache is not None, cu_seqlens=cu_seqlens,
+            chunked=not (recurrent_state is not None and seq_len == 1), key_mask=mask,
+        )
+        if cache is not None:
+            store_recurrent_state(cache, self.layer_idx, final_state)
+        return self.o_proj(o.reshape(batch, seq_len, -1))
