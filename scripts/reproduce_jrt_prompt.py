@@ -31,7 +31,7 @@ VARIANTS = ("plain", "jrt")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from memlm.eval.report import add_run_arguments, quick_outputs
+    from memlm.eval.report import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default="all-GDN,attention",
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser, "docs/jrt_prompt_reproduction.md", "docs/figures/jrt_prompt.png")
     args = parser.parse_args(argv)
-    quick_outputs(args, argv, "/tmp/jrt_quick")
+    finish_run_arguments(args, argv, "/tmp/jrt_quick")
     if args.quick:
         args.num_attributes, args.num_train, args.seq_len, args.steps = 3, 64, 256, 3
         args.hidden_size, args.layers, args.heads, args.eval_examples, args.batch_size = 32, 4, 2, 4, 4

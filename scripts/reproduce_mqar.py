@@ -27,7 +27,7 @@ ARCHITECTURES = [("attention", "0:1"), ("3:1 hybrid", "3:1"), ("all-GDN", "1:0")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from memlm.eval.report import add_run_arguments, quick_outputs
+    from memlm.eval.report import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kv-pairs", default="16,32,64", help="comma-separated numbers of key-value pairs")
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser, "docs/mqar_reproduction.md", "docs/figures/mqar_ordering.png")
     args = parser.parse_args(argv)
-    quick_outputs(args, argv, "/tmp/mqar_quick")
+    finish_run_arguments(args, argv, "/tmp/mqar_quick")
     if args.quick:
         args.kv_pairs, args.seq_len, args.steps = "4,8", 64, 5
         args.hidden_size, args.layers, args.num_examples, args.eval_examples = 32, 4, 256, 64

@@ -37,7 +37,7 @@ ARCHITECTURES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from memlm.eval.report import add_run_arguments, quick_outputs
+    from memlm.eval.report import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser, "docs/titans_reproduction.md", "docs/figures/titans_passkey.png", jobs=False)
     args = parser.parse_args(argv)
-    quick_outputs(args, argv, "/tmp/titans_quick")
+    finish_run_arguments(args, argv, "/tmp/titans_quick")
     if args.quick:
         args.architectures, args.train_len, args.test_lens, args.steps = "attention,MAL,MAC", 64, "64,128", 3
         args.num_examples, args.eval_examples, args.batch_size = 32, 4, 4

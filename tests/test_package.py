@@ -22,7 +22,8 @@ def test_import_does_not_pull_in_triton_or_fla():
 
 def test_cpu_tensors_use_the_torch_path():
     assert not use_fla(torch.zeros(1), torch.zeros(1))
-    assert not use_fla_gated_chunk(torch.zeros(1, requires_grad=True))
+    x = torch.zeros(1, requires_grad=True)
+    assert not use_fla_gated_chunk(x, x, x)
 
 
 @pytest.mark.parametrize(("capability", "triton", "tilelang", "broken"), [

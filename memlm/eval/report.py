@@ -123,11 +123,9 @@ def machine_description() -> str:
 def script_command(script: str, argv: list[str] | None = None) -> str:
     """``python scripts/NAME.py ARGS...`` as typed from the repository root (``argv`` default: ``sys.argv[1:]``)."""
     import shlex
-    import sys
 
     args = sys.argv[1:] if argv is None else argv
     return f"python scripts/{Path(script).name} " + " ".join(shlex.quote(a) for a in args)
-
 
 
 def add_run_arguments(parser, out: str, figure: str, jobs: bool = True) -> None:
@@ -143,15 +141,15 @@ def add_run_arguments(parser, out: str, figure: str, jobs: bool = True) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (outputs under /tmp by default)")
 
 
-def quick_outputs(args, argv: list[str] | None, folder: str) -> None:
-    """With ``--quick``, ``--out`` and ``--figure`` not given go to ``folder`` (not over the committed docs);
-    ``--jobs`` (where the script has it) must be at least 1."""
+def finish_run_arguments(args, argv: list[str] | None, quick_folder: str) -> None:
+    """Settle the flags of :func:`add_run_arguments`: with ``--quick``, ``--out`` and ``--figure`` not given go
+    to ``quick_folder`` (not over the committed docs); ``--jobs`` (where the script has it) must be at least 1."""
     given = argv if argv is not None else sys.argv
     if args.quick:
         if "--out" not in given:
-            args.out = str(Path(folder) / Path(args.out).name)
+            args.out = str(Path(quick_folder) / Path(args.out).name)
         if "--figure" not in given:
-            args.figure = str(Path(folder) / Path(args.figure).name)
+            args.figure = str(Path(quick_folder) / Path(args.figure).name)
     if getattr(args, "jobs", 1) < 1:
         raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
 

@@ -70,7 +70,7 @@ def chunk_gated_delta_rule(
         initial_state, cu_seqlens,
     )
     scale = dk**-0.5 if scale is None else scale
-    if use_fla_gated_chunk(q, k, v, g, beta, *([] if initial_state is None else [initial_state])):
+    if use_fla_gated_chunk(q, k, v, g, beta, initial_state):
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk_gated_delta_rule
 
         return fla_chunk_gated_delta_rule(
@@ -125,7 +125,7 @@ def recurrent_gated_delta_rule(
     )
     scale = dk**-0.5 if scale is None else scale
     # fla's fused recurrent kernel has no backward pass: it serves decoding, memlm's torch path serves gradients
-    if use_fla(q, k, v) and not needs_backward(q, k, v, g, beta, *([] if initial_state is None else [initial_state])):
+    if use_fla(q, k, v) and not needs_backward(q, k, v, g, beta, initial_state):
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
         return fused_recurrent_gated_delta_rule(

@@ -311,17 +311,19 @@ def _fla_gated_backward_is_broken_on(device_index: int) -> bool:
     return broken
 
 
-def needs_backward(*tensors: torch.Tensor) -> bool:
-    """Whether autograd will differentiate through an op on these tensors."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def needs_backward(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will differentiate through an op on these tensors (None entries, such as a missing
+    initial state, are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def use_fla_gated_chunk(*tensors: torch.Tensor) -> bool:
-    """:func:`use_fla`, except where a backward pass will be needed and fla refuses it on this GPU
-    (:func:`fla_gated_backward_is_broken`); the forward pass alone (inference) always goes to fla."""
-    if not use_fla(*tensors):
+def use_fla_gated_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *inputs: torch.Tensor | None) -> bool:
+    """:func:`use_fla` for ``q, k, v``, except where a backward pass through them or ``inputs`` (gates, initial
+    state) will be needed and fla refuses it on this GPU (:func:`fla_gated_backward_is_broken`); the forward
+    pass alone (inference) always goes to fla."""
+    if not use_fla(q, k, v):
         return False
-    return not (needs_backward(*tensors) and _fla_gated_backward_is_broken_on(tensors[0].device.index or 0))
+    return not (needs_backward(q, k, v, *inputs) and _fla_gated_backward_is_broken_on(q.device.index or 0))
 
 
 def roll_rows(x: torch.Tensor, shifts: torch.Tensor, dim: int = 1) -> torch.Tensor:

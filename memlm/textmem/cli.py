@@ -73,7 +73,8 @@ def run(args: argparse.Namespace, read=input, write=print) -> int:
 
 
 def stream(write):
-    return lambda text: write(text, end="", flush=True) if write is print else None
+    """The backend's streaming callback: text goes to the terminal as it comes (None when not printing)."""
+    return (lambda text: print(text, end="", flush=True)) if write is print else None
 
 
 def show(result, write) -> None:

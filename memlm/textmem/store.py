@@ -12,12 +12,13 @@ Every write is one SQLite transaction (WAL journal, ``synchronous=FULL``): a pro
 leaves the store as of its last committed write, and reopening the file restores everything. Several
 writes can be grouped into one transaction with :meth:`TextMemory.transaction`. An item is embedded once,
 when it is added (and again only when its text is edited); search compares the query with the stored
-vectors, held in memory after the first search.
+vectors and items, held in memory from the first search to the next write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import time
@@ -101,7 +102,7 @@ class TextMemory:
         except sqlite3.DatabaseError as error:
             raise ValueError(f"TextMemory path {str(path)!r} is not a memlm text-memory store: {error}") from error
         self._depth = 0
-        self._index: tuple[np.ndarray, list[int]] | None = None  # (unit vectors [N, D], item ids)
+        self._index: tuple[np.ndarray, list[MemoryItem]] | None = None  # (unit vectors [N, D], their items)
 
     # ----------------------------------------------------------------------------------------------- writes
     @contextlib.contextmanager
@@ -195,16 +196,15 @@ class TextMemory:
         _check_text("query", query)
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        vectors, ids = self._vectors()
-        if not ids:
+        vectors, items = self._vectors()
+        if not items:
             return []
         scores = vectors @ self._encode([query])[0]
         found = []
         for index in np.argsort(-scores, kind="stable"):
-            item = self.get(ids[index])
+            item = items[index]
             if (kind is None or item.kind == kind) and item.id not in exclude:
-                found.append(MemoryItem(item.id, item.text, item.kind, item.created, item.updated,
-                                        float(scores[index])))
+                found.append(dataclasses.replace(item, score=float(scores[index])))
                 if len(found) == k:
                     break
         return found
@@ -229,22 +229,23 @@ class TextMemory:
         vectors = np.asarray(self.embedder.encode(texts), dtype=np.float32)
         return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True).clip(min=1e-12)
 
-    def _vectors(self) -> tuple[np.ndarray, list[int]]:
-        """Unit embeddings of this scope's items (read from the file once, then kept until the next write)."""
+    def _vectors(self) -> tuple[np.ndarray, list[MemoryItem]]:
+        """Unit embeddings of this scope's items and the items (read from the file once, then kept until the
+        next write)."""
         if self._index is None:
             rows = self._db.execute(
-                "SELECT e.item_id, e.embedder, e.vector FROM embeddings e JOIN items i ON i.id = e.item_id "
-                "WHERE i.scope = ? ORDER BY e.item_id", (self.scope,)).fetchall()
-            other = sorted({name for _, name, _ in rows if name != self.embedder.name})
+                "SELECT i.id, i.text, i.kind, i.created, i.updated, e.embedder, e.vector FROM embeddings e "
+                "JOIN items i ON i.id = e.item_id WHERE i.scope = ? ORDER BY i.id", (self.scope,)).fetchall()
+            other = sorted({row[5] for row in rows if row[5] != self.embedder.name})
             if other:
                 raise ValueError(
                     f"{str(self.path)!r} (scope {self.scope!r}) holds embeddings of {other}, not of this embedder "
                     f"{self.embedder.name!r}: open it with the embedder it was written with"
                 )
-            ids = [item_id for item_id, _, _ in rows]
-            vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, _, blob in rows]) if rows else \
+            items = [MemoryItem(*row[:5]) for row in rows]
+            vectors = np.stack([np.frombuffer(row[6], dtype=np.float32) for row in rows]) if rows else \
                 np.zeros((0, 1), dtype=np.float32)
-            self._index = (vectors, ids)
+            self._index = (vectors, items)
         return self._index
 
 
