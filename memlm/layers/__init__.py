@@ -2,12 +2,14 @@
 
 from memlm.layers.attention import Attention
 from memlm.layers.based import BasedLinearAttention
+from memlm.layers.gated_conv import ShortGatedConvolution
 from memlm.layers.gated_deltanet import GatedDeltaNet
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
 from memlm.layers.memory_cache import MemoryCacheLayer
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.neural_memory import NeuralMemory
 from memlm.layers.norm import GatedRMSNorm, RMSNorm
+from memlm.layers.prefix_linear_attention import PrefixLinearAttention
 from memlm.layers.registry import MIXERS, build_mixer, register_mixer
 from memlm.layers.short_conv import ShortConvolution
 from memlm.layers.titans import MemoryAsContext, MemoryAsGate, MemoryLayer
@@ -25,8 +27,10 @@ __all__ = [
     "MemoryCacheLayer",
     "MemoryLayer",
     "NeuralMemory",
+    "PrefixLinearAttention",
     "RMSNorm",
     "ShortConvolution",
+    "ShortGatedConvolution",
     "SwiGLUMLP",
     "build_mixer",
     "register_mixer",

@@ -50,10 +50,14 @@ class BasedLinearAttention(nn.Module):
         recurrent_state = previous_recurrent_state(cache, self.layer_idx)
         shape = (batch, seq_len, self.num_heads, -1)
         q, k, v = (proj(hidden_states).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        o, final_state = based_linear_attention(
-            q, k, v, initial_state=recurrent_state, output_final_state=cache is not None, cu_seqlens=cu_seqlens,
-            chunked=not (recurrent_state is not None and seq_len == 1), key_mask=mask,
-        )
+        op_kwargs = {"initial_state": recurrent_state, "output_final_state": cache is not None,
+                     "cu_seqlens": cu_seqlens, "chunked": not (recurrent_state is not None and seq_len == 1),
+                     "key_mask": mask}
+        o, final_state = self.attend(hidden_states, q, k, v, op_kwargs, **kwargs)
         if cache is not None:
             store_recurrent_state(cache, self.layer_idx, final_state)
         return self.o_proj(o.reshape(batch, seq_len, -1))
+
+    def attend(self, hidden_states, q, k, v, op_kwargs: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention op on ``q, k [B, T, H, d]``, ``v [B, T, H, dv]`` -> ``(o [B, T, H, dv], final state)``."""
+        return based_linear_attention(q, k, v, **op_kwargs)

@@ -2,7 +2,8 @@
 
 A layer of type ``"linear_attention"`` uses the mixer named by ``config.linear_attn_type``; any other
 layer type (``"full_attention"``, ``"sliding_attention"``, the Titans types ``"memory"``,
-``"memory_as_gate"``, ``"memory_as_context"``) is itself a mixer name. A new mixer is one
+``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's ``"prefix_linear_attention"`` and the short gated
+convolution ``"conv"``) is itself a mixer name. A new mixer is one
 op plus one layer file that calls :func:`register_mixer`.
 
 Every mixer is an ``nn.Module`` built as ``Mixer(config, layer_idx)`` with
@@ -17,7 +18,12 @@ from torch import nn
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 LINEAR_LAYER_TYPE = "linear_attention"
 MEMORY_LAYER_TYPES = ("memory", "memory_as_gate", "memory_as_context")  # Titans: LMM, MAG, MAC
-LAYER_TYPES = (*ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES)
+PREFIX_LAYER_TYPE = "prefix_linear_attention"  # JRT-RNN: reads the prompt non-causally
+CONV_LAYER_TYPE = "conv"  # short gated convolution (transformers' name for such a cache layer)
+LAYER_TYPES = (*ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES, PREFIX_LAYER_TYPE, CONV_LAYER_TYPE)
+# layers that keep a state instead of per-token keys: they build their own masks from the [B, T] padding mask
+# and read packed documents as one sequence cut by offsets
+RECURRENT_LAYER_TYPES = (LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES, PREFIX_LAYER_TYPE, CONV_LAYER_TYPE)
 
 MIXERS: dict[str, type[nn.Module]] = {}
 LINEAR_MIXERS: list[str] = []

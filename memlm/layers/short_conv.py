@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 
 class ShortConvolution(nn.Module):
-    """``y_t = SiLU(sum_j w_j * x_{t-j})`` per channel over the last ``kernel_size`` tokens.
+    """``y_t = SiLU(sum_j w_j * x_{t-j})`` per channel over the last ``kernel_size`` tokens (no SiLU with
+    ``activation=False``).
 
     The weight is stored as ``conv1d`` (an ``nn.Conv1d`` with ``groups = channels``), the name used by
     Qwen3-Next checkpoints and vLLM. With a cache, the last ``kernel_size`` inputs are kept in the
@@ -16,9 +17,10 @@ class ShortConvolution(nn.Module):
     ``cu_seqlens``, no document sees the tokens of the one before it.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 4):
+    def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True):
         super().__init__()
         self.kernel_size = kernel_size
+        self.activation = nn.SiLU() if activation else nn.Identity()
         self.conv1d = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=False)
 
     def forward(
@@ -35,7 +37,7 @@ class ShortConvolution(nn.Module):
             # Prefill: returns x (left-padded to the kernel); decoding: the stored inputs followed by x.
             window = cache.update_conv_state(window, layer_idx, conv_kernel_size=self.kernel_size)
         out = self._causal_conv(window.to(self.conv1d.weight.dtype), cu_seqlens)
-        return F.silu(out[..., -seq_len:]).transpose(1, 2).to(x.dtype)
+        return self.activation(out[..., -seq_len:]).transpose(1, 2).to(x.dtype)
 
     def with_state(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Continue from an explicit state: ``x [B, T, C]``, ``state [B, C, K-1]`` (None: zeros) ->
@@ -45,7 +47,7 @@ class ShortConvolution(nn.Module):
             state = window.new_zeros(window.shape[0], window.shape[1], self.kernel_size - 1)
         window = torch.cat([state.to(window.dtype), window], dim=-1)
         out = self._causal_conv(window.to(self.conv1d.weight.dtype), None)[..., -x.shape[1]:]
-        return F.silu(out).transpose(1, 2).to(x.dtype), window[..., window.shape[-1] - (self.kernel_size - 1):]
+        return self.activation(out).transpose(1, 2).to(x.dtype), window[..., window.shape[-1] - (self.kernel_size - 1):]
 
     def _causal_conv(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
         """``y_t = sum_lag w[K-1-lag] * x_{t-lag}`` on ``[B, C, L]``, as K shifted multiply-adds.

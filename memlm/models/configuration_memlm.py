@@ -18,8 +18,9 @@ class MemLMConfig(PreTrainedConfig):
 
     Layer pattern:
         layer_types (`list[str]`): per layer, ``"full_attention"``, ``"sliding_attention"`` or
-            ``"linear_attention"`` (the vocabulary of transformers' cache and vLLM). If omitted it is
-            built from ``hybrid_ratio``.
+            ``"linear_attention"`` (the vocabulary of transformers' cache and vLLM), a Titans memory type
+            (below), ``"prefix_linear_attention"`` or ``"conv"`` (JRT-RNN, below). If omitted it is built from
+            ``hybrid_ratio``.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
         linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers: ``"gated_deltanet"``,
             ``"hgrn2"`` or ``"based"`` (Based linear attention; its feature dimension is
@@ -43,6 +44,15 @@ class MemLMConfig(PreTrainedConfig):
         memory_recompute_chunks: in training, keep only the memory states at chunk boundaries and recompute
             the chunks in the backward pass (less memory, about 25% slower; default False).
         ``"memory_as_gate"`` layers use ``sliding_window``.
+
+    JRT-RNN (see :func:`memlm.jrt_rnn_config` and docs/jrt_rnn.md):
+        ``"prefix_linear_attention"`` layers use the ``linear_*`` head fields (feature dimension
+        ``linear_key_head_dim``, 16 in the paper) and read ``prefix_length`` tokens non-causally.
+        gated_conv_expand / gated_conv_kernel_dim: width multiple and kernel of ``"conv"`` layers (4 and 3).
+        prefix_lm_objective (`bool`): with ``labels`` and ``prefix_length``, the loss is the next-token loss on
+            the suffix plus ``prefix_mlm_weight`` (0.25) times the masked-token loss at the prefix positions
+            given by ``mlm_labels`` (training recipes mask ``prefix_mlm_probability``, 15%, of the prefix
+            tokens with ``mask_token_id``).
     """
 
     model_type = "memlm"
@@ -80,6 +90,12 @@ class MemLMConfig(PreTrainedConfig):
     memory_max_lr: float | None = None
     num_persistent_memory_tokens: int = 0
     memory_recompute_chunks: bool = False
+    gated_conv_expand: int = 4
+    gated_conv_kernel_dim: int = 3
+    prefix_lm_objective: bool = False
+    prefix_mlm_weight: float = 0.25
+    prefix_mlm_probability: float = 0.15
+    mask_token_id: int | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -114,6 +130,7 @@ class MemLMConfig(PreTrainedConfig):
         self.memory_head_dim = self.memory_head_dim or self.head_dim
         self._validate_layers()
         self._validate_memory()
+        self._validate_prefix_lm()
         super().__post_init__(**kwargs)
 
     def _validate_layers(self) -> None:
@@ -183,6 +200,25 @@ class MemLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"sliding_window={self.sliding_window!r}: layer_types contains 'memory_as_gate', whose attention "
                 "is a sliding window, so sliding_window must be a positive number of tokens"
+            )
+
+    def _validate_prefix_lm(self) -> None:
+        _check_positive(self, "gated_conv_expand", "gated_conv_kernel_dim")
+        if not isinstance(self.prefix_lm_objective, bool):
+            raise ValueError(f"prefix_lm_objective must be true or false, got {self.prefix_lm_objective!r}")
+        weight, probability = self.prefix_mlm_weight, self.prefix_mlm_probability
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise ValueError(f"prefix_mlm_weight must be a number >= 0, got {weight!r}")
+        if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 <= probability <= 1:
+            raise ValueError(f"prefix_mlm_probability must be a number in [0, 1], got {probability!r}")
+        token = self.mask_token_id
+        if token is not None and (isinstance(token, bool) or not isinstance(token, int)
+                                  or not 0 <= token < self.vocab_size):
+            raise ValueError(f"mask_token_id must be a token id in [0, vocab_size={self.vocab_size}), got {token!r}")
+        if self.prefix_lm_objective and token is None and weight > 0:
+            raise ValueError(
+                "prefix_lm_objective=True masks prefix tokens with mask_token_id, which is None: set mask_token_id "
+                "(a token id the data never uses, e.g. the tokenizer's mask or pad token) or prefix_mlm_weight=0"
             )
 
     @property

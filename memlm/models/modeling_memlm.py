@@ -20,10 +20,19 @@ import memlm.layers  # noqa: F401  (registers the mixers)
 from memlm.layers.hgrn2 import ForgetLowerBounds
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.norm import RMSNorm
-from memlm.layers.registry import ATTENTION_LAYER_TYPES, LINEAR_LAYER_TYPE, MEMORY_LAYER_TYPES, build_mixer
+from memlm.layers.registry import (
+    ATTENTION_LAYER_TYPES,
+    LINEAR_LAYER_TYPE,
+    MEMORY_LAYER_TYPES,
+    PREFIX_LAYER_TYPE,
+    RECURRENT_LAYER_TYPES,
+    build_mixer,
+)
 from memlm.layers.rotary import RotaryEmbedding
 from memlm.models.compat import CACHE_FIELD, attention_masks
 from memlm.models.configuration_memlm import MemLMConfig
+from memlm.models.prefix_lm import prefix_lm_loss
+from memlm.ops.prefix_linear_attention import prefix_token_mask
 
 
 class MemLMDecoderLayer(GradientCheckpointingLayer):
@@ -108,6 +117,7 @@ class MemLMModel(MemLMPreTrainedModel):
         output_hidden_states: bool | None = None,
         past_key_values=None,
         cu_seq_lens_q: torch.Tensor | None = None,
+        prefix_length: int | torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Args as in Llama; ``cache`` (alias ``past_key_values``) is a ``DynamicCache(config=...)``.
@@ -146,8 +156,12 @@ class MemLMModel(MemLMPreTrainedModel):
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
                             + self._past_length(cache)).unsqueeze(0)
 
+        rows_shape = inputs_embeds.shape
+        prefix_mask = None if prefix_length is None else prefix_token_mask(
+            prefix_length, rows_shape[0], rows_shape[1], cu_seq_lens_q, inputs_embeds.device
+        )
         masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
-        for layer_type in (LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES):  # these build their own masks from [B, T]
+        for layer_type in RECURRENT_LAYER_TYPES:  # these build their own masks from [B, T]
             masks[layer_type] = attention_mask
         lower_bounds = self.forget_lower_bounds() if self.forget_lower_bounds is not None else None
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
@@ -157,20 +171,24 @@ class MemLMModel(MemLMPreTrainedModel):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             layer_kwargs = {}
-            if layer.layer_type in (LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES):  # documents kept apart by offsets
+            if layer.layer_type in RECURRENT_LAYER_TYPES:  # documents kept apart by offsets
                 layer_kwargs["cu_seqlens"] = cu_seq_lens_q
                 if layer.layer_type == LINEAR_LAYER_TYPE and lower_bounds is not None:
                     position = self.linear_position[i]
                     layer_kwargs["lower_bound"] = lower_bounds[position] if position > 0 else None
+                if layer.layer_type == PREFIX_LAYER_TYPE and prefix_mask is not None:
+                    layer_kwargs["prefix_mask"] = prefix_mask
             else:
                 layer_kwargs = {"position_ids": position_ids, **kwargs}
                 if cu_seq_lens_q is not None:
                     layer_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_q)
-            rows_shape, layer_positions = hidden_states.shape, position_embeddings
-            if cu_seq_lens_q is not None and layer.layer_type in (LINEAR_LAYER_TYPE, *MEMORY_LAYER_TYPES):
+            layer_positions = position_embeddings
+            if cu_seq_lens_q is not None and layer.layer_type in RECURRENT_LAYER_TYPES:
                 hidden_states = hidden_states.reshape(1, -1, rows_shape[-1])  # the rows as one packed sequence
                 layer_positions = tuple(t.expand(rows_shape[0], -1, -1).reshape(1, -1, t.shape[-1])
                                         for t in position_embeddings)
+                if "prefix_mask" in layer_kwargs:
+                    layer_kwargs["prefix_mask"] = prefix_mask.reshape(1, -1)
             hidden_states = layer(
                 hidden_states,
                 attention_mask=masks[layer.layer_type],
@@ -219,9 +237,16 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values=None,
+        prefix_length: int | torch.Tensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """``logits`` ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is > 0)."""
+        """``logits`` ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is > 0).
+
+        With ``config.prefix_lm_objective``, ``labels`` and ``prefix_length``, the loss is JRT-RNN's: next-token
+        loss after the prefix plus ``config.prefix_mlm_weight`` times the masked-token loss on ``mlm_labels``
+        ``[B, T]`` (:mod:`memlm.models.prefix_lm`).
+        """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -229,13 +254,22 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
             cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            prefix_length=prefix_length,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep])
         loss = None
-        if labels is not None:
+        if labels is not None and self.config.prefix_lm_objective:
+            if prefix_length is None or logits.shape[1] != labels.shape[1]:
+                raise ValueError(
+                    "config.prefix_lm_objective=True: the loss needs prefix_length and the logits of every position "
+                    f"(logits_to_keep=0); got prefix_length={prefix_length!r}, logits_to_keep={logits_to_keep!r}"
+                )
+            prefix_mask = prefix_token_mask(prefix_length, *labels.shape, kwargs.get("cu_seq_lens_q"), labels.device)
+            loss = prefix_lm_loss(logits, labels, prefix_mask, mlm_labels, self.config.prefix_mlm_weight)
+        elif labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
@@ -243,3 +277,25 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+
+    def generate(self, inputs=None, **kwargs):
+        """transformers' ``generate``; a model with ``"prefix_linear_attention"`` layers reads the prompt as its
+        prefix (``prefix_length`` = the prompt's width, left padding included) unless ``prefix_length`` is given."""
+        if PREFIX_LAYER_TYPE in self.config.layer_types and kwargs.get("prefix_length") is None:
+            prompt = next((x for x in (inputs, kwargs.get("input_ids"), kwargs.get("inputs_embeds")) if x is not None),
+                          None)
+            if prompt is not None:
+                kwargs["prefix_length"] = prompt.shape[1]
+        return super().generate(inputs, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, prefix_length=None, **kwargs):
+        """transformers' inputs, plus ``prefix_length`` on the call that fills the cache (every call without a
+        cache); later calls continue causally from the cached state."""
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        if PREFIX_LAYER_TYPE in self.config.layer_types:
+            cache = inputs.get("cache", inputs.get("past_key_values"))
+            layer = self.config.layer_types.index(PREFIX_LAYER_TYPE)
+            if cache is None or not cache.layers[layer].has_previous_state[0]:
+                tokens = inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
+                inputs["prefix_length"] = tokens.shape[1] if prefix_length is None else prefix_length
+        return inputs

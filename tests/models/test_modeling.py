@@ -33,6 +33,8 @@ VARIANTS = {
                      memory_preset="yaad", num_persistent_memory_tokens=2),
     "memora-mac": dict(layer_types=["memory_as_context", "full_attention"] * 2, memory_chunk_size=16,
                        memory_preset="memora", num_persistent_memory_tokens=2, num_key_value_heads=2),
+    # JRT-RNN's layers, read causally (no prefix_length; the prefix is tested in test_jrt_rnn.py)
+    "jrt-rnn": dict(layer_types=memlm.models.jrt_rnn_layer_types(4), sliding_window=5, linear_key_head_dim=8),
     "moneta-lmm": dict(layer_types=["memory"] * 4, memory_chunk_size=16, memory_preset="moneta",
                        memory_rule={"depth": 3}),
 }
@@ -59,7 +61,9 @@ def model(request):
 
 def test_forward_loss_and_backward(model):
     ids = torch.randint(1, 61, (2, 37))
-    out = model(ids, labels=ids)
+    # a prefix, so that the encoder projections of prefix linear attention take part too
+    prefix = {"prefix_length": 10} if "prefix_linear_attention" in model.config.layer_types else {}
+    out = model(ids, labels=ids, **prefix)
     assert out.logits.shape == (2, 37, 61) and torch.isfinite(out.loss)
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -152,7 +156,7 @@ def test_gradient_checkpointing_gives_same_gradients(variant):
         torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1", "jrt-rnn"])
 def test_packed_documents_match_separate_forwards(variant):
     model = tiny_model(**VARIANTS[variant])
     docs = [torch.randint(1, 61, (1, n)) for n in (13, 70, 5)]
