@@ -6,7 +6,8 @@ Labels follow transformers' convention: ``labels[:, t]`` is the target of the pr
     acc = #{(b, t) : labels[b, t] != -100 and argmax logits[b, t - 1] == labels[b, t]}
           / #{(b, t) : labels[b, t] != -100}
 
-over all rows at once (every labelled position weighs the same).
+over all rows at once (every labelled position weighs the same). A model with JRT-RNN's prefix layers reads
+each row's prompt (the positions before its first label: an MQAR context) as its prefix.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from memlm.data.mqar import IGNORE_INDEX
+from memlm.layers.registry import PREFIX_LAYER_TYPE
+from memlm.models.prefix_lm import prompt_lengths
 
 
 @torch.no_grad()
@@ -80,13 +83,16 @@ def label_hits(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, 
     parameter = next(model.parameters(), None)
     device = input_ids.device if parameter is None else parameter.device
     modes = [(module, module.training) for module in model.modules()]
+    reads_prefix = PREFIX_LAYER_TYPE in (getattr(getattr(model, "config", None), "layer_types", None) or ())
     model.eval()
     try:
         hits = []
         for start in range(0, input_ids.shape[0], batch_size):
-            batch_labels = labels[start : start + batch_size, 1:].to(device)
-            logits = model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False).logits
-            hits.append(logits[:, :-1].argmax(-1) == batch_labels)  # an argmax is never -100
+            batch_labels = labels[start : start + batch_size].to(device)
+            prefix = {"prefix_length": prompt_lengths(batch_labels)} if reads_prefix else {}
+            logits = model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False,
+                           **prefix).logits
+            hits.append(logits[:, :-1].argmax(-1) == batch_labels[:, 1:])  # an argmax is never -100
     finally:
         for module, training in modes:
             module.training = training

@@ -2,7 +2,10 @@
 
 Runs through transformers' attention interface, so ``config._attn_implementation`` picks ``sdpa``
 (default), ``eager``, ``flash_attention_2`` or any registered kernel; the cache is transformers'
-``DynamicLayer`` / ``DynamicSlidingWindowLayer``.
+``DynamicLayer`` / ``DynamicSlidingWindowLayer``. With ``sdpa`` or ``eager``, a sliding-window layer reading
+a whole unpadded sequence longer than two windows (training, prefill) runs
+:func:`memlm.ops.sliding_window_attention.sliding_window_attention`, linear in the length, instead of a
+dense ``[T, T]`` mask.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from memlm.layers.registry import register_mixer
 from memlm.layers.rotary import apply_rotary
+from memlm.ops.sliding_window_attention import sliding_window_attention
 
 
 def eager_attention_forward(
@@ -68,8 +72,10 @@ class Attention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache=None,
+        unpadded: bool = False,
         **kwargs,
     ) -> torch.Tensor:
+        """``unpadded``: the rows hold no padding and no packed documents (the model says so)."""
         batch, seq_len, _ = hidden_states.shape
         shape = (batch, seq_len, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -79,6 +85,9 @@ class Attention(nn.Module):
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
+        if self._runs_in_blocks(unpadded, seq_len, key.shape[-2]):
+            out = sliding_window_attention(query, key, value, self.sliding_window, self.scaling)
+            return self.o_proj(out.reshape(batch, seq_len, -1))
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, _ = attention(
             self, query, key, value, attention_mask,
@@ -86,3 +95,11 @@ class Attention(nn.Module):
             scaling=self.scaling, sliding_window=self.sliding_window, **kwargs,
         )
         return self.o_proj(out.reshape(batch, seq_len, -1))
+
+    def _runs_in_blocks(self, unpadded: bool, seq_len: int, key_len: int) -> bool:
+        """Whether the blockwise sliding-window op gives this call's result for less work than a dense mask."""
+        return (
+            self.sliding_window is not None and unpadded and key_len == seq_len and seq_len > 2 * self.sliding_window
+            and self.config._attn_implementation in ("sdpa", "eager")
+            and not (self.training and self.config.attention_dropout > 0)
+        )

@@ -160,6 +160,7 @@ class MemLMModel(MemLMPreTrainedModel):
         prefix_mask = None if prefix_length is None else prefix_token_mask(
             prefix_length, rows_shape[0], rows_shape[1], cu_seq_lens_q, inputs_embeds.device
         )
+        unpadded = cu_seq_lens_q is None and (attention_mask is None or bool(attention_mask.all()))
         masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
         for layer_type in RECURRENT_LAYER_TYPES:  # these build their own masks from [B, T]
             masks[layer_type] = attention_mask
@@ -179,7 +180,7 @@ class MemLMModel(MemLMPreTrainedModel):
                 if layer.layer_type == PREFIX_LAYER_TYPE and prefix_mask is not None:
                     layer_kwargs["prefix_mask"] = prefix_mask
             else:
-                layer_kwargs = {"position_ids": position_ids, **kwargs}
+                layer_kwargs = {"position_ids": position_ids, "unpadded": unpadded, **kwargs}
                 if cu_seq_lens_q is not None:
                     layer_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_q)
             layer_positions = position_embeddings

@@ -15,6 +15,14 @@ import torch
 from torch.nn import functional as F
 
 
+def prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the positions before the first target of each row of ``labels`` ``[B, T]`` (-100: no target), so
+    that the prompt of a labelled row (an MQAR context) is its prefix; T for a row without targets."""
+    has_target = labels != -100
+    first = has_target.float().argmax(-1)  # the first True (0 when there is none)
+    return torch.where(has_target.any(-1), first, torch.full_like(first, labels.shape[1]))
+
+
 def mask_prefix_tokens(
     input_ids: torch.Tensor,
     prefix_mask: torch.Tensor,

@@ -11,8 +11,14 @@ so that ``phi(q) . phi(k) = 1 + s + s^2 / 2`` with ``s = q . k / sqrt(d)``: the 
     y_i = sum_{j<=i} phi(q_i).phi(k_j) v_j / sum_{j<=i} phi(q_i).phi(k_j)   (2)
 
 Both sums are one linear attention over ``[v, 1]`` (the last column gives the denominator), so the state
-is one ``[1 + d + d^2, dv + 1]`` matrix per head, and the chunked and recurrent forms are those of
-:mod:`memlm.ops.gla` with no decay (flash-linear-attention's kernels on CUDA where installed).
+is one ``[1 + d + d^2, dv + 1]`` matrix per head. The chunked form, chunks of C tokens with ``S`` the state
+entering a chunk, is
+
+    O = Q S + tril(Q K^T) V,     S' = S + K^T V                                        (3)
+
+(the GLA form of :mod:`memlm.ops.gla` without its decays, which would only cost time here); the recurrent
+form and the CUDA path are :mod:`memlm.ops.gla`'s with zero decay (flash-linear-attention's kernels where
+installed).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 import torch
 
 from memlm.ops.gla import chunk_gla, recurrent_gla
+from memlm.ops.utils import ChunkLayout, check_linear_inputs, from_chunks, scan_chunks, to_chunks, use_fla
 
 
 def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -63,16 +70,41 @@ def based_linear_attention(
     if key_mask is not None:
         phi_k = phi_k * key_mask[:, :, None, None].to(phi_k.dtype)
     values = torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
-    no_decay = phi_q.new_zeros(phi_q.shape)
     kwargs = {"scale": 1.0, "initial_state": initial_state, "output_final_state": output_final_state,
               "cu_seqlens": cu_seqlens}
-    if chunked:
-        out, state = chunk_gla(phi_q, phi_k, values, no_decay, chunk_size=chunk_size, **kwargs)
+    if chunked and not use_fla(phi_q, phi_k, values):
+        out, state = chunk_linear_attention(phi_q, phi_k, values, initial_state, cu_seqlens, chunk_size)
+        state = state if output_final_state else None
+    elif chunked:
+        out, state = chunk_gla(phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), chunk_size=chunk_size, **kwargs)
     else:
-        out, state = recurrent_gla(phi_q, phi_k, values, no_decay, **kwargs)
+        out, state = recurrent_gla(phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), **kwargs)
     # the denominator is >= 1/2 per key seen (module notes); 0 only before any unmasked key (left pads: y = 0)
     y = out[..., :-1] / out[..., -1:].clamp_min(1e-6)
     return y.to(v.dtype), state
+
+
+def chunk_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equation (3): causal linear attention without decay or scale, chunk by chunk.
+
+    ``q, k [B, T, H, dk]``, ``v [B, T, H, dv]``, ``initial_state [N, H, dk, dv]`` -> ``(o [B, T, H, dv] fp32,
+    final state [N, H, dk, dv] fp32)``; documents of ``cu_seqlens`` start from their own state.
+    """
+    check_linear_inputs("chunk_linear_attention", q, k, v, {}, initial_state, cu_seqlens)
+    layout = ChunkLayout(q.shape[0], q.shape[1], chunk_size, cu_seqlens, q.device)
+    q_c, k_c, v_c = (to_chunks(x.float(), layout) for x in (q, k, v))  # [B, H, N, C, d]
+    no_decay = q_c.new_ones(*q_c.shape[:3], 1, 1)
+    states, _, final_state = scan_chunks(v_c, None, k_c.transpose(-1, -2), no_decay, initial_state, layout)
+    causal = torch.ones(layout.chunk_size, layout.chunk_size, dtype=torch.bool, device=q.device).tril()
+    o = q_c @ states + ((q_c @ k_c.transpose(-1, -2)) * causal) @ v_c
+    return from_chunks(o, layout), final_state
 
 
 def naive_based_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,14 @@ def build_model(config: RecipeConfig, tokenizer):
             )
         for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
             fields.setdefault(name, getattr(tokenizer, name))
-        model = memlm.MemLMForCausalLM(memlm.MemLMConfig(**fields), **extra)
+        if spec.preset == "jrt_rnn":
+            if fields.get("mask_token_id") is None:
+                fields["mask_token_id"] = (tokenizer.mask_token_id if tokenizer.mask_token_id is not None
+                                           else tokenizer.pad_token_id)
+            model_config = memlm.jrt_rnn_config(**fields)
+        else:
+            model_config = memlm.MemLMConfig(**fields)
+        model = memlm.MemLMForCausalLM(model_config, **extra)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.lora.enabled:

@@ -40,9 +40,15 @@ DEFAULT_LORA_TARGETS = [
 
 @dataclasses.dataclass
 class ModelSection:
-    """Exactly one of ``config`` (``MemLMConfig`` fields, a new model) or ``pretrained`` (any HF causal LM)."""
+    """Exactly one of ``config`` (``MemLMConfig`` fields, a new model) or ``pretrained`` (any HF causal LM).
+
+    ``preset``: ``jrt_rnn`` builds ``config`` with :func:`memlm.jrt_rnn_config` (its arguments and any
+    ``MemLMConfig`` field in ``config``); a JRT-RNN's ``mask_token_id`` defaults to the tokenizer's mask token,
+    or else its pad token.
+    """
 
     config: dict | None = None
+    preset: str | None = None
     pretrained: str | None = None
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
@@ -69,6 +75,9 @@ class DataSection:
     :func:`memlm.data.niah_grid` in ``niah``, lengths counted in the recipe's tokenizer).
     ``completion_field``: a column holding each row's completion; ``text_field`` then holds its prompt, and
     only the completion (and its EOS) is trained on.
+    ``prefix_length``: for models with ``prefix_lm_objective`` (JRT-RNN), the first ``prefix_length`` tokens of
+    each document (or synthetic row) are its prefix; without it, a document's prefix is its prompt (the
+    leading tokens that carry no loss: ``text_field`` with ``completion_field``, an MQAR row's context).
     """
 
     source: str = "text"
@@ -84,6 +93,7 @@ class DataSection:
     mqar: dict | None = None
     passkey: dict | None = None
     niah: dict | None = None
+    prefix_length: int | None = None
 
 
 @dataclasses.dataclass
@@ -182,6 +192,7 @@ class RecipeConfig:
 
 
 CHOICES = {
+    "model.preset": (None, "jrt_rnn"),
     "tokenizer.kind": ("byte", "bpe", "integer", "pretrained"),
     "data.source": ("text", "json", "parquet", "hub", "mqar", "passkey", "niah"),
     "schedule.kind": ("cosine", "linear", "constant"),
@@ -190,7 +201,7 @@ CHOICES = {
 }
 FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 POSITIVE = ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "train.log_every",
-            "data.seq_len", "checkpoint.keep", "lora.r", "eval.num_examples", "train.max_minutes")
+            "data.seq_len", "data.prefix_length", "checkpoint.keep", "lora.r", "eval.num_examples", "train.max_minutes")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
@@ -301,6 +312,8 @@ def _check_values(config: RecipeConfig) -> None:
         raise ValueError(
             "model: give exactly one of model.config (a new MemLM model) or model.pretrained (a path/name)"
         )
+    if model.preset is not None and model.config is None:
+        raise ValueError(f"model.preset={model.preset!r} builds a new model from model.config, which is missing")
     data = config.data
     if data.source in ("text", "json", "parquet") and not data.files:
         raise ValueError(f"data.source={data.source!r} needs data.files (a list of local files)")

@@ -10,17 +10,22 @@ completion (with its EOS) carries the loss, as in supervised fine-tuning.
 The collator returns the rows ``[B, seq_len]`` with ``position_ids`` restarting at every segment,
 ``cu_seq_lens_q`` (segment offsets in the rows read one after the other) and labels of -100 on each
 segment's first token and on tokens without loss: attention sees block-diagonal masks, linear mixers
-reset their state, and no token predicts across a document boundary.
+reset their state, and no token predicts across a document boundary. For a model trained with JRT-RNN's
+prefix-LM objective it also returns each document's ``prefix_length``, the inputs with a fraction of the
+prefix tokens masked, and ``mlm_labels`` (see :class:`PrefixLMInputs`).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import IterableDataset, Sampler
 
+from memlm.models.prefix_lm import mask_prefix_tokens, prompt_lengths
+from memlm.ops.prefix_linear_attention import prefix_token_mask
 from memlm.training.config import DataSection
 
 
@@ -92,6 +97,49 @@ def tokenize_documents(documents: Iterable[str | tuple[str, str]], tokenizer) ->
         yield prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
 
 
+@dataclass
+class PrefixLMInputs:
+    """How the collator prepares JRT-RNN's prefix-LM objective (:mod:`memlm.models.prefix_lm`).
+
+    ``prefix_length``: a fixed prefix per document (None: each document's prompt, the leading tokens without
+    loss); ``probability`` of masking a prefix token with ``mask_token_id`` (the torch RNG draws, so a seeded
+    run repeats).
+    """
+
+    prefix_length: int | None
+    probability: float
+    mask_token_id: int
+
+    @classmethod
+    def for_model(cls, model_config, data: DataSection) -> PrefixLMInputs | None:
+        """The settings of a model whose config has ``prefix_lm_objective``, else None (and ``data.prefix_length``
+        must then be unset: nothing would read it)."""
+        if not getattr(model_config, "prefix_lm_objective", False):
+            if data.prefix_length is not None:
+                raise ValueError(
+                    f"data.prefix_length={data.prefix_length} is set, but the model's config has no "
+                    "prefix_lm_objective: set model.config.prefix_lm_objective=true (a JRT-RNN) or drop "
+                    "data.prefix_length"
+                )
+            return None
+        if model_config.prefix_mlm_weight == 0:  # no masked-token loss: the inputs stay whole
+            return cls(data.prefix_length, 0.0, 0)
+        return cls(data.prefix_length, model_config.prefix_mlm_probability, model_config.mask_token_id)
+
+    def apply(self, batch: dict[str, torch.Tensor], prefix_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Add ``prefix_length`` and ``mlm_labels`` to ``batch`` and mask its prefix tokens."""
+        if self.prefix_length is not None:
+            prefix_lengths = torch.full_like(prefix_lengths, self.prefix_length)
+        input_ids = batch["input_ids"]
+        cu_seqlens = batch.get("cu_seq_lens_q")
+        sequence_lengths = cu_seqlens.diff() if cu_seqlens is not None else torch.full_like(prefix_lengths,
+                                                                                          input_ids.shape[1])
+        prefix_lengths = torch.minimum(prefix_lengths, sequence_lengths)  # a document shorter than the prefix
+        prefix_mask = prefix_token_mask(prefix_lengths, *input_ids.shape, cu_seqlens)
+        masked, mlm_labels = mask_prefix_tokens(input_ids, prefix_mask, self.probability, self.mask_token_id)
+        return {**batch, "input_ids": masked, "mlm_labels": mlm_labels, "prefix_length": prefix_lengths}
+
+
 class PackedCollator:
     """Batch of rows -> model inputs.
 
@@ -99,15 +147,20 @@ class PackedCollator:
     restarting at every document, boundary-masked ``labels``, and ``cu_seq_lens_q``: the document offsets in
     the rows read one after the other (no document crosses a row). Attention then costs ``B x seq_len^2``,
     not ``(B x seq_len)^2``; linear and memory layers read the rows as one packed sequence. Rows that bring
-    their own ``labels`` (synthetic tasks) are stacked as ``[B, seq_len]``.
+    their own ``labels`` (synthetic tasks) are stacked as ``[B, seq_len]``. With ``prefix_lm``, the batch
+    also carries the prefix-LM inputs (:class:`PrefixLMInputs`); the trailing padding is no prefix.
     """
+
+    def __init__(self, prefix_lm: PrefixLMInputs | None = None):
+        self.prefix_lm = prefix_lm
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if "labels" in rows[0]:
-            return {
+            batch = {
                 "input_ids": torch.stack([torch.as_tensor(r["input_ids"]) for r in rows]),
                 "labels": torch.stack([torch.as_tensor(r["labels"]) for r in rows]),
             }
+            return self.prefix_lm.apply(batch, prompt_lengths(batch["labels"])) if self.prefix_lm else batch
         input_ids = torch.tensor([t for r in rows for t in r["input_ids"]])
         labels = input_ids.clone()
         lengths = [n for r in rows for n in r["segment_lengths"] if n > 0]
@@ -116,12 +169,26 @@ class PackedCollator:
         position_ids = torch.arange(len(input_ids)) - torch.repeat_interleave(starts[:-1], torch.tensor(lengths))
         labels[torch.tensor([m for r in rows for m in r["loss_mask"]]) == 0] = -100  # prompts and padding
         shape = (len(rows), -1)
-        return {
+        batch = {
             "input_ids": input_ids.view(shape),
             "labels": labels.view(shape),
             "position_ids": position_ids.view(shape),
             "cu_seq_lens_q": starts,
         }
+        return self.prefix_lm.apply(batch, self._prompt_lengths(rows)) if self.prefix_lm else batch
+
+    @staticmethod
+    def _prompt_lengths(rows: list[dict]) -> torch.Tensor:
+        """``[N]``: per segment, its leading tokens without loss (0 for the trailing padding)."""
+        lengths = []
+        for row in rows:
+            start, last = 0, len([n for n in row["segment_lengths"] if n > 0]) - 1
+            for index, length in enumerate(n for n in row["segment_lengths"] if n > 0):
+                mask = row["loss_mask"][start:start + length]
+                padding = index == last and row.get("pad_length", 0) == length
+                lengths.append(0 if padding else next((i for i, m in enumerate(mask) if m), length))
+                start += length
+        return torch.tensor(lengths)
 
 
 class EpochSampler(Sampler[int]):

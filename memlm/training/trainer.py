@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from memlm.training.builders import build_dataset, build_model, build_tokenizer, run_evaluations
 from memlm.training.config import RecipeConfig
-from memlm.training.data import EpochSampler, PackedCollator
+from memlm.training.data import EpochSampler, PackedCollator, PrefixLMInputs
 
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)$")
 
@@ -143,8 +143,9 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     streaming = isinstance(dataset, IterableDataset)
     sampler = None if streaming else EpochSampler(len(dataset), config.train.seed)
-    loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler,
-                        collate_fn=PackedCollator(), drop_last=True)
+    collator = PackedCollator(PrefixLMInputs.for_model(model.config, config.data))
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collator,
+                        drop_last=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if not streaming and len(loader) == 0:
         raise ValueError(

@@ -82,3 +82,16 @@ def test_bad_arguments(labels_fn, batch_size, name):
     input_ids, labels = mqar(2, 16, 2, V)
     with pytest.raises(ValueError, match=name):
         mqar_accuracy(LabelModel(input_ids, labels, [0, 0]), input_ids, labels_fn(labels), batch_size=batch_size)
+
+
+def test_a_jrt_rnn_reads_each_row_context_as_its_prefix():
+    torch.manual_seed(0)
+    config = memlm.jrt_rnn_config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V,
+                                  sliding_window=4, feature_dim=4, mask_token_id=0)
+    model = memlm.MemLMForCausalLM(config).eval()
+    input_ids, labels = mqar(num_examples=6, seq_len=32, num_kv_pairs=4, vocab_size=V, seed=0)
+    seen, forward = [], model.forward
+    model.forward = lambda **kwargs: seen.append(kwargs["prefix_length"]) or forward(**kwargs)
+    mqar_accuracy(model, input_ids, labels, batch_size=4)
+    first_label = (labels != -100).float().argmax(-1)
+    assert torch.equal(torch.cat(seen), first_label) and bool((first_label >= 8).all())  # past the 4 pairs

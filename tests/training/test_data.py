@@ -56,3 +56,28 @@ def test_prompt_completion_pairs_train_on_the_completion_only():
     targets = [t for t, keep in zip(batch["input_ids"].flatten().tolist(), labels, strict=True) if keep != -100]
     # the completion (its first token too, predicted from the prompt), then the text after its first token
     assert targets == ids[7:] + text_ids[1:]
+
+
+def test_collator_prepares_the_prefix_lm_objective_for_prompts_and_completions():
+    from memlm.training.data import PrefixLMInputs
+
+    documents = [([7] * 5 + [8] * 3, [0] * 5 + [1] * 3), ([7] * 2 + [8] * 4, [0] * 2 + [1] * 4)]
+    rows = list(pack_documents(documents, seq_len=10, pad_token_id=0))  # [8, 2 | 4, 6 pads]
+    torch.manual_seed(0)
+    batch = PackedCollator(PrefixLMInputs(prefix_length=None, probability=1.0, mask_token_id=99))(rows)
+    assert batch["prefix_length"].tolist() == [5, 2, 0, 0]  # the prompts; the document's tail has none; padding
+    assert batch["input_ids"].tolist() == [[99] * 5 + [8] * 3 + [99] * 2, [8] * 4 + [0] * 6]
+    assert batch["mlm_labels"].tolist() == [[7] * 5 + [-100] * 3 + [7] * 2, [-100] * 10]
+    assert batch["labels"][0, 5:8].tolist() == [8, 8, 8]  # the next-token targets keep the original tokens
+    fixed = PackedCollator(PrefixLMInputs(prefix_length=3, probability=0.0, mask_token_id=99))(rows)
+    unmasked = torch.tensor([r["input_ids"] for r in rows])
+    assert fixed["prefix_length"].tolist() == [3, 2, 3, 3] and torch.equal(fixed["input_ids"], unmasked)
+
+
+def test_collator_reads_the_context_of_labelled_rows_as_prefix():
+    from memlm.training.data import PrefixLMInputs
+
+    rows = [{"input_ids": list(range(1, 9)), "labels": [-100] * 5 + [6, -100, 8]},
+            {"input_ids": list(range(1, 9)), "labels": [-100] * 3 + [4] + [-100] * 4}]
+    batch = PackedCollator(PrefixLMInputs(prefix_length=None, probability=0.0, mask_token_id=99))(rows)
+    assert batch["prefix_length"].tolist() == [5, 3]

@@ -273,3 +273,17 @@ def test_needle_documents_are_a_data_source(tmp_path):
     text = tokenizer.decode([t for r in rows["input_ids"] for t in r])
     assert text.count("One of the special magic numbers for") == 8
     assert train(config).summary["steps"] == 2
+
+
+def test_jrt_rnn_preset_trains_with_the_prefix_lm_objective(tmp_path):
+    config = {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "sliding_window": 8,
+              "feature_dim": 8}
+    recipe = text_recipe(tmp_path, model={"config": config, "preset": "jrt_rnn"}, data={"prefix_length": 8})
+    result = train(config_from_dict(recipe))
+    assert result.summary["steps"] == 6 and all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert loaded.config.prefix_lm_objective and loaded.config.mask_token_id == 256  # the byte tokenizer's pad
+    assert "prefix_linear_attention" in loaded.config.layer_types
+    recipe["model"] = {"config": TINY_MODEL}
+    with pytest.raises(ValueError, match="data.prefix_length=8 is set, but the model's config has no prefix_lm"):
+        train(config_from_dict(recipe))
