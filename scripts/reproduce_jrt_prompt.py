@@ -1,7 +1,7 @@
 """JRT-Prompt at tiny scale: does reading the document twice raise a recurrent model's document recall?
 
-Trains small byte-level language models that differ only in ``model.config.hybrid_ratio`` (all-GDN "1:0",
-all-attention "0:1", optionally the 3:1 hybrid) on generated SWDE/FDA-style documents
+Trains small byte-level language models that differ only in their mixers (all-GDN, all-attention, optionally
+the 3:1 hybrid, Based and JRT-RNN: :mod:`memlm.training.architectures`) on generated SWDE/FDA-style documents
 (:func:`memlm.data.document_recall`), each followed by its question and answer, with the loss on the answer
 only (recipe ``data.completion_field``). Half of the training documents are written with the plain prompt
 and half with JRT-Prompt, so both formats are in distribution. Each model then answers held-out documents
@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ARCHITECTURES = {"all-GDN": "1:0", "3:1 hybrid": "3:1", "attention": "0:1"}
 VARIANTS = ("plain", "jrt")
 
 
@@ -35,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default="all-GDN,attention",
-                        help=f"comma-separated subset of: {', '.join(ARCHITECTURES)}")
+                        help="comma-separated names of memlm.training.architectures.ARCHITECTURES")
+    parser.add_argument("--window", type=int, default=64, help="sliding window of Based and JRT-RNN, in bytes")
     parser.add_argument("--num-attributes", type=int, default=8, help="attributes per document")
     parser.add_argument("--num-train", type=int, default=40000, help="training documents (half plain, half JRT)")
     parser.add_argument("--seq-len", type=int, default=1024, help="packed training rows, in bytes")
@@ -53,10 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.num_attributes, args.num_train, args.seq_len, args.steps = 3, 64, 256, 3
         args.hidden_size, args.layers, args.heads, args.eval_examples, args.batch_size = 32, 4, 2, 4, 4
-    args.architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
-    unknown = [a for a in args.architectures if a not in ARCHITECTURES]
-    if unknown:
-        parser.error(f"--architectures: {unknown} unknown; choose from {list(ARCHITECTURES)}")
+    from memlm.training.architectures import parse_architectures
+
+    try:
+        args.architectures = parse_architectures(args.architectures)
+    except ValueError as error:
+        parser.error(f"--architectures: {error}")
     from memlm.data.documents import MAX_ATTRIBUTES
 
     if not 1 <= args.num_attributes <= MAX_ATTRIBUTES:
@@ -77,14 +79,13 @@ def write_training_documents(args: argparse.Namespace, path: Path) -> None:
             f.write(json.dumps({"prompt": prompt, "answer": f" {example.answers[0]}"}) + "\n")
 
 
-def recipe(args: argparse.Namespace, ratio: str, data_file: Path, output_dir: Path) -> dict:
-    """A byte-level text recipe; only ``hybrid_ratio`` differs between the architectures."""
-    model = {"hidden_size": args.hidden_size, "intermediate_size": 2 * args.hidden_size,
-             "num_hidden_layers": args.layers, "num_attention_heads": args.heads, "hybrid_ratio": ratio,
-             "linear_attn_type": "gated_deltanet", "max_position_embeddings": 4 * args.seq_len}
+def recipe(args: argparse.Namespace, name: str, data_file: Path, output_dir: Path) -> dict:
+    """A byte-level text recipe; only the mixers differ between the architectures."""
+    from memlm.training.architectures import model_section
+
     return {
         "output_dir": str(output_dir),
-        "model": {"config": model},
+        "model": model_section(name, args.hidden_size, args.layers, args.heads, 4 * args.seq_len, args.window),
         "tokenizer": {"kind": "byte"},
         "data": {"source": "json", "files": [str(data_file)], "seq_len": args.seq_len, "text_field": "prompt",
                  "completion_field": "answer"},
@@ -169,7 +170,8 @@ the plain prompt, half with JRT-Prompt, each followed by its answer; loss on the
 {args.seq_len} bytes;
 {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr:g} (weight decay 0.1), cosine schedule, seed
 {args.seed}. Test: {args.eval_examples} held-out documents (seed 1234), each asked with both prompts, greedy
-generation up to 48 bytes stopped at a newline, "contains" scoring. Only `model.config.hybrid_ratio` differs.
+generation up to 48 bytes stopped at a newline, "contains" scoring. Only the mixers differ
+(`memlm.training.architectures`; Based and JRT-RNN with a sliding window of {args.window} bytes).
 
 Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} runs at a time).
 
@@ -192,7 +194,7 @@ def main(argv=None) -> dict:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="jrt_repro_", dir="/tmp"))
     data_file = workdir / "train_documents.jsonl"
     write_training_documents(args, data_file)
-    jobs = {name: (recipe(args, ARCHITECTURES[name], data_file, workdir / name.replace(" ", "_").replace(":", "to")),
+    jobs = {name: (recipe(args, name, data_file, workdir / name.replace(" ", "_").replace(":", "to")),
                    args.eval_examples, args.num_attributes, args.threads) for name in args.architectures}
     results: dict = {}
     start = time.perf_counter()

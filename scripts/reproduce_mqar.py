@@ -1,7 +1,8 @@
 """Reproduce the MQAR recall ordering (attention >= 3:1 GatedDeltaNet hybrid > all-GDN) at tiny scale.
 
-Trains one model per (architecture, number of key-value pairs, learning rate) with everything but
-``model.config.hybrid_ratio`` identical (width, layers, steps, data, seeds), evaluates MQAR accuracy on
+Trains one model per (architecture, number of key-value pairs, learning rate) with everything but the
+mixers identical (width, layers, steps, data, seeds; see :mod:`memlm.training.architectures`, which also
+offers ``Based`` and ``JRT-RNN`` for ``--architectures``), evaluates MQAR accuracy on
 held-out rows, and writes a markdown table of the best learning rate per cell (Zoology's protocol: each
 architecture at its best learning rate of the sweep), the whole sweep, and a plot::
 
@@ -23,13 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ARCHITECTURES = [("attention", "0:1"), ("3:1 hybrid", "3:1"), ("all-GDN", "1:0")]
+MARKERS = "os^Dv"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     from memlm.eval.report import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--architectures", default="attention,3:1 hybrid,all-GDN",
+                        help="comma-separated names of memlm.training.architectures.ARCHITECTURES")
+    parser.add_argument("--window", type=int, default=16, help="sliding window of Based and JRT-RNN")
     parser.add_argument("--kv-pairs", default="16,32,64", help="comma-separated numbers of key-value pairs")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=600)
@@ -51,25 +55,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.kv_pairs = [int(k) for k in str(args.kv_pairs).split(",") if k.strip()]
     args.lr = [float(lr) for lr in str(args.lr).split(",") if lr.strip()]
     args.vocab_size = args.vocab_size or max(args.seq_len, 128)
+    from memlm.training.architectures import parse_architectures
+
+    try:
+        args.architectures = parse_architectures(args.architectures)
+    except ValueError as error:
+        parser.error(f"--architectures: {error}")
     return args
 
 
-def recipe(args: argparse.Namespace, ratio: str, kv_pairs: int, lr: float, output_dir: str) -> dict:
-    """The recipe of ``recipes/configs/mqar_hybrid_tiny.yaml`` with this run's sizes; only the ratio varies."""
-    model = {
-        "hidden_size": args.hidden_size,
-        "intermediate_size": 2 * args.hidden_size,
-        "num_hidden_layers": args.layers,
-        "num_attention_heads": args.heads,
-        "hybrid_ratio": ratio,
-        "linear_attn_type": "gated_deltanet",
-        "max_position_embeddings": max(256, args.seq_len),
-    }
-    task = {"num_examples": args.num_examples, "num_kv_pairs": kv_pairs, "vocab_size": args.vocab_size}
+def recipe(args: argparse.Namespace, name: str, kv_pairs: int, lr: float, output_dir: str) -> dict:
+    """The recipe of ``recipes/configs/mqar_hybrid_tiny.yaml`` with this run's sizes; only the mixers vary."""
+    from memlm.training.architectures import model_section
     from memlm.training.config import synthetic_task_recipe
 
-    raw = synthetic_task_recipe(output_dir, model, "mqar", task, args.seq_len, args.steps, args.batch_size, lr,
-                                args.seed, args.eval_examples)
+    model = model_section(name, args.hidden_size, args.layers, args.heads, max(256, args.seq_len), args.window)
+    task = {"num_examples": args.num_examples, "num_kv_pairs": kv_pairs, "vocab_size": args.vocab_size}
+    raw = synthetic_task_recipe(output_dir, model["config"], "mqar", task, args.seq_len, args.steps,
+                                args.batch_size, lr, args.seed, args.eval_examples)
+    raw["model"] = model
     raw["train"]["max_minutes"] = args.max_minutes
     return raw
 
@@ -86,7 +90,7 @@ def best_per_cell(results: dict) -> dict:
 def markdown_table(args, results: dict) -> str:
     """Best accuracy per cell, with its learning rate and training seconds."""
     best = best_per_cell(results)
-    names = [name for name, _ in ARCHITECTURES]
+    names = args.architectures
     rows = ["| kv pairs | " + " | ".join(f"{n} acc (lr)" for n in names) + " |", "|" + "---|" * (1 + len(names))]
     for kv in args.kv_pairs:
         cells = [f"{best[(n, kv)]['acc']:.3f} ({best[(n, kv)]['lr']:g})" if (n, kv) in best else "—" for n in names]
@@ -112,7 +116,7 @@ def plot(args, results: dict, path: str) -> None:
 
     best = best_per_cell(results)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (name, _), marker in zip(ARCHITECTURES, "os^", strict=True):
+    for name, marker in zip(args.architectures, MARKERS, strict=False):
         kvs = [kv for kv in args.kv_pairs if (name, kv) in best]
         ax.plot(kvs, [best[(name, kv)]["acc"] for kv in kvs], marker=marker, label=name)
     ax.set_xscale("log", base=2)
@@ -141,8 +145,9 @@ Command (from the repository root):
 Setup: hidden {args.hidden_size}, intermediate {2 * args.hidden_size}, {args.layers} layers, {args.heads} heads,
 seq_len {args.seq_len}, vocab {args.vocab_size}, {args.num_examples} training rows, {args.steps} steps of
 batch {args.batch_size}, AdamW (weight decay 0.1) with a cosine schedule at each learning rate of [{lrs}],
-seed {args.seed}; MQAR accuracy on {args.eval_examples} held-out rows. Only `model.config.hybrid_ratio`
-differs: attention "0:1", hybrid "3:1", all-GDN "1:0".
+seed {args.seed}; MQAR accuracy on {args.eval_examples} held-out rows. Only the mixers differ
+(`memlm.training.architectures`: attention "0:1", hybrid "3:1", all-GDN "1:0"; Based and JRT-RNN with a
+sliding window of {args.window} tokens and feature dimension 16).
 
 Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} runs at a time).
 
@@ -175,6 +180,11 @@ def train_run(raw_recipe: dict, threads: int | None) -> dict:
             "seconds": time.perf_counter() - started}
 
 
+def run_name(architecture: str) -> str:
+    """A directory name for an architecture (``"3:1 hybrid"`` -> ``"3to1_hybrid"``)."""
+    return architecture.replace(" ", "_").replace(":", "to")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from tqdm import tqdm
@@ -185,7 +195,7 @@ def main(argv=None) -> dict:
     command = script_command(__file__, argv)
     machine = machine_description()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mqar_repro_", dir="/tmp"))
-    grid = [(name, kv, lr, ratio) for kv in args.kv_pairs for name, ratio in ARCHITECTURES for lr in args.lr]
+    grid = [(name, kv, lr) for kv in args.kv_pairs for name in args.architectures for lr in args.lr]
     results: dict = {}
     start = time.perf_counter()
     bar = tqdm(total=len(grid), desc="runs", file=sys.stderr)
@@ -200,8 +210,8 @@ def main(argv=None) -> dict:
         write_report(args, results, command, time.perf_counter() - start, machine)
         plot(args, results, args.figure)
 
-    recipes = {(name, kv, lr): recipe(args, ratio, kv, lr, str(workdir / f"kv{kv}_{ratio.replace(':', 'to')}_lr{lr:g}"))
-               for name, kv, lr, ratio in grid}
+    recipes = {(name, kv, lr): recipe(args, name, kv, lr, str(workdir / f"kv{kv}_{run_name(name)}_lr{lr:g}"))
+               for name, kv, lr in grid}
     run_grid(train_run, {key: (raw, args.threads) for key, raw in recipes.items()}, args.jobs,
              lambda key, result: record(*key, result))
     bar.close()

@@ -2,10 +2,10 @@
 
 Runs through transformers' attention interface, so ``config._attn_implementation`` picks ``sdpa``
 (default), ``eager``, ``flash_attention_2`` or any registered kernel; the cache is transformers'
-``DynamicLayer`` / ``DynamicSlidingWindowLayer``. With ``sdpa`` or ``eager``, a sliding-window layer reading
-a whole unpadded sequence longer than two windows (training, prefill) runs
-:func:`memlm.ops.sliding_window_attention.sliding_window_attention`, linear in the length, instead of a
-dense ``[T, T]`` mask.
+``DynamicLayer`` / ``DynamicSlidingWindowLayer``. When the model says so (``in_blocks``: ``sdpa`` or
+``eager``, a whole unpadded sequence longer than two windows, as in training and prefill), a sliding-window
+layer runs :func:`memlm.ops.sliding_window_attention.sliding_window_attention`, linear in the length,
+instead of a dense ``[T, T]`` mask.
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ class Attention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache=None,
-        unpadded: bool = False,
+        in_blocks: bool = False,
         **kwargs,
     ) -> torch.Tensor:
-        """``unpadded``: the rows hold no padding and no packed documents (the model says so)."""
+        """``in_blocks``: a sliding-window layer reads the whole sequence in blocks (no mask is given)."""
         batch, seq_len, _ = hidden_states.shape
         shape = (batch, seq_len, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -85,7 +85,7 @@ class Attention(nn.Module):
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        if self._runs_in_blocks(unpadded, seq_len, key.shape[-2]):
+        if in_blocks and self.sliding_window is not None:
             out = sliding_window_attention(query, key, value, self.sliding_window, self.scaling)
             return self.o_proj(out.reshape(batch, seq_len, -1))
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
@@ -96,10 +96,3 @@ class Attention(nn.Module):
         )
         return self.o_proj(out.reshape(batch, seq_len, -1))
 
-    def _runs_in_blocks(self, unpadded: bool, seq_len: int, key_len: int) -> bool:
-        """Whether the blockwise sliding-window op gives this call's result for less work than a dense mask."""
-        return (
-            self.sliding_window is not None and unpadded and key_len == seq_len and seq_len > 2 * self.sliding_window
-            and self.config._attn_implementation in ("sdpa", "eager")
-            and not (self.training and self.config.attention_dropout > 0)
-        )

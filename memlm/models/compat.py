@@ -14,11 +14,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
-def attention_masks(config, inputs_embeds, attention_mask, cache, position_ids) -> dict[str, object]:
-    """Masks of the attention layer types present in ``config.layer_types`` (cache passed positionally)."""
+def attention_masks(config, inputs_embeds, attention_mask, cache, position_ids, skip=()) -> dict[str, object]:
+    """Masks of the attention layer types present in ``config.layer_types`` (cache passed positionally), but
+    for the types in ``skip`` (None: their layers need no mask)."""
     builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
     return {
-        layer_type: builder(config, inputs_embeds, attention_mask, cache, position_ids)
+        layer_type: None if layer_type in skip else builder(config, inputs_embeds, attention_mask, cache, position_ids)
         for layer_type, builder in builders.items()
         if layer_type in config.layer_types
     }

@@ -160,8 +160,9 @@ class MemLMModel(MemLMPreTrainedModel):
         prefix_mask = None if prefix_length is None else prefix_token_mask(
             prefix_length, rows_shape[0], rows_shape[1], cu_seq_lens_q, inputs_embeds.device
         )
-        unpadded = cu_seq_lens_q is None and (attention_mask is None or bool(attention_mask.all()))
-        masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids)
+        sliding_in_blocks = self._sliding_in_blocks(attention_mask, cache, cu_seq_lens_q, rows_shape[1])
+        masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids,
+                                skip=("sliding_attention",) if sliding_in_blocks else ())
         for layer_type in RECURRENT_LAYER_TYPES:  # these build their own masks from [B, T]
             masks[layer_type] = attention_mask
         lower_bounds = self.forget_lower_bounds() if self.forget_lower_bounds is not None else None
@@ -180,7 +181,9 @@ class MemLMModel(MemLMPreTrainedModel):
                 if layer.layer_type == PREFIX_LAYER_TYPE and prefix_mask is not None:
                     layer_kwargs["prefix_mask"] = prefix_mask
             else:
-                layer_kwargs = {"position_ids": position_ids, "unpadded": unpadded, **kwargs}
+                layer_kwargs = {"position_ids": position_ids, **kwargs}
+                if layer.layer_type == "sliding_attention":
+                    layer_kwargs["in_blocks"] = sliding_in_blocks
                 if cu_seq_lens_q is not None:
                     layer_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_q)
             layer_positions = position_embeddings
@@ -204,6 +207,19 @@ class MemLMModel(MemLMPreTrainedModel):
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             **{CACHE_FIELD: cache},
+        )
+
+    def _sliding_in_blocks(self, attention_mask, cache, cu_seq_lens_q, seq_len: int) -> bool:
+        """Whether sliding-window layers read this call in blocks (:mod:`memlm.ops.sliding_window_attention`):
+        a whole unpadded sequence (no cached tokens, no packed documents) longer than two windows, with the
+        ``sdpa`` or ``eager`` attention and no attention dropout in training."""
+        window = self.config.sliding_window
+        return (
+            "sliding_attention" in self.config.layer_types and seq_len > 2 * window
+            and self.config._attn_implementation in ("sdpa", "eager")
+            and not (self.training and self.config.attention_dropout > 0)
+            and cu_seq_lens_q is None and (cache is None or cache.get_seq_length() == 0)
+            and (attention_mask is None or bool(attention_mask.all()))
         )
 
     def _past_length(self, cache) -> int:

@@ -28,11 +28,15 @@ def test_titans_reproduction_quick_run_writes_table_and_figure(tmp_path):
 def test_mqar_reproduction_sweeps_learning_rates_in_parallel_workers(tmp_path):
     out, figure = tmp_path / "mqar.md", tmp_path / "mqar.png"
     result = run(str(SCRIPTS / "reproduce_mqar.py"), "--quick", "--threads", "1", "--jobs", "2",
-                 "--lr", "1e-3,3e-3", "--out", str(out), "--figure", str(figure), "--workdir", str(tmp_path / "runs"))
+                 "--architectures", "attention,all-GDN,JRT-RNN", "--lr", "1e-3,3e-3", "--out", str(out),
+                 "--figure", str(figure), "--workdir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
-    assert text.count("| attention | ") == 4 and text.count("| all-GDN | ") == 4  # 2 kv x 2 lr each
-    assert "attention acc (lr)" in text and figure.exists()
+    for name in ("attention", "all-GDN", "JRT-RNN"):
+        assert text.count(f"| {name} | ") == 4  # 2 kv x 2 lr each
+    assert "attention acc (lr)" in text and "JRT-RNN acc (lr)" in text and figure.exists()
+    jrt = json.loads((tmp_path / "runs" / "kv4_JRT-RNN_lr0.001" / "config.json").read_text())
+    assert "prefix_linear_attention" in jrt["layer_types"] and jrt["prefix_lm_objective"]
 
 
 def test_titans_reproduction_rejects_an_unknown_architecture():
@@ -70,10 +74,12 @@ def test_gpu_check_runs_cpu_against_cpu(tmp_path):
 def test_jrt_prompt_reproduction_quick_run_writes_table_and_figure(tmp_path):
     out, figure = tmp_path / "jrt.md", tmp_path / "jrt.png"
     result = run(str(SCRIPTS / "reproduce_jrt_prompt.py"), "--quick", "--threads", "1", "--out", str(out),
-                 "--figure", str(figure), "--workdir", str(tmp_path / "runs"))
+                 "--figure", str(figure), "--workdir", str(tmp_path / "runs"), "--architectures",
+                 "all-GDN,attention,Based,JRT-RNN")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| all-GDN |" in out.read_text() and "| attention |" in out.read_text() and figure.exists()
-    assert set(json.loads(out.with_suffix(".json").read_text())["results"]) == {"all-GDN", "attention"}
+    assert "| all-GDN |" in out.read_text() and "| JRT-RNN |" in out.read_text() and figure.exists()
+    assert set(json.loads(out.with_suffix(".json").read_text())["results"]) == {"all-GDN", "attention", "Based",
+                                                                               "JRT-RNN"}
     lines = (tmp_path / "runs" / "train_documents.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 64 and rows[1]["prompt"].startswith("Information about")
