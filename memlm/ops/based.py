@@ -38,6 +38,12 @@ def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.new_ones(*x.shape[:-1], 1), x / d**0.25, second], dim=-1)
 
 
+def with_denominator_column(v: torch.Tensor) -> torch.Tensor:
+    """``[..., dv] -> [..., dv + 1]`` fp32: the values with a column of ones, whose attention sum is the
+    denominator of equation (2)."""
+    return torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
+
+
 def based_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -69,7 +75,7 @@ def based_linear_attention(
     phi_q, phi_k = taylor_feature_map(q.float()), taylor_feature_map(k.float())  # fp32, as the GLA ops compute
     if key_mask is not None:
         phi_k = phi_k * key_mask[:, :, None, None].to(phi_k.dtype)
-    values = torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
+    values = with_denominator_column(v)
     kwargs = {"scale": 1.0, "initial_state": initial_state, "output_final_state": output_final_state,
               "cu_seqlens": cu_seqlens}
     if chunked and not use_fla(phi_q, phi_k, values):

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from memlm.ops.based import based_linear_attention, taylor_feature_map
+from memlm.ops.based import based_linear_attention, taylor_feature_map, with_denominator_column
 
 
 def prefix_token_mask(
@@ -75,7 +75,7 @@ def prefix_encoder_state(
     """Equation (2): ``ke [B, T, H, d]``, ``ve [B, T, H, dv]``, ``prefix_mask [B, T]`` ->
     ``[N, H, 1 + d + d^2, dv + 1]`` fp32 (N = B, or the number of documents with ``cu_seqlens``)."""
     phi = taylor_feature_map(ke.float()) * prefix_mask[:, :, None, None].to(torch.float32)
-    values = torch.cat([ve.float(), ve.new_ones(*ve.shape[:-1], 1, dtype=torch.float32)], dim=-1)
+    values = with_denominator_column(ve)
     if cu_seqlens is None:
         columns = prefix_mask.any(0).nonzero()
         read = int(columns[-1]) + 1 if len(columns) else 0  # no prefix token lies beyond this column

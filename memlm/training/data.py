@@ -182,12 +182,12 @@ class PackedCollator:
         """``[N]``: per segment, its leading tokens without loss (0 for the trailing padding)."""
         lengths = []
         for row in rows:
-            start, last = 0, len([n for n in row["segment_lengths"] if n > 0]) - 1
-            for index, length in enumerate(n for n in row["segment_lengths"] if n > 0):
+            segments = [n for n in row["segment_lengths"] if n > 0]
+            starts = itertools.accumulate(segments, initial=0)  # one more than segments: the end
+            for index, (start, length) in enumerate(zip(starts, segments, strict=False)):
+                padding = index == len(segments) - 1 and row.get("pad_length", 0) == length
                 mask = row["loss_mask"][start:start + length]
-                padding = index == last and row.get("pad_length", 0) == length
                 lengths.append(0 if padding else next((i for i, m in enumerate(mask) if m), length))
-                start += length
         return torch.tensor(lengths)
 
 
