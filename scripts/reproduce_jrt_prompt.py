@@ -1,7 +1,8 @@
 """JRT-Prompt at tiny scale: does reading the document twice raise a recurrent model's document recall?
 
-Trains small byte-level language models that differ only in their mixers (all-GDN, all-attention, optionally
-the 3:1 hybrid, Based and JRT-RNN: :mod:`memlm.training.architectures`) on generated SWDE/FDA-style documents
+Trains small language models (byte-level, or with a BPE trained on the documents: ``--tokenizer bpe``) that
+differ only in their mixers (all-GDN, all-attention, optionally the 3:1 hybrid, Based and JRT-RNN:
+:mod:`memlm.training.architectures`) on generated SWDE/FDA-style documents
 (:func:`memlm.data.document_recall`), each followed by its question and answer, with the loss on the answer
 only (recipe ``data.completion_field``). Half of the training documents are written with the plain prompt
 and half with JRT-Prompt, so both formats are in distribution. Each model then answers held-out documents
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 VARIANTS = ("plain", "jrt")
+LOSS_DESCRIPTIONS = {"answer": "the answer only", "all": "every token"}
+LOSS_FIELDS = {"answer": {"text_field": "prompt", "completion_field": "answer"}, "all": {"text_field": "text"}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,10 +38,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default="all-GDN,attention",
                         help="comma-separated names of memlm.training.architectures.ARCHITECTURES")
-    parser.add_argument("--window", type=int, default=64, help="sliding window of Based and JRT-RNN, in bytes")
+    parser.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte",
+                        help="byte-level, or a byte-level BPE trained on the generated training documents")
+    parser.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (with --tokenizer bpe)")
+    parser.add_argument("--loss", choices=("answer", "all"), default="answer",
+                        help="train on the answer tokens only, or on every token (the JRT copy teaches copying)")
+    parser.add_argument("--questions", type=int, default=1,
+                        help="questions per training document: the prompt's, then this many minus one about other "
+                             "attributes of the same document, one per line with its answer (evaluation asks one)")
+    parser.add_argument("--window", type=int, default=64, help="sliding window of Based and JRT-RNN, in tokens")
     parser.add_argument("--num-attributes", type=int, default=8, help="attributes per document")
     parser.add_argument("--num-train", type=int, default=40000, help="training documents (half plain, half JRT)")
-    parser.add_argument("--seq-len", type=int, default=1024, help="packed training rows, in bytes")
+    parser.add_argument("--seq-len", type=int, default=1024, help="packed training rows, in tokens")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -63,32 +74,54 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     if not 1 <= args.num_attributes <= MAX_ATTRIBUTES:
         parser.error(f"--num-attributes must be in 1..{MAX_ATTRIBUTES}, got {args.num_attributes}")
+    if not 1 <= args.questions <= args.num_attributes:
+        parser.error(f"--questions must be in 1..--num-attributes ({args.num_attributes}), got {args.questions}")
     return args
 
 
-def write_training_documents(args: argparse.Namespace, path: Path) -> None:
-    """JSON lines ``{"prompt": ..., "answer": " " + answer}``, even rows with the plain prompt, odd rows with
-    JRT's."""
+def write_training_documents(args: argparse.Namespace, path: Path) -> list[str]:
+    """JSON lines ``{"prompt": ..., "answer": ..., "text": prompt + answer}``, even rows with the plain prompt,
+    odd rows with JRT's. ``answer`` is ``" " + value``, then ``args.questions - 1`` further lines
+    ``"\n{attribute}: {value}"`` about other attributes of the document, in random order. Returns the texts."""
+    import random
+
     from memlm.data import document_recall
 
     examples = document_recall(args.num_train, num_attributes=args.num_attributes, seed=args.seed)
+    order = random.Random(args.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for i, example in enumerate(examples):
-            prompt = example.prompt if i % 2 == 0 else example.jrt_prompt()
-            f.write(json.dumps({"prompt": prompt, "answer": f" {example.answers[0]}"}) + "\n")
+    rows = []
+    for i, example in enumerate(examples):
+        others = [line.split(": ", 1) for line in example.context.split("\n")[1:]]
+        others = [pair for pair in others if pair[0] != example.key]
+        more = "".join(f"\n{key}: {value}" for key, value in order.sample(others, args.questions - 1))
+        prompt, answer = example.prompt if i % 2 == 0 else example.jrt_prompt(), f" {example.answers[0]}{more}"
+        rows.append({"prompt": prompt, "answer": answer, "text": prompt + answer})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [row["text"] for row in rows]
 
 
-def recipe(args: argparse.Namespace, name: str, data_file: Path, output_dir: Path) -> dict:
-    """A byte-level text recipe; only the mixers differ between the architectures."""
+def tokenizer_section(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
+    """The recipe's ``tokenizer`` section: byte-level, or a BPE trained here on the training texts and saved
+    under ``workdir`` (the held-out documents are tokenized with it too)."""
+    if args.tokenizer == "byte":
+        return {"kind": "byte"}
+    from memlm.tokenization import train_bpe_tokenizer
+
+    path = workdir / "bpe_tokenizer"
+    train_bpe_tokenizer(None, args.vocab_size, texts=texts).save_pretrained(path)
+    return {"kind": "pretrained", "path": str(path)}
+
+
+def recipe(args: argparse.Namespace, name: str, data_file: Path, tokenizer: dict, output_dir: Path) -> dict:
+    """A text recipe; only the mixers differ between the architectures."""
     from memlm.training.architectures import model_section
 
     return {
         "output_dir": str(output_dir),
         "model": model_section(name, args.hidden_size, args.layers, args.heads, 4 * args.seq_len, args.window),
-        "tokenizer": {"kind": "byte"},
-        "data": {"source": "json", "files": [str(data_file)], "seq_len": args.seq_len, "text_field": "prompt",
-                 "completion_field": "answer"},
+        "tokenizer": tokenizer,
+        "data": {"source": "json", "files": [str(data_file)], "seq_len": args.seq_len, **LOSS_FIELDS[args.loss]},
         "optimizer": {"lr": args.lr, "weight_decay": 0.1},
         "schedule": {"kind": "cosine", "warmup_steps": min(100, max(1, args.steps // 10)), "min_lr_ratio": 0.05},
         "train": {"max_steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
@@ -154,6 +187,18 @@ def plot(args, results: dict, path: str) -> None:
     save_figure(fig, path)
 
 
+def more_questions(args: argparse.Namespace) -> str:
+    if args.questions == 1:
+        return ""
+    return f" and {args.questions - 1} more questions about the same document, one per line, each with its answer"
+
+
+def tokenizer_description(args: argparse.Namespace) -> str:
+    if args.tokenizer == "byte":
+        return "byte-level"
+    return f"BPE ({args.vocab_size} ids, trained on the training documents)"
+
+
 def write_report(args, results: dict, command: str, machine: str, total_seconds: float) -> None:
     figure_rel = os.path.relpath(args.figure, Path(args.out).parent)
     text = f"""# JRT-Prompt document recall at tiny scale (generated)
@@ -164,14 +209,14 @@ Command (from the repository root):
 {command}
 ```
 
-Setup: byte-level models, hidden {args.hidden_size}, intermediate {2 * args.hidden_size}, {args.layers} layers,
-{args.heads} heads; {args.num_train} generated training documents of {args.num_attributes} attributes (half with
-the plain prompt, half with JRT-Prompt, each followed by its answer; loss on the answer only), packed into rows of
-{args.seq_len} bytes;
+Setup: {tokenizer_description(args)} models, hidden {args.hidden_size}, intermediate
+{2 * args.hidden_size}, {args.layers} layers, {args.heads} heads; {args.num_train} generated training documents
+of {args.num_attributes} attributes (half with the plain prompt, half with JRT-Prompt, each followed by its
+answer{more_questions(args)}; loss on {LOSS_DESCRIPTIONS[args.loss]}), packed into rows of {args.seq_len} tokens;
 {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr:g} (weight decay 0.1), cosine schedule, seed
 {args.seed}. Test: {args.eval_examples} held-out documents (seed 1234), each asked with both prompts, greedy
-generation up to 48 bytes stopped at a newline, "contains" scoring. Only the mixers differ
-(`memlm.training.architectures`; Based and JRT-RNN with a sliding window of {args.window} bytes).
+generation up to 48 tokens stopped at a newline, "contains" scoring. Only the mixers differ
+(`memlm.training.architectures`; Based and JRT-RNN with a sliding window of {args.window} tokens).
 
 Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} runs at a time).
 
@@ -187,14 +232,15 @@ Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} ru
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from memlm.eval.report import machine_description, script_command
+    from memlm.training.architectures import directory_name
     from memlm.training.grid import run_grid
 
     command = script_command(__file__, argv)
     machine = machine_description()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="jrt_repro_", dir="/tmp"))
     data_file = workdir / "train_documents.jsonl"
-    write_training_documents(args, data_file)
-    jobs = {name: (recipe(args, name, data_file, workdir / name.replace(" ", "_").replace(":", "to")),
+    tokenizer = tokenizer_section(args, write_training_documents(args, data_file), workdir)
+    jobs = {name: (recipe(args, name, data_file, tokenizer, workdir / directory_name(name)),
                    args.eval_examples, args.num_attributes, args.threads) for name in args.architectures}
     results: dict = {}
     start = time.perf_counter()

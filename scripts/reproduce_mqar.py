@@ -180,16 +180,12 @@ def train_run(raw_recipe: dict, threads: int | None) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-def run_name(architecture: str) -> str:
-    """A directory name for an architecture (``"3:1 hybrid"`` -> ``"3to1_hybrid"``)."""
-    return architecture.replace(" ", "_").replace(":", "to")
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from tqdm import tqdm
 
     from memlm.eval.report import machine_description, script_command
+    from memlm.training.architectures import directory_name
     from memlm.training.grid import run_grid
 
     command = script_command(__file__, argv)
@@ -210,7 +206,7 @@ def main(argv=None) -> dict:
         write_report(args, results, command, time.perf_counter() - start, machine)
         plot(args, results, args.figure)
 
-    recipes = {(name, kv, lr): recipe(args, name, kv, lr, str(workdir / f"kv{kv}_{run_name(name)}_lr{lr:g}"))
+    recipes = {(name, kv, lr): recipe(args, name, kv, lr, str(workdir / f"kv{kv}_{directory_name(name)}_lr{lr:g}"))
                for name, kv, lr in grid}
     run_grid(train_run, {key: (raw, args.threads) for key, raw in recipes.items()}, args.jobs,
              lambda key, result: record(*key, result))

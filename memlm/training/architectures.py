@@ -8,7 +8,9 @@
 - ``all-GDN``: GatedDeltaNet everywhere;
 - ``Based``: JRT-RNN's layer pattern with causal Based linear attention in place of prefix linear attention
   (short gated convolutions, sliding-window attention, Based), the Based paper's recipe;
-- ``JRT-RNN``: :func:`memlm.jrt_rnn_config` (prefix linear attention, trained with the prefix-LM objective).
+- ``JRT-RNN``: :func:`memlm.jrt_rnn_config` (prefix linear attention, trained with the prefix-LM objective);
+- ``JRT-RNN (no MLM)``: the same model trained on next-token prediction only (``prefix_mlm_weight = 0``): the
+  masked-token term corrupts synthetic key-value contexts (docs/jrt_rnn.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from memlm.layers.registry import LINEAR_LAYER_TYPE, PREFIX_LAYER_TYPE
 from memlm.models.jrt_rnn import jrt_rnn_layer_types
 
-ARCHITECTURES = ("attention", "3:1 hybrid", "all-GDN", "Based", "JRT-RNN")
+ARCHITECTURES = ("attention", "3:1 hybrid", "all-GDN", "Based", "JRT-RNN", "JRT-RNN (no MLM)")
 _RATIOS = {"attention": "0:1", "3:1 hybrid": "3:1", "all-GDN": "1:0"}
 
 
@@ -27,6 +29,11 @@ def parse_architectures(text: str) -> list[str]:
     if unknown or not names:
         raise ValueError(f"architectures {unknown or text!r} unknown; choose from {list(ARCHITECTURES)}")
     return names
+
+
+def directory_name(name: str) -> str:
+    """A file-system name for architecture ``name`` (``"3:1 hybrid"`` -> ``"3to1_hybrid"``)."""
+    return name.replace(" ", "_").replace(":", "to").replace("(", "").replace(")", "")
 
 
 def model_section(name: str, hidden_size: int, num_layers: int, num_heads: int, max_positions: int,
@@ -44,7 +51,8 @@ def model_section(name: str, hidden_size: int, num_layers: int, num_heads: int, 
         layer_types = [LINEAR_LAYER_TYPE if t == PREFIX_LAYER_TYPE else t for t in jrt_rnn_layer_types(num_layers)]
         return {"config": {**common, **based, "layer_types": layer_types, "linear_attn_type": "based",
                            "gated_conv_expand": 4, "gated_conv_kernel_dim": 3}}
-    if name == "JRT-RNN":
-        return {"config": {**common, "sliding_window": sliding_window, "feature_dim": feature_dim},
+    if name in ("JRT-RNN", "JRT-RNN (no MLM)"):
+        no_mlm = {"prefix_mlm_weight": 0.0} if name == "JRT-RNN (no MLM)" else {}
+        return {"config": {**common, "sliding_window": sliding_window, "feature_dim": feature_dim, **no_mlm},
                 "preset": "jrt_rnn"}
     raise ValueError(f"architecture {name!r} is unknown; choose from {list(ARCHITECTURES)}")

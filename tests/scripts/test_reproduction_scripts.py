@@ -84,3 +84,30 @@ def test_jrt_prompt_reproduction_quick_run_writes_table_and_figure(tmp_path):
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 64 and rows[1]["prompt"].startswith("Information about")
     assert not rows[0]["prompt"].startswith("Information") and rows[0]["answer"].startswith(" ")
+
+
+def test_jrt_prompt_reproduction_bpe_every_token_and_more_questions(tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "jrt.md"
+    result = run(str(SCRIPTS / "reproduce_jrt_prompt.py"), "--quick", "--threads", "1", "--out", str(out),
+                 "--figure", str(tmp_path / "jrt.png"), "--workdir", str(tmp_path / "runs"), "--architectures",
+                 "all-GDN", "--tokenizer", "bpe", "--vocab-size", "300", "--loss", "all", "--questions", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = out.read_text()
+    assert "BPE (300 ids" in report and "loss on every token" in report and "2 more questions" in report
+    bpe = AutoTokenizer.from_pretrained(tmp_path / "runs" / "bpe_tokenizer")
+    trained_with = AutoTokenizer.from_pretrained(tmp_path / "runs" / "all-GDN")
+    assert len(bpe) <= 300 and trained_with.get_vocab() == bpe.get_vocab()
+    for line in (tmp_path / "runs" / "train_documents.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert row["text"] == row["prompt"] + row["answer"]
+        first, *more = row["answer"].split("\n")  # " value", then "Attribute: value" lines
+        assert len(more) == 2 and f":{first}" in row["prompt"]
+        assert all(f"\n{pair}" in row["prompt"] and not pair.endswith(f":{first}") for pair in more)
+
+
+def test_jrt_prompt_reproduction_refuses_more_questions_than_attributes(tmp_path):
+    result = run(str(SCRIPTS / "reproduce_jrt_prompt.py"), "--quick", "--num-attributes", "3", "--questions", "4",
+                 "--out", str(tmp_path / "x.md"))
+    assert result.returncode == 2 and "--questions must be in 1..--num-attributes (3), got 4" in result.stderr

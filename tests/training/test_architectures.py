@@ -18,6 +18,9 @@ def test_every_architecture_builds_one_width_and_depth(name):
     if name == "Based":  # JRT-RNN's pattern read causally
         assert config.layer_types == ["conv", "linear_attention", "sliding_attention", "conv"]
         assert config.linear_attn_type == "based"
+    if name.startswith("JRT-RNN"):
+        assert config.prefix_lm_objective
+        assert config.prefix_mlm_weight == (0.0 if name == "JRT-RNN (no MLM)" else 0.25)
 
 
 def test_architecture_names_are_checked():
