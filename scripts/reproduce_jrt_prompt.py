@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("plain", "jrt")
-LOSS_DESCRIPTIONS = {"answer": "the answer only", "all": "every token"}
+LOSS_DESCRIPTIONS = {"answer": "what follows the prompt only", "all": "every token"}
 LOSS_FIELDS = {"answer": {"text_field": "prompt", "completion_field": "answer"}, "all": {"text_field": "text"}}
 
 
@@ -172,12 +172,12 @@ def plot(args, results: dict, path: str) -> None:
     from memlm.eval.report import save_figure
 
     names = list(results)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names)), 3.8))
     width = 0.38
     for offset, variant in zip((-width / 2, width / 2), VARIANTS, strict=True):
         ax.bar([i + offset for i in range(len(names))], [results[n][variant] for n in names], width,
                label="JRT-Prompt" if variant == "jrt" else "plain prompt")
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("document recall (contains)")
     ax.set_title(f"{args.num_attributes} attributes/document, d={args.hidden_size}, {args.layers} layers, "
