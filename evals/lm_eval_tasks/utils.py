@@ -82,12 +82,7 @@ def doc_recall_twice(**kwargs: Any) -> datasets.DatasetDict:
     return _doc_recall(kwargs, twice=True)
 
 
-def niah(**kwargs: Any) -> datasets.DatasetDict:
-    """``memlm_niah``: single-needle :func:`memlm.data.niah_grid` over word-counted lengths and depths.
-
-    The cells are interleaved (example 0 of every cell, then example 1, ...), so that ``--limit`` keeps every
-    cell of the grid.
-    """
+def _niah(kwargs: dict[str, Any], twice: bool) -> datasets.DatasetDict:
     lengths = _numbers(kwargs, "context_lengths", DEFAULT_CONTEXT_LENGTHS, int)
     depths = _numbers(kwargs, "depths", DEFAULT_DEPTHS, float)
     per_cell = _int(kwargs, "num_examples", DEFAULT_NIAH_EXAMPLES_PER_CELL)
@@ -96,7 +91,7 @@ def niah(**kwargs: Any) -> datasets.DatasetDict:
     return _splits(
         [
             {
-                "prompt": e.prompt,
+                "prompt": e.jrt_prompt() if twice else e.prompt,
                 "target": e.answers[0],
                 "answers": e.answers,
                 "context_length": e.context_length,
@@ -106,6 +101,20 @@ def niah(**kwargs: Any) -> datasets.DatasetDict:
             for e in (cell[i] for cell in cells)
         ]
     )
+
+
+def niah(**kwargs: Any) -> datasets.DatasetDict:
+    """``memlm_niah``: single-needle :func:`memlm.data.niah_grid` over word-counted lengths and depths.
+
+    The cells are interleaved (example 0 of every cell, then example 1, ...), so that ``--limit`` keeps every
+    cell of the grid.
+    """
+    return _niah(kwargs, twice=False)
+
+
+def niah_twice(**kwargs: Any) -> datasets.DatasetDict:
+    """``memlm_niah_twice``: the same needles as ``memlm_niah`` with JRT-Prompt (``NeedleExample.jrt_prompt``)."""
+    return _niah(kwargs, twice=True)
 
 
 def _icl(build, kwargs: dict[str, Any]) -> datasets.DatasetDict:

@@ -32,7 +32,8 @@ needle after 4 of the 7 filler sentences (``round(0.5 * 7)``); the context is on
     answers:        ["8056020"]
 
 :attr:`NeedleExample.prompt` joins them as ``context + "\\n" + question + " " + answer_prefix``, and
-:attr:`NeedleExample.document` appends ``" 8056020."`` to that. :func:`niah_score` scores an output by the
+:attr:`NeedleExample.document` appends ``" 8056020."`` to that; :meth:`NeedleExample.jrt_prompt` is JRT-Prompt
+(the question, the context twice, the question and the answer prefix). :func:`niah_score` scores an output by the
 fraction of the gold values it contains, case-insensitively, as RULER's ``string_match_all``.
 
 The examples are drawn with a local ``random.Random`` seeded by ``seed``: the same arguments give the same
@@ -48,6 +49,8 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from memlm import prompting
 
 _KEY_WORDS = """
     anchor apple arrow badge basket beach bell blanket boat bottle bread bridge brush bucket button cabin
@@ -105,6 +108,15 @@ class NeedleExample:
     def document(self) -> str:
         """``prompt + " " + ", ".join(answers) + "."``: the prompt with its answer, as a training document."""
         return f"{self.prompt} {', '.join(self.answers)}."
+
+    def jrt_prompt(self, repeats: int = 2) -> str:
+        """JRT-Prompt in the paper's question format (:func:`memlm.prompting.jrt_prompt`), then the answer prefix:
+        ``question + " " + context + "\\n" + context + " " + question + " " + answer_prefix`` for ``repeats=2``.
+
+        The question leads, so a recurrent model reads the haystack knowing which key is asked. ``repeats=1``
+        gives ``context + " " + question + " " + answer_prefix``.
+        """
+        return f"{prompting.jrt_prompt(self.context, self.question, repeats)} {self.answer_prefix}"
 
 
 def _draw_value(rng: random.Random, used: set[str]) -> str:

@@ -44,9 +44,11 @@ def write_report(records: list[dict], out_dir: str | Path, meta: dict | None = N
     if lengths:
         paths["lengths_plot"] = plot_score_by_length(lengths, out / "score_by_length.png")
     with_depth = [r for r in records if r.get("depth") is not None]
-    for task in sorted({r["task"] for r in with_depth}):
-        paths[f"{task}_heatmap"] = plot_depth_heatmap([r for r in with_depth if r["task"] == task], task,
-                                                       out / f"{task}_heatmap.png")
+    for task, variant in sorted({(r["task"], r["variant"]) for r in with_depth}):
+        name = f"{task}_heatmap" if variant == "plain" else f"{task}_{variant}_heatmap"
+        cell = [r for r in with_depth if (r["task"], r["variant"]) == (task, variant)]
+        paths[name] = plot_depth_heatmap(cell, task if variant == "plain" else f"{task} ({variant})",
+                                         out / f"{name}.png")
     return paths
 
 

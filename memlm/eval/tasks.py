@@ -27,6 +27,7 @@ class EvalOptions:
     mqar_vocab_size: int | None = None
     num_shots: int = 8
     doc_num_attributes: int = 6
+    niah_jrt: bool = False
     progress: bool = True
 
 
@@ -47,18 +48,23 @@ def run_mqar(model, tokenizer, options: EvalOptions) -> list[dict]:
 
 
 def run_niah(model, tokenizer, options: EvalOptions) -> list[dict]:
-    """RULER-style single needle over a grid of context lengths and depths; score = answers found."""
+    """RULER-style single needle over a grid of context lengths and depths; score = answers found. With
+    ``options.niah_jrt`` every needle is also asked with JRT-Prompt (variant ``"jrt"``: the context read twice,
+    the question first)."""
     from memlm.data import niah_grid, niah_score
 
     examples = niah_grid(options.context_lengths, options.depths, options.num_examples, seed=options.seed,
                          tokenizer=tokenizer)
-    outputs = greedy_answers(model, tokenizer, [e.prompt for e in examples], options.max_new_tokens,
-                             options.batch_size, stop_at_newline=False, progress=options.progress)
-    return [
-        {"task": "niah", "variant": "plain", "context_length": e.context_length, "depth": e.depth,
-         "score": niah_score(out, e.answers)}
-        for e, out in zip(examples, outputs, strict=True)
-    ]
+    variants = {"plain": [e.prompt for e in examples]}
+    if options.niah_jrt:
+        variants["jrt"] = [e.jrt_prompt() for e in examples]
+    records = []
+    for variant, prompts in variants.items():
+        outputs = greedy_answers(model, tokenizer, prompts, options.max_new_tokens, options.batch_size,
+                                 stop_at_newline=False, progress=options.progress)
+        records += [{"task": "niah", "variant": variant, "context_length": e.context_length, "depth": e.depth,
+                     "score": niah_score(out, e.answers)} for e, out in zip(examples, outputs, strict=True)]
+    return records
 
 
 def run_doc_recall(model, tokenizer, options: EvalOptions) -> list[dict]:

@@ -64,6 +64,10 @@ def test_single_needle_format_and_exact_placement(depth):
     assert example.depth == depth
     assert example.prompt == example.context + "\n" + example.question + " " + example.answer_prefix
     assert example.document == example.prompt + f" {value}."
+    q, c, a = example.question, example.context, example.answer_prefix
+    assert example.jrt_prompt() == f"{q} {c}\n{c} {q} {a}"  # JRT-Prompt: question first, context twice
+    assert example.jrt_prompt(repeats=3) == f"{q} {c}\n{c}\n{c} {q} {a}"
+    assert example.jrt_prompt(repeats=1) == f"{c} {q} {a}"
 
 
 @pytest.mark.parametrize("haystack", ["repeat", "needles"])

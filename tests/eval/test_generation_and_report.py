@@ -39,14 +39,15 @@ def test_left_padded_batches_give_the_answers_of_batch_size_one(saved_model):
 
 
 def test_report_files(tmp_path):
-    records = [{"task": "niah", "variant": "plain", "context_length": n, "depth": d, "score": float(d < 1)}
-               for n in (64, 128) for d in (0.0, 1.0)]
+    records = [{"task": "niah", "variant": variant, "context_length": n, "depth": d,
+                "score": float(d < 1 or variant == "jrt")}
+               for variant in ("plain", "jrt") for n in (64, 128) for d in (0.0, 1.0)]
     paths = write_report(records, tmp_path, meta={"model": "x"})
-    assert summarize(records)[0] == {"task": "niah", "variant": "plain", "context_length": 64, "examples": 2,
-                                     "score": 0.5}
+    assert {"task": "niah", "variant": "plain", "context_length": 64, "examples": 2, "score": 0.5} in summarize(records)
     assert json.loads(paths["json"].read_text())["meta"] == {"model": "x"}
     assert "| niah | plain | 128 | 2 | 0.500 |" in paths["table"].read_text()
-    for key in ("lengths_plot", "niah_heatmap"):
+    assert "| niah | jrt | 128 | 2 | 1.000 |" in paths["table"].read_text()
+    for key in ("lengths_plot", "niah_heatmap", "niah_jrt_heatmap"):  # one heatmap per variant
         assert paths[key].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -56,15 +57,17 @@ def test_eval_entry_point_end_to_end(saved_model, tmp_path):
         [sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path),
          "--tasks", "niah,mqar,doc_recall,icl_label_remapping,icl_associative_recall",
          "--context-lengths", "80,96", "--depths", "0,1", "--num-examples", "2", "--max-new-tokens", "4",
-         "--mqar-vocab-size", "64", "--mqar-seq-len", "32", "--mqar-num-kv-pairs", "4", "--out", str(tmp_path)],
+         "--mqar-vocab-size", "64", "--mqar-seq-len", "32", "--mqar-num-kv-pairs", "4", "--niah-jrt",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "summary:" in result.stdout
     table = (tmp_path / "results.md").read_text()
-    for row in ("| doc_recall | plain |", "| doc_recall | jrt |", "| icl_label_remapping | 8-shot |", "| mqar | 4kv |"):
+    for row in ("| doc_recall | plain |", "| doc_recall | jrt |", "| icl_label_remapping | 8-shot |", "| mqar | 4kv |",
+                "| niah | plain | 80 |", "| niah | jrt | 96 |"):
         assert row in table
-    assert {"results.json", "results.md", "score_by_length.png", "niah_heatmap.png"} <= {
+    assert {"results.json", "results.md", "score_by_length.png", "niah_heatmap.png", "niah_jrt_heatmap.png"} <= {
         p.name for p in tmp_path.iterdir()}
 
 

@@ -26,6 +26,7 @@ METRICS = {
     "memlm_doc_recall": "contains",
     "memlm_doc_recall_twice": "contains",
     "memlm_niah": "niah_score",
+    "memlm_niah_twice": "niah_score",
     "memlm_icl_label_remapping": "exact_match",
     "memlm_icl_associative_recall": "exact_match",
 }
@@ -63,17 +64,21 @@ def assert_scores(results, tasks):
 
 def test_datasets_are_deterministic_and_sized(utils):
     sizes = {"num_examples": 5, "num_shots": 4, "context_lengths": "60,80", "depths": [0, 1], "pretrained": "x"}
-    for name in ("doc_recall", "doc_recall_twice", "icl_label_remapping", "icl_associative_recall", "niah"):
+    for name in ("doc_recall", "doc_recall_twice", "icl_label_remapping", "icl_associative_recall", "niah",
+                 "niah_twice"):
         first, again = getattr(utils, name)(**sizes), getattr(utils, name)(**sizes)
         assert list(first) == ["test"]
         assert first["test"].to_list() == again["test"].to_list()
-        assert len(first["test"]) == (5 * 2 * 2 if name == "niah" else 5)
+        assert len(first["test"]) == (5 * 2 * 2 if name.startswith("niah") else 5)
         for doc in first["test"]:
             assert doc["target"] == doc["answers"][0]
             assert doc["target"] in doc["prompt"]
     plain, twice = utils.doc_recall(num_examples=3)["test"], utils.doc_recall_twice(num_examples=3)["test"]
     for a, b in zip(plain, twice, strict=True):
         assert a["answers"] == b["answers"] and b["prompt"].startswith("Information about ")
+    for a, b in zip(utils.niah(**sizes)["test"], utils.niah_twice(**sizes)["test"], strict=True):
+        question = a["prompt"].split("\n")[1].split("?")[0] + "?"
+        assert a["answers"] == b["answers"] and b["prompt"].startswith(question) and b["prompt"].count("\n") == 1
     cells = [(doc["context_length"], doc["depth"]) for doc in utils.niah(**sizes)["test"]][:4]
     assert cells == [(60, 0.0), (60, 1.0), (80, 0.0), (80, 1.0)]  # interleaved: --limit keeps every cell
     assert len(utils.doc_recall()["test"]) == 100 and len(utils.niah()["test"]) == 96
@@ -108,6 +113,7 @@ def test_group_scores_a_perfect_model_one():
     for task, metric in METRICS.items():
         assert results["results"][task][f"{metric},none"] == 1.0, task
     assert results["n-samples"]["memlm_niah"]["effective"] == 3 * 3  # one length, three depths
+    assert results["n-samples"]["memlm_niah_twice"]["effective"] == 3 * 3
 
 
 def test_python_route_with_a_memlm_model_object():
