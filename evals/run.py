@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--num-shots", type=int, default=8, help="shots of the icl_* tasks")
     parser.add_argument("--doc-num-attributes", type=int, default=6,
                         help=f"attributes per document of doc_recall (1 to {MAX_ATTRIBUTES})")
+    parser.add_argument("--mqar-jrt", action="store_true",
+                        help="also read every MQAR row with its key-value block twice (JRT-Prompt)")
     parser.add_argument("--niah-jrt", action="store_true",
                         help="also ask every needle with JRT-Prompt (the haystack read twice, the question first)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +74,7 @@ def main() -> None:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
         mqar_seq_len=args.mqar_seq_len, mqar_num_kv_pairs=args.mqar_num_kv_pairs,
         mqar_vocab_size=args.mqar_vocab_size, num_shots=args.num_shots, doc_num_attributes=args.doc_num_attributes,
-        niah_jrt=args.niah_jrt,
+        mqar_jrt=args.mqar_jrt, niah_jrt=args.niah_jrt,
     )
     started = time.perf_counter()
     records = run_tasks(model, tokenizer, args.tasks, options)

@@ -26,6 +26,11 @@ random token (or 0) as in Zoology. ``n = 2``, ``seq_len = 12``, ``r`` a random t
 
 The data are drawn with a local ``torch.Generator`` seeded by ``seed``: the same arguments give the same
 tensors, but not the same numbers as Zoology's numpy generator.
+
+JRT-Prompt for MQAR (``context_repeats=2``): the same rows with the key-value block ``k_1 v_1 ... k_n v_n``
+written twice before the queries, so a recurrent model reads every pair a second time; rows grow by ``2n``
+tokens per extra copy and the labels move with the queries. There is no question lead: the queries are the
+questions, and they follow the context as in the plain rows.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ def mqar(
     seed: int = 0,
     power_a: float = 0.01,
     random_non_queries: bool = True,
+    context_repeats: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MQAR rows as in Zoology's ``multiquery_ar``, with transformers-style labels (see the module notes).
 
@@ -69,16 +75,20 @@ def mqar(
         power_a: exponent of the power law over query gaps, > 0.
         random_non_queries: fill the positions that are neither pairs nor queries with random tokens
             instead of 0.
+        context_repeats: copies of the key-value block before the queries (2 is JRT-Prompt); the rows are those
+            of ``context_repeats=1`` with ``2 * num_kv_pairs * (context_repeats - 1)`` tokens inserted.
 
     Returns:
-        ``input_ids`` and ``labels``, both ``[num_examples, seq_len]`` int64; ``labels`` holds exactly
+        ``input_ids`` and ``labels``, both ``[num_examples, seq_len + 2 * num_kv_pairs * (context_repeats - 1)]``
+        int64; ``labels`` holds exactly
         ``num_kv_pairs`` values per row (at the position after each query) and -100 elsewhere.
 
     Raises:
         ValueError: for a size that is not a positive int, an odd ``seq_len``, ``seq_len > vocab_size``,
-            ``4 * num_kv_pairs > seq_len`` or ``power_a <= 0``.
+            ``4 * num_kv_pairs > seq_len``, ``power_a <= 0`` or a ``context_repeats`` that is not a positive int.
     """
-    sizes = {"num_examples": num_examples, "seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "vocab_size": vocab_size}
+    sizes = {"num_examples": num_examples, "seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "vocab_size": vocab_size,
+             "context_repeats": context_repeats}
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -115,4 +125,8 @@ def mqar(
     input_ids[rows, queries] = keys
     labels = torch.full((num_examples, seq_len), IGNORE_INDEX, dtype=torch.long)
     labels[rows, queries + 1] = values
+    if context_repeats > 1:  # JRT-Prompt: the key-value block again, before the queries
+        extra = input_ids[:, :context].repeat(1, context_repeats - 1)
+        input_ids = torch.cat([input_ids[:, :context], extra, input_ids[:, context:]], dim=1)
+        labels = torch.cat([labels[:, :context], torch.full_like(extra, IGNORE_INDEX), labels[:, context:]], dim=1)
     return input_ids, labels

@@ -25,6 +25,7 @@ class EvalOptions:
     mqar_seq_len: int = 64
     mqar_num_kv_pairs: int = 8
     mqar_vocab_size: int | None = None
+    mqar_jrt: bool = False
     num_shots: int = 8
     doc_num_attributes: int = 6
     niah_jrt: bool = False
@@ -32,19 +33,25 @@ class EvalOptions:
 
 
 def run_mqar(model, tokenizer, options: EvalOptions) -> list[dict]:
-    """Zoology's MQAR on token ids: argmax accuracy at the query positions, one record per example."""
+    """Zoology's MQAR on token ids: argmax accuracy at the query positions, one record per example. With
+    ``options.mqar_jrt`` the same rows are also read with their key-value block twice (variant ``"{n}kv jrt"``,
+    :func:`memlm.data.mqar` ``context_repeats=2``)."""
     from memlm.data import mqar
     from memlm.eval.recall import mqar_accuracy
 
     if options.mqar_vocab_size is None:
         raise ValueError("task 'mqar' needs --mqar-vocab-size: the key/value vocabulary the model was trained on")
-    input_ids, labels = mqar(options.num_examples, options.mqar_seq_len, options.mqar_num_kv_pairs,
-                             options.mqar_vocab_size, seed=options.seed)
-    return [
-        {"task": "mqar", "variant": f"{options.mqar_num_kv_pairs}kv", "context_length": options.mqar_seq_len,
-         "depth": None, "score": mqar_accuracy(model, input_ids[i : i + 1], labels[i : i + 1])}
-        for i in range(len(input_ids))
-    ]
+    variants = {f"{options.mqar_num_kv_pairs}kv": 1}
+    if options.mqar_jrt:
+        variants[f"{options.mqar_num_kv_pairs}kv jrt"] = 2
+    records = []
+    for variant, repeats in variants.items():
+        input_ids, labels = mqar(options.num_examples, options.mqar_seq_len, options.mqar_num_kv_pairs,
+                                 options.mqar_vocab_size, seed=options.seed, context_repeats=repeats)
+        records += [{"task": "mqar", "variant": variant, "context_length": options.mqar_seq_len, "depth": None,
+                     "score": mqar_accuracy(model, input_ids[i : i + 1], labels[i : i + 1])}
+                    for i in range(len(input_ids))]
+    return records
 
 
 def run_niah(model, tokenizer, options: EvalOptions) -> list[dict]:

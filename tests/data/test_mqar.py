@@ -97,9 +97,22 @@ def test_smallest_valid_sizes():
         ({"vocab_size": 62}, "vocab_size"),
         ({"num_kv_pairs": 17}, "num_kv_pairs"),
         ({"power_a": 0.0}, "power_a"),
+        ({"context_repeats": 0}, "context_repeats"),
     ],
 )
 def test_bad_arguments(kwargs, name):
     args = {"num_examples": 2, "seq_len": T, "num_kv_pairs": PAIRS, "vocab_size": V} | kwargs
     with pytest.raises(ValueError, match=name):
         mqar(**args)
+
+
+def test_jrt_rows_repeat_the_pairs_before_the_same_queries():
+    plain_ids, plain_labels = mqar(8, T, PAIRS, V, seed=3)
+    ids, labels = mqar(8, T, PAIRS, V, seed=3, context_repeats=3)
+    block = 2 * PAIRS
+    assert ids.shape == labels.shape == (8, T + 2 * block)
+    for copy in range(3):
+        assert torch.equal(ids[:, copy * block : (copy + 1) * block], plain_ids[:, :block])
+    assert torch.equal(ids[:, 3 * block :], plain_ids[:, block:])
+    assert torch.equal(labels[:, 3 * block :], plain_labels[:, block:])
+    assert (labels[:, : 3 * block] == -100).all()

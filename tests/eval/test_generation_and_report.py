@@ -57,7 +57,7 @@ def test_eval_entry_point_end_to_end(saved_model, tmp_path):
         [sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path),
          "--tasks", "niah,mqar,doc_recall,icl_label_remapping,icl_associative_recall",
          "--context-lengths", "80,96", "--depths", "0,1", "--num-examples", "2", "--max-new-tokens", "4",
-         "--mqar-vocab-size", "64", "--mqar-seq-len", "32", "--mqar-num-kv-pairs", "4", "--niah-jrt",
+         "--mqar-vocab-size", "64", "--mqar-seq-len", "32", "--mqar-num-kv-pairs", "4", "--niah-jrt", "--mqar-jrt",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
@@ -65,7 +65,7 @@ def test_eval_entry_point_end_to_end(saved_model, tmp_path):
     assert "summary:" in result.stdout
     table = (tmp_path / "results.md").read_text()
     for row in ("| doc_recall | plain |", "| doc_recall | jrt |", "| icl_label_remapping | 8-shot |", "| mqar | 4kv |",
-                "| niah | plain | 80 |", "| niah | jrt | 96 |"):
+                "| mqar | 4kv jrt |", "| niah | plain | 80 |", "| niah | jrt | 96 |"):
         assert row in table
     assert {"results.json", "results.md", "score_by_length.png", "niah_heatmap.png", "niah_jrt_heatmap.png"} <= {
         p.name for p in tmp_path.iterdir()}
