@@ -54,6 +54,21 @@ def run_mqar(model, tokenizer, options: EvalOptions) -> list[dict]:
     return records
 
 
+def _answers_by_variant(model, tokenizer, examples, options: EvalOptions, with_jrt: bool,
+                        stop_at_newline: bool = True) -> list[tuple[str, object, str]]:
+    """``(variant, example, output)`` for each example's plain prompt (variant ``"plain"``) and, with
+    ``with_jrt``, its JRT-Prompt (``"jrt"``, ``example.jrt_prompt()``): greedy, batched with left padding."""
+    variants = {"plain": [e.prompt for e in examples]}
+    if with_jrt:
+        variants["jrt"] = [e.jrt_prompt() for e in examples]
+    answers = []
+    for variant, prompts in variants.items():
+        outputs = greedy_answers(model, tokenizer, prompts, options.max_new_tokens, options.batch_size,
+                                 stop_at_newline=stop_at_newline, progress=options.progress)
+        answers += [(variant, e, out) for e, out in zip(examples, outputs, strict=True)]
+    return answers
+
+
 def run_niah(model, tokenizer, options: EvalOptions) -> list[dict]:
     """RULER-style single needle over a grid of context lengths and depths; score = answers found. With
     ``options.niah_jrt`` every needle is also asked with JRT-Prompt (variant ``"jrt"``: the context read twice,
@@ -62,16 +77,10 @@ def run_niah(model, tokenizer, options: EvalOptions) -> list[dict]:
 
     examples = niah_grid(options.context_lengths, options.depths, options.num_examples, seed=options.seed,
                          tokenizer=tokenizer)
-    variants = {"plain": [e.prompt for e in examples]}
-    if options.niah_jrt:
-        variants["jrt"] = [e.jrt_prompt() for e in examples]
-    records = []
-    for variant, prompts in variants.items():
-        outputs = greedy_answers(model, tokenizer, prompts, options.max_new_tokens, options.batch_size,
-                                 stop_at_newline=False, progress=options.progress)
-        records += [{"task": "niah", "variant": variant, "context_length": e.context_length, "depth": e.depth,
-                     "score": niah_score(out, e.answers)} for e, out in zip(examples, outputs, strict=True)]
-    return records
+    return [{"task": "niah", "variant": variant, "context_length": e.context_length, "depth": e.depth,
+             "score": niah_score(out, e.answers)}
+            for variant, e, out in _answers_by_variant(model, tokenizer, examples, options, options.niah_jrt,
+                                                       stop_at_newline=False)]
 
 
 def run_doc_recall(model, tokenizer, options: EvalOptions) -> list[dict]:
@@ -81,13 +90,9 @@ def run_doc_recall(model, tokenizer, options: EvalOptions) -> list[dict]:
     from memlm.eval.scoring import contains_any
 
     examples = document_recall(options.num_examples, num_attributes=options.doc_num_attributes, seed=options.seed)
-    records = []
-    for variant, prompts in (("plain", [e.prompt for e in examples]), ("jrt", [e.jrt_prompt() for e in examples])):
-        outputs = greedy_answers(model, tokenizer, prompts, options.max_new_tokens, options.batch_size,
-                                 progress=options.progress)
-        records += [{"task": "doc_recall", "variant": variant, "context_length": None, "depth": None,
-                     "score": contains_any(out, e.answers)} for e, out in zip(examples, outputs, strict=True)]
-    return records
+    return [{"task": "doc_recall", "variant": variant, "context_length": None, "depth": None,
+             "score": contains_any(out, e.answers)}
+            for variant, e, out in _answers_by_variant(model, tokenizer, examples, options, with_jrt=True)]
 
 
 def _run_icl(task: str, build) -> Callable[..., list[dict]]:
