@@ -9,6 +9,10 @@ architecture at its best learning rate of the sweep), the whole sweep, and a plo
     python scripts/reproduce_mqar.py --kv-pairs 16,64 --seq-len 128 --steps 300 --lr 1e-3,3e-3 \\
         --out docs/mqar_reproduction.md --figure docs/figures/mqar_ordering.png
 
+``--mixture 64:4:20000,128:8:20000,256:16:20000,...`` trains as Zoology does: one model per (architecture,
+learning rate) on a mixture of ``seq_len:num_kv_pairs:num_examples`` configurations (short rows first teach the
+recall circuit), evaluated at ``--seq-len`` with every ``--kv-pairs``.
+
 ``--jobs N`` trains N runs at once in separate processes (on a GPU, many small runs share it well).
 
 ``--quick`` runs a tiny smoke grid (a few steps, short rows) and writes under /tmp unless told otherwise.
@@ -44,6 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=None, help="default: max(seq_len, 128)")
     parser.add_argument("--num-examples", type=int, default=20000, help="training rows per run")
+    parser.add_argument("--mixture", default=None,
+                        help="train one model per architecture and lr on these comma-separated "
+                             "seq_len:num_kv_pairs:num_examples configs (Zoology's protocol) and evaluate it "
+                             "at --seq-len with every --kv-pairs")
     parser.add_argument("--eval-examples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser, "docs/mqar_reproduction.md", "docs/figures/mqar_ordering.png")
@@ -54,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.hidden_size, args.layers, args.num_examples, args.eval_examples = 32, 4, 256, 64
     args.kv_pairs = [int(k) for k in str(args.kv_pairs).split(",") if k.strip()]
     args.lr = [float(lr) for lr in str(args.lr).split(",") if lr.strip()]
+    args.mixture = parse_mixture(parser, args.mixture) if args.mixture else None
     args.vocab_size = args.vocab_size or max(args.seq_len, 128)
     from memlm.training.architectures import parse_architectures
 
@@ -64,6 +73,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def parse_mixture(parser: argparse.ArgumentParser, text: str) -> list[dict]:
+    """``"64:4:20000,256:16:20000"`` -> ``[{"seq_len": 64, "num_kv_pairs": 4, "num_examples": 20000}, ...]``."""
+    mixture = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            parser.error(f"--mixture: {item.strip()!r} is not seq_len:num_kv_pairs:num_examples (positive ints)")
+        mixture.append(dict(zip(("seq_len", "num_kv_pairs", "num_examples"), map(int, parts), strict=True)))
+    return mixture
+
+
 def recipe(args: argparse.Namespace, name: str, kv_pairs: int, lr: float, output_dir: str) -> dict:
     """The recipe of ``recipes/configs/mqar_hybrid_tiny.yaml`` with this run's sizes; only the mixers vary."""
     from memlm.training.architectures import model_section
@@ -71,6 +91,8 @@ def recipe(args: argparse.Namespace, name: str, kv_pairs: int, lr: float, output
 
     model = model_section(name, args.hidden_size, args.layers, args.heads, max(256, args.seq_len), args.window)
     task = {"num_examples": args.num_examples, "num_kv_pairs": kv_pairs, "vocab_size": args.vocab_size}
+    if args.mixture:
+        task = {"mixture": args.mixture, "num_kv_pairs": kv_pairs, "vocab_size": args.vocab_size}
     raw = synthetic_task_recipe(output_dir, model["config"], "mqar", task, args.seq_len, args.steps,
                                 args.batch_size, lr, args.seed, args.eval_examples)
     raw["model"] = model
@@ -131,6 +153,13 @@ def plot(args, results: dict, path: str) -> None:
     save_figure(fig, path)
 
 
+def training_rows(args) -> str:
+    if not args.mixture:
+        return f"{args.num_examples} training rows"
+    parts = ", ".join(f"{m['num_examples']} x ({m['seq_len']} tokens, {m['num_kv_pairs']} pairs)" for m in args.mixture)
+    return f"training rows a mixture of {parts} (Zoology's protocol: one model evaluated at every pair count)"
+
+
 def write_report(args, results: dict, command: str, total_seconds: float, machine: str) -> None:
     figure_rel = os.path.relpath(args.figure, Path(args.out).parent)
     lrs = ", ".join(f"{lr:g}" for lr in args.lr)
@@ -143,7 +172,7 @@ Command (from the repository root):
 ```
 
 Setup: hidden {args.hidden_size}, intermediate {2 * args.hidden_size}, {args.layers} layers, {args.heads} heads,
-seq_len {args.seq_len}, vocab {args.vocab_size}, {args.num_examples} training rows, {args.steps} steps of
+seq_len {args.seq_len}, vocab {args.vocab_size}, {training_rows(args)}, {args.steps} steps of
 batch {args.batch_size}, AdamW (weight decay 0.1) with a cosine schedule at each learning rate of [{lrs}],
 seed {args.seed}; MQAR accuracy on {args.eval_examples} held-out rows. Only the mixers differ
 (`memlm.training.architectures`: attention "0:1", hybrid "3:1", all-GDN "1:0"; Based and JRT-RNN with a
@@ -165,19 +194,29 @@ Every run:
     Path(args.out).write_text(text)
 
 
-def train_run(raw_recipe: dict, threads: int | None) -> dict:
-    """Train one recipe (in this process or a worker) and return its accuracy, steps and seconds."""
+def train_run(raw_recipe: dict, threads: int | None, kv_pairs: list[int]) -> dict:
+    """Train one recipe (in this process or a worker); ``{kv: {acc, steps, seconds}}`` for each of ``kv_pairs``
+    (the recipe's own evaluation, then held-out rows of the other pair counts at the same length and seed)."""
     import torch
 
+    from memlm.data import mqar
+    from memlm.eval import mqar_accuracy
     from memlm.training import train
     from memlm.training.config import config_from_dict
 
     if threads:
         torch.set_num_threads(threads)
+    config = config_from_dict(raw_recipe)
     started = time.perf_counter()
-    summary = train(config_from_dict(raw_recipe)).summary
-    return {"acc": float(summary["eval"]["mqar_accuracy"]), "steps": summary["steps"],
-            "seconds": time.perf_counter() - started}
+    result = train(config)
+    seconds = time.perf_counter() - started
+    task = config.data.mqar
+    accuracies = {task["num_kv_pairs"]: float(result.summary["eval"]["mqar_accuracy"])}
+    for kv in kv_pairs:
+        if kv not in accuracies:
+            rows = mqar(config.eval.num_examples, config.data.seq_len, kv, task["vocab_size"], seed=config.eval.seed)
+            accuracies[kv] = mqar_accuracy(result.model, *rows)
+    return {kv: {"acc": accuracies[kv], "steps": result.summary["steps"], "seconds": seconds} for kv in kv_pairs}
 
 
 def main(argv=None) -> dict:
@@ -191,25 +230,30 @@ def main(argv=None) -> dict:
     command = script_command(__file__, argv)
     machine = machine_description()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mqar_repro_", dir="/tmp"))
-    grid = [(name, kv, lr) for kv in args.kv_pairs for name in args.architectures for lr in args.lr]
+    # with a mixture one model per (architecture, lr) answers every pair count; otherwise one model per cell
+    trained_kv = args.kv_pairs[:1] if args.mixture else args.kv_pairs
+    grid = [(name, kv, lr) for kv in trained_kv for name in args.architectures for lr in args.lr]
+    evaluated_kv = {kv: (args.kv_pairs if args.mixture else [kv]) for kv in trained_kv}
     results: dict = {}
     start = time.perf_counter()
     bar = tqdm(total=len(grid), desc="runs", file=sys.stderr)
 
-    def record(name, kv, lr, result) -> None:
-        results[(name, kv, lr)] = result
-        tqdm.write(f"kv={kv:3d}  {name:11s} lr={lr:g}  acc={result['acc']:.3f}  steps={result['steps']}  "
-                   f"{result['seconds']:.0f}s", file=sys.stdout)
+    def record(name, trained_kv, lr, per_kv) -> None:
+        for kv, result in per_kv.items():
+            results[(name, kv, lr)] = result
+            tqdm.write(f"kv={kv:3d}  {name:11s} lr={lr:g}  acc={result['acc']:.3f}  steps={result['steps']}  "
+                       f"{result['seconds']:.0f}s", file=sys.stdout)
         sys.stdout.flush()
         bar.update(1)
         # keep partial results on disk as the grid goes
         write_report(args, results, command, time.perf_counter() - start, machine)
         plot(args, results, args.figure)
 
-    recipes = {(name, kv, lr): recipe(args, name, kv, lr, str(workdir / f"kv{kv}_{directory_name(name)}_lr{lr:g}"))
-               for name, kv, lr in grid}
-    run_grid(train_run, {key: (raw, args.threads) for key, raw in recipes.items()}, args.jobs,
-             lambda key, result: record(*key, result))
+    prefix = "mixture" if args.mixture else "kv"
+    jobs = {(name, kv, lr): (recipe(args, name, kv, lr, str(workdir / f"{prefix}{kv}_{directory_name(name)}_lr{lr:g}")),
+                             args.threads, evaluated_kv[kv])
+            for name, kv, lr in grid}
+    run_grid(train_run, jobs, args.jobs, lambda key, result: record(*key, result))
     bar.close()
     total = time.perf_counter() - start
     write_report(args, results, command, total, machine)

@@ -4,7 +4,7 @@ SQuAD, ...) as recall examples."""
 
 from memlm.data.documents import RecallExample, document_recall, load_based_recall
 from memlm.data.icl import ICLExample, associative_recall_text, label_remapping
-from memlm.data.mqar import mqar
+from memlm.data.mqar import mqar, mqar_mixture
 from memlm.data.needle import NeedleExample, niah, niah_grid, niah_score
 from memlm.data.passkey import passkey
 
@@ -17,6 +17,7 @@ __all__ = [
     "label_remapping",
     "load_based_recall",
     "mqar",
+    "mqar_mixture",
     "niah",
     "niah_grid",
     "niah_score",

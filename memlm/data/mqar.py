@@ -130,3 +130,49 @@ def mqar(
         input_ids = torch.cat([input_ids[:, :context], extra, input_ids[:, context:]], dim=1)
         labels = torch.cat([labels[:, :context], torch.full_like(extra, IGNORE_INDEX), labels[:, context:]], dim=1)
     return input_ids, labels
+
+
+MIXTURE_KEYS = ("num_examples", "seq_len", "num_kv_pairs", "power_a", "random_non_queries")
+
+
+def mqar_mixture(configs: list[dict], vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """MQAR rows from several ``(seq_len, num_kv_pairs)`` configurations, as Zoology trains (its default training
+    set mixes 64 tokens / 4 pairs, 128 / 8 and 256 / 16, 32, 64 so that the short rows teach the recall
+    circuit early).
+
+    Each config is a dict of :func:`mqar` arguments (``num_examples``, ``seq_len``, ``num_kv_pairs``, optionally
+    ``power_a`` and ``random_non_queries``); config ``i`` is drawn with seed ``seed + i``. Shorter rows are
+    right-padded to the longest ``seq_len`` with token 0 and label -100: a causal model's loss on a row does not
+    depend on what follows it, so padding adds compute but changes no target.
+
+    Returns:
+        ``input_ids`` and ``labels``, both ``[sum of num_examples, max seq_len]`` int64, config after config
+        (a training loader shuffles them).
+
+    Raises:
+        ValueError: for an empty list, a config that is not a dict, an unknown or missing key (naming the config's
+            index), or any value :func:`mqar` rejects.
+    """
+    if not isinstance(configs, list) or not configs:
+        raise ValueError(f"the MQAR mixture must be a non-empty list of configs, got {configs!r}")
+    for index, config in enumerate(configs):
+        if not isinstance(config, dict):
+            raise ValueError(f"mixture[{index}] must be a dict of mqar arguments, got {config!r}")
+        unknown = sorted(set(config) - set(MIXTURE_KEYS))
+        missing = [key for key in MIXTURE_KEYS[:3] if key not in config]
+        if unknown or missing:
+            raise ValueError(f"mixture[{index}]={config!r}: unknown keys {unknown}, missing keys {missing}; "
+                             f"allowed keys: {list(MIXTURE_KEYS)} (the first three are required)")
+    parts = []
+    for index, config in enumerate(configs):
+        try:
+            parts.append(mqar(vocab_size=vocab_size, seed=seed + index, **config))
+        except ValueError as error:
+            raise ValueError(f"mixture[{index}]={config!r}: {error}") from None
+    width = max(ids.shape[1] for ids, _ in parts)
+
+    def right_pad(rows: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(rows, (0, width - rows.shape[1]), value=value)
+
+    return (torch.cat([right_pad(ids, 0) for ids, _ in parts]),
+            torch.cat([right_pad(labels, IGNORE_INDEX) for _, labels in parts]))

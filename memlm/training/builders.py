@@ -41,14 +41,18 @@ def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None
     """Training rows (packed text, or synthetic task rows) and, for synthetic tasks, held-out eval rows."""
     data = config.data
     if data.source in ("mqar", "passkey"):
-        from memlm.data import mqar, passkey
+        from memlm.data import mqar, mqar_mixture, passkey
 
         generate = {"mqar": mqar, "passkey": passkey}[data.source]
         args = dict(getattr(data, data.source))
-        if "num_examples" not in args:
+        mixture = args.pop("mixture", None) if data.source == "mqar" else None
+        if "num_examples" not in args and mixture is None:
             raise ValueError(f"data.{data.source} needs num_examples (and the task's sizes)")
         args.setdefault("seq_len", data.seq_len)
-        train_ids, train_labels = generate(**args, seed=config.train.seed)
+        if mixture is not None:  # Zoology's training set: several lengths and pair counts; eval on the others
+            train_ids, train_labels = mqar_mixture(mixture, args["vocab_size"], seed=config.train.seed)
+        else:
+            train_ids, train_labels = generate(**args, seed=config.train.seed)
         eval_args = {**args, "num_examples": config.eval.num_examples}
         eval_ids, eval_labels = generate(**eval_args, seed=config.eval.seed)
         dataset = Dataset.from_dict({"input_ids": train_ids.tolist(), "labels": train_labels.tolist()})

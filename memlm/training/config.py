@@ -69,7 +69,9 @@ class DataSection:
     """Text sources are tokenized, each document ended with EOS, and packed into rows of ``seq_len``.
 
     ``source``: ``text`` / ``json`` / ``parquet`` (local ``files``), ``hub`` (dataset ``name``), or a
-    synthetic task: ``mqar`` (rows with labels; arguments of :func:`memlm.data.mqar` in ``mqar``),
+    synthetic task: ``mqar`` (rows with labels; arguments of :func:`memlm.data.mqar` in ``mqar``; with
+    ``mqar.mixture``, a list of ``{num_examples, seq_len, num_kv_pairs}``, the training rows are
+    :func:`memlm.data.mqar_mixture` of it and the other arguments describe the held-out evaluation rows),
     ``passkey`` (rows with labels; arguments of :func:`memlm.data.passkey` in ``passkey``) or
     ``niah`` (needle-in-a-haystack documents, packed like text; arguments of
     :func:`memlm.data.niah_grid` in ``niah``, lengths counted in the recipe's tokenizer).
@@ -321,6 +323,11 @@ def _check_values(config: RecipeConfig) -> None:
         raise ValueError("data.source='hub' needs data.name (a dataset name on the hub)")
     if data.source == "mqar" and not data.mqar:
         raise ValueError("data.source='mqar' needs data.mqar: {num_examples, num_kv_pairs, vocab_size}")
+    if data.source == "mqar" and "mixture" in data.mqar:
+        missing = [key for key in ("num_kv_pairs", "vocab_size") if key not in data.mqar]
+        if missing:
+            raise ValueError(f"data.mqar.mixture trains on a mixture; data.mqar still needs {missing} "
+                             "for the held-out evaluation rows")
     if data.source == "niah" and not data.niah:
         raise ValueError("data.source='niah' needs data.niah: {context_lengths, depths, num_examples_per_cell, ...}")
     if data.source == "passkey" and not data.passkey:

@@ -116,3 +116,35 @@ def test_jrt_rows_repeat_the_pairs_before_the_same_queries():
     assert torch.equal(ids[:, 3 * block :], plain_ids[:, block:])
     assert torch.equal(labels[:, 3 * block :], plain_labels[:, block:])
     assert (labels[:, : 3 * block] == -100).all()
+
+
+def test_mixture_pads_short_rows_and_keeps_each_config():
+    from memlm.data import mqar_mixture
+
+    configs = [{"num_examples": 5, "seq_len": 16, "num_kv_pairs": 2},
+               {"num_examples": 3, "seq_len": 32, "num_kv_pairs": 8}]
+    input_ids, labels = mqar_mixture(configs, vocab_size=64, seed=7)
+    assert input_ids.shape == labels.shape == (8, 32)
+    short_ids, short_labels = mqar(5, 16, 2, 64, seed=7)
+    long_ids, long_labels = mqar(3, 32, 8, 64, seed=8)
+    assert torch.equal(input_ids[:5, :16], short_ids) and torch.equal(labels[:5, :16], short_labels)
+    assert (input_ids[:5, 16:] == 0).all() and (labels[:5, 16:] == -100).all()
+    assert torch.equal(input_ids[5:], long_ids) and torch.equal(labels[5:], long_labels)
+    assert ((labels != -100).sum(-1) == torch.tensor([2] * 5 + [8] * 3)).all()
+
+
+@pytest.mark.parametrize(
+    ("configs", "message"),
+    [
+        ([], "non-empty list"),
+        ([{"num_examples": 4, "seq_len": 16}], r"mixture\[0\].*missing keys \['num_kv_pairs'\]"),
+        ([{"num_examples": 4, "seq_len": 16, "num_kv_pairs": 2, "pairs": 3}], r"unknown keys \['pairs'\]"),
+        ([{"num_examples": 4, "seq_len": 16, "num_kv_pairs": 2}, {"num_examples": 4, "seq_len": 16, "num_kv_pairs": 5}],
+         r"mixture\[1\].*num_kv_pairs=5 needs seq_len >= 4"),
+    ],
+)
+def test_mixture_rejects_bad_configs(configs, message):
+    from memlm.data import mqar_mixture
+
+    with pytest.raises(ValueError, match=message):
+        mqar_mixture(configs, vocab_size=64)

@@ -39,6 +39,19 @@ def test_mqar_reproduction_sweeps_learning_rates_in_parallel_workers(tmp_path):
     assert "prefix_linear_attention" in jrt["layer_types"] and jrt["prefix_lm_objective"]
 
 
+def test_mqar_reproduction_mixture_trains_one_model_per_architecture_and_evaluates_every_pair_count(tmp_path):
+    out, figure = tmp_path / "mqar.md", tmp_path / "mqar.png"
+    result = run(str(SCRIPTS / "reproduce_mqar.py"), "--quick", "--threads", "1", "--architectures", "attention",
+                 "--lr", "1e-3", "--mixture", "32:2:64,64:8:64", "--out", str(out), "--figure", str(figure),
+                 "--workdir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert text.count("| attention | ") == 2 and "64 x (32 tokens, 2 pairs)" in text  # kv 4 and 8, one model
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mixture4_attention_lr0.001"]
+    bad = run(str(SCRIPTS / "reproduce_mqar.py"), "--mixture", "64:4")
+    assert bad.returncode != 0 and "--mixture: '64:4' is not seq_len:num_kv_pairs:num_examples" in bad.stderr
+
+
 def test_titans_reproduction_rejects_an_unknown_architecture():
     result = run(str(SCRIPTS / "reproduce_titans.py"), "--architectures", "MAX")
     assert result.returncode != 0 and "--architectures: ['MAX'] unknown" in result.stderr

@@ -287,3 +287,20 @@ def test_jrt_rnn_preset_trains_with_the_prefix_lm_objective(tmp_path):
     recipe["model"] = {"config": TINY_MODEL}
     with pytest.raises(ValueError, match="data.prefix_length=8 is set, but the model's config has no prefix_lm"):
         train(config_from_dict(recipe))
+
+
+def test_mqar_mixture_trains_on_the_mixture_and_evaluates_on_the_given_config(tmp_path):
+    from memlm.training.builders import build_dataset, build_tokenizer
+
+    mixture = [{"num_examples": 6, "seq_len": 16, "num_kv_pairs": 2},
+               {"num_examples": 4, "seq_len": 32, "num_kv_pairs": 4}]
+    raw = yaml.safe_load(mqar_recipe_file(tmp_path, batch_size=2).read_text())
+    raw["data"]["mqar"] = {"mixture": mixture, "num_kv_pairs": 6, "vocab_size": 40}
+    config = config_from_dict(raw)
+    rows, eval_rows = build_dataset(config, build_tokenizer(config))
+    assert len(rows) == 10 and rows[0]["input_ids"].shape == (32,)
+    eval_ids, eval_labels = eval_rows["mqar"]
+    assert eval_ids.shape == (16, 32) and ((eval_labels != -100).sum(-1) == 6).all()
+    del raw["data"]["mqar"]["num_kv_pairs"]
+    with pytest.raises(ValueError, match=r"data.mqar still needs \['num_kv_pairs'\]"):
+        config_from_dict(raw)
