@@ -85,13 +85,14 @@ def run_niah(model, tokenizer, options: EvalOptions) -> list[dict]:
 
 def run_doc_recall(model, tokenizer, options: EvalOptions) -> list[dict]:
     """Attribute recall from generated SWDE/FDA-style documents, plain and with JRT-Prompt (context read
-    twice); greedy up to ``max_new_tokens`` stopped at a newline, scored by "contains" as the JRT suite."""
+    twice); greedy up to ``max_new_tokens`` stopped at a newline, scored by "contains" as the JRT suite. Each
+    record also keeps the asked ``attribute``, the gold ``answers`` and the model's ``output`` (error analysis)."""
     from memlm.data import document_recall
     from memlm.eval.scoring import contains_any
 
     examples = document_recall(options.num_examples, num_attributes=options.doc_num_attributes, seed=options.seed)
     return [{"task": "doc_recall", "variant": variant, "context_length": None, "depth": None,
-             "score": contains_any(out, e.answers)}
+             "score": contains_any(out, e.answers), "attribute": e.key, "answers": list(e.answers), "output": out}
             for variant, e, out in _answers_by_variant(model, tokenizer, examples, options, with_jrt=True)]
 
 

@@ -69,6 +69,9 @@ def test_eval_entry_point_end_to_end(saved_model, tmp_path):
         assert row in table
     assert {"results.json", "results.md", "score_by_length.png", "niah_heatmap.png", "niah_jrt_heatmap.png"} <= {
         p.name for p in tmp_path.iterdir()}
+    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    doc = [r for r in records if r["task"] == "doc_recall"]  # kept for error analysis
+    assert len(doc) == 4 and all(r["attribute"] and r["answers"] and isinstance(r["output"], str) for r in doc)
 
 
 def test_eval_entry_point_rejects_unknown_tasks(saved_model, tmp_path):
