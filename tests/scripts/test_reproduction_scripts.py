@@ -124,3 +124,24 @@ def test_jrt_prompt_reproduction_refuses_more_questions_than_attributes(tmp_path
     result = run(str(SCRIPTS / "reproduce_jrt_prompt.py"), "--quick", "--num-attributes", "3", "--questions", "4",
                  "--out", str(tmp_path / "x.md"))
     assert result.returncode == 2 and "--questions must be in 1..--num-attributes (3), got 4" in result.stderr
+
+
+def test_doc_recall_by_attribute_tables_each_models_score_per_attribute(tmp_path):
+    def results(name: str, scores: list[tuple[str, float]]) -> str:
+        records = [{"task": "doc_recall", "variant": "plain", "attribute": a, "score": s, "answers": ["x"],
+                    "output": ""} for a, s in scores]
+        records.append({"task": "doc_recall", "variant": "jrt", "attribute": "CEO", "score": 1.0})
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"records": records}))
+        return f"{name}={path}"
+
+    a = results("a", [("CEO", 1.0), ("CEO", 0.0), ("Color", 1.0)])
+    b = results("b", [("CEO", 0.0), ("CEO", 0.0), ("Color", 0.0)])
+    out = tmp_path / "table.md"
+    result = run(str(SCRIPTS / "doc_recall_by_attribute.py"), a, b, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert lines[2] == "| CEO | 2 | 0.50 | 0.00 |" and lines[3] == "| Color | 1 | 1.00 | 0.00 |"
+    assert lines[4] == "| **all** | 3 | **0.667** | **0.000** |"
+    bad = run(str(SCRIPTS / "doc_recall_by_attribute.py"), f"c={tmp_path / 'missing.json'}")
+    assert bad.returncode != 0 and "is not NAME=PATH of an existing results.json" in bad.stderr
