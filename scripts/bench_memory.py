@@ -8,7 +8,9 @@ chunk-boundary states kept for the backward pass). Every measurement runs in a f
 - speed: the best of ``--repeats`` timed forward+backward passes after one warm-up;
 - peak memory: one pass in a process whose allocator returns freed memory at once
   (``MALLOC_MMAP_THRESHOLD_=65536``), so the peak resident size above the footprint just before the
-  first forward is the peak of live tensors, not what glibc's heap happens to keep cached.
+  first forward is the peak of live tensors, not what glibc's heap happens to keep cached;
+- arithmetic: the floating-point operations of one pass, counted by ``torch.utils.flop_counter`` (matrix
+  products; machine-independent), and the rate each implementation reaches (GFLOP x tokens/s / tokens).
 
 ::
 
@@ -68,13 +70,19 @@ def build(impl: str, args):
 
 
 def worker(impl: str, length: int, mode: str, args) -> dict:
-    """One measurement in this process: ``speed`` (best timed pass) or ``memory`` (peak of one pass)."""
+    """One measurement in this process: ``speed`` (best timed pass), ``memory`` (peak of one pass) or ``flops``
+    (operations of one pass)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     forward = build(impl, args)
     x = torch.randn(args.batch, length, args.dim, requires_grad=True)
+    if mode == "flops":
+        with FlopCounterMode(display=False) as counter:
+            forward(x).float().square().mean().backward()
+        return {"gflop": counter.get_total_flops() / 1e9}
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     best = float("inf")
     for _ in range(1 + args.repeats if mode == "speed" else 1):
@@ -91,8 +99,8 @@ def worker(impl: str, length: int, mode: str, args) -> dict:
 
 
 def measure(impl: str, length: int, args) -> dict:
-    row = {"impl": impl, "length": length}
-    for mode in ("speed", "memory"):
+    row = {"impl": impl, "length": length, "batch": args.batch}
+    for mode in ("speed", "memory", "flops"):
         command = [sys.executable, __file__, "--worker", impl, str(length), mode] + [
             f"--{name}={getattr(args, name)}"
             for name in ("dim", "heads", "chunk", "depth", "expansion", "batch", "repeats", "threads")
@@ -153,6 +161,22 @@ def markdown_table(results: list[dict], lengths: list[int]) -> str:
     return "\n".join(lines)
 
 
+def arithmetic_table(results: list[dict], lengths: list[int]) -> str:
+    """GFLOP of one forward+backward and the GFLOP/s reached, per implementation and length."""
+    by = {(r["impl"], r["length"]): r for r in results}
+
+    def cells(impl, length):
+        row = by.get((impl, length), {})
+        if "gflop" not in row:
+            return "- | -"
+        return f"{row['gflop']:.1f} | {row['gflop'] * row['tokens_per_s'] / (row['batch'] * length):.1f}"
+
+    header = "| T | " + " | ".join(f"{i} GFLOP | {i} GFLOP/s" for i in IMPLS) + " |"
+    lines = [header, "|" + "---|" * (1 + 2 * len(IMPLS))]
+    lines += [f"| {n} | " + " | ".join(cells(i, n) for i in IMPLS) + " |" for n in lengths]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.worker:
@@ -167,6 +191,7 @@ def main(argv=None) -> list[dict]:
     print(f"dim {args.dim}, heads {args.heads}, chunk {args.chunk}, depth {args.depth}, expansion {args.expansion}, "
           f"batch {args.batch}, {args.threads} thread(s), forward+backward")
     print(markdown_table(results, lengths))
+    print(arithmetic_table(results, lengths))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

@@ -64,7 +64,10 @@ def test_memory_benchmark_measures_memlm(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert {row["impl"] for row in rows} == {"memlm", "memlm-recompute", "titans-pytorch"}
-    assert all(row["tokens_per_s"] > 0 and row["peak_mb"] >= 0 for row in rows)
+    assert all(row["tokens_per_s"] > 0 and row["peak_mb"] >= 0 and row["gflop"] > 0 for row in rows)
+    flops = {row["impl"]: row["gflop"] for row in rows}  # recompute repeats the forward of every chunk
+    assert flops["memlm-recompute"] > flops["memlm"]
+    assert "| memlm GFLOP | memlm GFLOP/s |" in result.stdout
 
 
 def test_cola_demo_trains_searches_and_writes_the_table(tmp_path):
