@@ -49,11 +49,18 @@ def scores_by_attribute(path: Path, variant: str) -> dict[str, list[float]]:
 
 
 def markdown_table(tables: dict[str, dict[str, list[float]]]) -> str:
+    """One row per attribute (with how often it was asked), one column per model; the models must have been asked
+    the same questions (the same ``evals/run.py`` seed and number of examples)."""
     names = list(tables)
     counts = {a: len(s) for a, s in tables[names[0]].items()}
+    for name in names[1:]:
+        other = {a: len(s) for a, s in tables[name].items()}
+        if other != counts:
+            raise ValueError(f"{name} was asked other questions than {names[0]} ({other} vs {counts}): evaluate every "
+                             "model with the same --seed and --num-examples")
     rows = ["| attribute | asked | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for attribute in sorted(counts, key=lambda a: (-counts[a], a)):
-        cells = [sum(t[attribute]) / len(t[attribute]) if attribute in t else float("nan") for t in tables.values()]
+        cells = [sum(t[attribute]) / len(t[attribute]) for t in tables.values()]
         rows.append(f"| {attribute} | {counts[attribute]} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     overall = [sum(sum(s) for s in t.values()) / sum(len(s) for s in t.values()) for t in tables.values()]
     rows.append(f"| **all** | {sum(counts.values())} | " + " | ".join(f"**{c:.3f}**" for c in overall) + " |")
@@ -62,8 +69,10 @@ def markdown_table(tables: dict[str, dict[str, list[float]]]) -> str:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    tables = {name: scores_by_attribute(path, args.variant) for name, path in args.sources.items()}
-    table = markdown_table(tables)
+    try:
+        table = markdown_table({name: scores_by_attribute(path, args.variant) for name, path in args.sources.items()})
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

@@ -233,12 +233,11 @@ def main(argv=None) -> dict:
     # with a mixture one model per (architecture, lr) answers every pair count; otherwise one model per cell
     trained_kv = args.kv_pairs[:1] if args.mixture else args.kv_pairs
     grid = [(name, kv, lr) for kv in trained_kv for name in args.architectures for lr in args.lr]
-    evaluated_kv = {kv: (args.kv_pairs if args.mixture else [kv]) for kv in trained_kv}
     results: dict = {}
     start = time.perf_counter()
     bar = tqdm(total=len(grid), desc="runs", file=sys.stderr)
 
-    def record(name, trained_kv, lr, per_kv) -> None:
+    def record(name, _trained_kv, lr, per_kv) -> None:
         for kv, result in per_kv.items():
             results[(name, kv, lr)] = result
             tqdm.write(f"kv={kv:3d}  {name:11s} lr={lr:g}  acc={result['acc']:.3f}  steps={result['steps']}  "
@@ -251,7 +250,7 @@ def main(argv=None) -> dict:
 
     prefix = "mixture" if args.mixture else "kv"
     jobs = {(name, kv, lr): (recipe(args, name, kv, lr, str(workdir / f"{prefix}{kv}_{directory_name(name)}_lr{lr:g}")),
-                             args.threads, evaluated_kv[kv])
+                             args.threads, args.kv_pairs if args.mixture else [kv])
             for name, kv, lr in grid}
     run_grid(train_run, jobs, args.jobs, lambda key, result: record(*key, result))
     bar.close()

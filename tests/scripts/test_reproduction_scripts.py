@@ -148,3 +148,6 @@ def test_doc_recall_by_attribute_tables_each_models_score_per_attribute(tmp_path
     assert lines[4] == "| **all** | 3 | **0.667** | **0.000** |"
     bad = run(str(SCRIPTS / "doc_recall_by_attribute.py"), f"c={tmp_path / 'missing.json'}")
     assert bad.returncode != 0 and "is not NAME=PATH of an existing results.json" in bad.stderr
+    other = results("c", [("CEO", 1.0), ("Color", 1.0)])  # other questions: not comparable column by column
+    mismatch = run(str(SCRIPTS / "doc_recall_by_attribute.py"), a, other)
+    assert mismatch.returncode != 0 and "c was asked other questions than a" in mismatch.stderr
