@@ -89,23 +89,14 @@ def chain(model: nn.Module, path: Sequence[int], max_length: int | None = None) 
     path = check_path(path, len(original_layers), max_length)
     saved_num_layers = config.num_hidden_layers
     saved_types = getattr(config, "layer_types", None) if "layer_types" in vars(config) else _MISSING
-    saved_linear_position = getattr(decoder, "linear_position", _MISSING)
     try:
         decoder.layers = nn.ModuleList(relabel(original_layers[index], position) for position, index in enumerate(path))
         config.num_hidden_layers = len(path)
         if saved_types is not _MISSING and saved_types is not None:
             config.layer_types = [saved_types[index] for index in path]
-        if saved_linear_position is not _MISSING:  # memlm: the HGRN-2 lower-bound row of each position's layer
-            decoder.linear_position = {
-                position: saved_linear_position[index]
-                for position, index in enumerate(path)
-                if index in saved_linear_position
-            }
         yield model
     finally:
         decoder.layers = original_layers
         config.num_hidden_layers = saved_num_layers
         if saved_types is not _MISSING:
             config.layer_types = saved_types
-        if saved_linear_position is not _MISSING:
-            decoder.linear_position = saved_linear_position

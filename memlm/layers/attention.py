@@ -73,9 +73,12 @@ class Attention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache=None,
         in_blocks: bool = False,
+        attention_weights: dict[int, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """``in_blocks``: a sliding-window layer reads the whole sequence in blocks (no mask is given)."""
+        """``in_blocks``: a sliding-window layer reads the whole sequence in blocks (no mask is given).
+        ``attention_weights``: where given (``output_attentions``), the layer stores its ``[B, H, T, S]`` weights
+        under its ``layer_idx``."""
         batch, seq_len, _ = hidden_states.shape
         shape = (batch, seq_len, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -89,10 +92,12 @@ class Attention(nn.Module):
             out = sliding_window_attention(query, key, value, self.sliding_window, self.scaling)
             return self.o_proj(out.reshape(batch, seq_len, -1))
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        out, _ = attention(
+        out, weights = attention(
             self, query, key, value, attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0,
             scaling=self.scaling, sliding_window=self.sliding_window, **kwargs,
         )
+        if attention_weights is not None:
+            attention_weights[self.layer_idx] = weights
         return self.o_proj(out.reshape(batch, seq_len, -1))
 

@@ -6,7 +6,8 @@
     y   = W_o RMSNorm(o)
 
 The lower bound ``lb`` rises with depth: ``softmax(lower_bounds, 0).cumsum(0) - softmax(...)[0]``,
-one row per HGRN-2 layer, 0 at the first (:class:`ForgetLowerBounds`, held by the model).
+one row per HGRN-2 layer, 0 at the first (:class:`ForgetLowerBounds`, held by the model and passed to every
+layer, which computes its own row inside its forward, so a checkpointed layer recomputes it).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class HGRN2(nn.Module):
         self.i_proj = nn.Linear(config.hidden_size, self.input_dim, bias=False)
         self.g_norm = RMSNorm(self.input_dim, eps=config.rms_norm_eps)
         self.o_proj = nn.Linear(self.input_dim, config.hidden_size, bias=False)
+        # this layer's row of the model's ForgetLowerBounds (a chained copy keeps it: cola.chain)
+        self.lower_bound_row = config.linear_layer_indices.index(layer_idx)
 
     def forward(
         self,
@@ -63,10 +66,15 @@ class HGRN2(nn.Module):
         position_embeddings=None,
         cache=None,
         cu_seqlens: torch.Tensor | None = None,
-        lower_bound: torch.Tensor | None = None,
+        forget_lower_bounds: ForgetLowerBounds | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """``lower_bound``: ``[forget_dim]`` from :class:`ForgetLowerBounds`, None (no bound) for the first layer."""
+        """``forget_lower_bounds``: the model's :class:`ForgetLowerBounds` (None: no bound); the first layer's row is
+        0, so it has no bound."""
+        lower_bound = (
+            forget_lower_bounds()[self.lower_bound_row]
+            if forget_lower_bounds is not None and self.lower_bound_row > 0 else None
+        )
         batch, seq_len, _ = hidden_states.shape
         mask = padding_mask_for(attention_mask, seq_len)
         if mask is not None:

@@ -15,6 +15,7 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 
 import memlm.layers  # noqa: F401  (registers the mixers)
 from memlm.layers.hgrn2 import ForgetLowerBounds
@@ -31,8 +32,23 @@ from memlm.layers.registry import (
 from memlm.layers.rotary import RotaryEmbedding
 from memlm.models.compat import CACHE_FIELD, attention_masks
 from memlm.models.configuration_memlm import MemLMConfig
+from memlm.models.inputs import check_model_inputs
 from memlm.models.prefix_lm import prefix_lm_loss
 from memlm.ops.prefix_linear_attention import prefix_token_mask
+
+logger = logging.get_logger(__name__)
+
+
+def resolve_cache_argument(cache, past_key_values):
+    """The cache given as ``cache`` or under its old name ``past_key_values``; the old name warns (once) where
+    the installed transformers has moved to ``cache``, as transformers' own models do."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    if CACHE_FIELD == "cache":
+        logger.warning_once("`past_key_values` is deprecated. Use `cache` instead.")
+    return past_key_values
 
 
 class MemLMDecoderLayer(GradientCheckpointingLayer):
@@ -95,9 +111,8 @@ class MemLMModel(MemLMPreTrainedModel):
         self.layers = nn.ModuleList(MemLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
-        # row of the HGRN-2 lower bounds used by each linear layer (computed once, read every forward)
-        self.linear_position = {layer: row for row, layer in enumerate(config.linear_layer_indices)}
-        num_linear = len(self.linear_position)
+        # HGRN-2's lower bounds, one row per linear layer; each layer reads its own row inside its forward
+        num_linear = len(config.linear_layer_indices)
         self.forget_lower_bounds = (
             ForgetLowerBounds(num_linear, config.linear_num_key_heads * config.linear_key_head_dim)
             if config.linear_attn_type == "hgrn2" and num_linear
@@ -114,22 +129,38 @@ class MemLMModel(MemLMPreTrainedModel):
         cache=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         past_key_values=None,
         cu_seq_lens_q: torch.Tensor | None = None,
         prefix_length: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
-        """Args as in Llama; ``cache`` (alias ``past_key_values``) is a ``DynamicCache(config=...)``.
+    ) -> BaseModelOutputWithPast | tuple:
+        """Args as in Llama; ``cache`` (old name ``past_key_values``) is a ``DynamicCache(config=...)``.
 
         ``cu_seq_lens_q`` (``[N + 1]``): the offsets of packed documents in the ``[B, T]`` rows read one after
         the other (a document never crosses a row). Linear and memory layers read the rows as one packed
         sequence and keep the documents apart by these offsets; attention layers separate them through
         ``position_ids`` (restarting at 0), row by row.
+
+        ``output_attentions`` (needs the ``eager`` attention): one ``[B, H, T, S]`` tensor of attention weights
+        per layer for ``full_attention``/``sliding_attention`` layers, None for the other layers.
+        ``output_attentions``, ``output_hidden_states``, ``use_cache`` and ``return_dict`` default to the config's.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        cache = cache if cache is not None else past_key_values
+        cache = resolve_cache_argument(cache, past_key_values)
+        check_model_inputs(self.config, input_ids, inputs_embeds, attention_mask, has_cache=cache is not None)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True returns the attention weights of the eager attention, but the model uses "
+                f"attn_implementation={self.config._attn_implementation!r}: load it with attn_implementation='eager' "
+                "(or call model.set_attn_implementation('eager'))"
+            )
         if cu_seq_lens_q is not None:
             if use_cache or cache is not None:
                 raise ValueError(
@@ -160,28 +191,29 @@ class MemLMModel(MemLMPreTrainedModel):
         prefix_mask = None if prefix_length is None else prefix_token_mask(
             prefix_length, rows_shape[0], rows_shape[1], cu_seq_lens_q, inputs_embeds.device
         )
-        sliding_in_blocks = self._sliding_in_blocks(attention_mask, cache, cu_seq_lens_q, rows_shape[1])
+        sliding_in_blocks = not output_attentions and self._sliding_in_blocks(
+            attention_mask, cache, cu_seq_lens_q, rows_shape[1]
+        )
         masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids,
                                 skip=("sliding_attention",) if sliding_in_blocks else ())
         for layer_type in RECURRENT_LAYER_TYPES:  # these build their own masks from [B, T]
             masks[layer_type] = attention_mask
-        lower_bounds = self.forget_lower_bounds() if self.forget_lower_bounds is not None else None
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        attention_weights = {} if output_attentions else None  # layer index -> weights, filled by attention layers
 
         hidden_states, all_hidden = inputs_embeds, []
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             layer_kwargs = {}
             if layer.layer_type in RECURRENT_LAYER_TYPES:  # documents kept apart by offsets
                 layer_kwargs["cu_seqlens"] = cu_seq_lens_q
-                if layer.layer_type == LINEAR_LAYER_TYPE and lower_bounds is not None:
-                    position = self.linear_position[i]
-                    layer_kwargs["lower_bound"] = lower_bounds[position] if position > 0 else None
+                if layer.layer_type == LINEAR_LAYER_TYPE and self.forget_lower_bounds is not None:
+                    layer_kwargs["forget_lower_bounds"] = self.forget_lower_bounds
                 if layer.layer_type == PREFIX_LAYER_TYPE and prefix_mask is not None:
                     layer_kwargs["prefix_mask"] = prefix_mask
             else:
-                layer_kwargs = {"position_ids": position_ids, **kwargs}
+                layer_kwargs = {"position_ids": position_ids, "attention_weights": attention_weights, **kwargs}
                 if layer.layer_type == "sliding_attention":
                     layer_kwargs["in_blocks"] = sliding_in_blocks
                 if cu_seq_lens_q is not None:
@@ -203,11 +235,14 @@ class MemLMModel(MemLMPreTrainedModel):
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden.append(hidden_states)
-        return BaseModelOutputWithPast(
+        output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=(tuple(attention_weights.get(i) for i in range(len(self.layers)))
+                        if output_attentions else None),
             **{CACHE_FIELD: cache},
         )
+        return output if return_dict else output.to_tuple()
 
     def _sliding_in_blocks(self, attention_mask, cache, cu_seq_lens_q, seq_len: int) -> bool:
         """Whether sliding-window layers read this call in blocks (:mod:`memlm.ops.sliding_window_attention`):
@@ -252,25 +287,32 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values=None,
         prefix_length: int | torch.Tensor | None = None,
         mlm_labels: torch.LongTensor | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """``logits`` ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is > 0).
 
         With ``config.prefix_lm_objective``, ``labels`` and ``prefix_length``, the loss is JRT-RNN's: next-token
         loss after the prefix plus ``config.prefix_mlm_weight`` times the masked-token loss on ``mlm_labels``
-        ``[B, T]`` (:mod:`memlm.models.prefix_lm`).
+        ``[B, T]`` (:mod:`memlm.models.prefix_lm`). ``return_dict=False`` (or ``config.return_dict=False``) gives
+        the output's fields that are not None as a tuple, as transformers' models do.
         """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values,
+            cache=resolve_cache_argument(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
             prefix_length=prefix_length,
             **kwargs,
         )
@@ -288,12 +330,14 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
             loss = prefix_lm_loss(logits, labels, prefix_mask, mlm_labels, self.config.prefix_mlm_weight)
         elif labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
+        output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
     def generate(self, inputs=None, **kwargs):
         """transformers' ``generate``; a model with ``"prefix_linear_attention"`` layers reads the prompt as its
