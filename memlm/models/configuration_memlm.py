@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from memlm.layers.registry import LAYER_TYPES, LINEAR_LAYER_TYPE, LINEAR_MIXERS
+from memlm.models.auto_code import AUTO_MAP, write_auto_module
 from memlm.models.layer_pattern import hybrid_layer_types
 
 
@@ -132,6 +133,13 @@ class MemLMConfig(PreTrainedConfig):
         self._validate_memory()
         self._validate_prefix_lm()
         super().__post_init__(**kwargs)
+        self.auto_map = dict(AUTO_MAP)  # tools that never import memlm load it with trust_remote_code=True
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
+        """transformers' ``save_pretrained``, plus the module ``auto_map`` names (:mod:`memlm.models.auto_code`);
+        a model's ``save_pretrained`` writes its config through this."""
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        write_auto_module(save_directory)
 
     def _validate_layers(self) -> None:
         """Raise ValueError naming the field, its value and what is allowed."""

@@ -143,3 +143,20 @@ def test_the_old_cache_name_warns_where_transformers_moved_to_cache(hybrid, capl
     assert warnings == (["`past_key_values` is deprecated. Use `cache` instead."] if CACHE_FIELD == "cache" else [])
     with pytest.raises(ValueError, match="not both"):
         hybrid(ids, past_key_values=cache, cache=cache)
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_a_sliding_layer_before_the_full_one_generates_exactly(attn_implementation):
+    """Each attention mask is sized against its own layer type's cache (transformers 5.16 sized the full-attention
+    mask at the sliding window when a sliding layer came first)."""
+    torch.manual_seed(0)
+    model = tiny_model(layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
+                       sliding_window=3)
+    model.set_attn_implementation(attn_implementation)
+    ids = torch.randint(1, 61, (2, 5))
+    with torch.no_grad():
+        generated = model.generate(ids, max_new_tokens=8, do_sample=False)
+        expected = ids
+        for _ in range(8):  # greedy decoding by full recomputation
+            expected = torch.cat([expected, model(expected, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+    assert torch.equal(generated, expected)
