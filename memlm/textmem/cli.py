@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, read=input, write=print) -> int:
     """The ``write`` command; ``read`` and ``write`` are the terminal (replaceable in tests)."""
-    from memlm.textmem import RecurrentWriter, TextMemory, backend_from_spec
+    from memlm.textmem import RecurrentWriter, StoreBusyError, TextMemory, backend_from_spec
 
     store = Path(args.store)
     if args.export is None and not args.backend:
@@ -50,7 +50,11 @@ def run(args: argparse.Namespace, read=input, write=print) -> int:
         raise SystemExit(f"memlm write: --store {str(store)!r} does not exist: nothing to export")
     backend = backend_from_spec(args.backend, model=args.model_name, temperature=args.temperature) \
         if args.backend else None
-    with TextMemory(store, scope=args.scope) as memory:
+    try:  # --export only reads: it runs beside a writer, and never creates or changes a store
+        memory = TextMemory(store, scope=args.scope, read_only=args.export is not None)
+    except (StoreBusyError, ValueError) as error:
+        raise SystemExit(f"memlm write: {error}") from None
+    with memory:
         writer = RecurrentWriter(memory, backend, memory_words=args.memory_words, retrieve_k=args.retrieve,
                                  chooser=args.choose, max_new_tokens=args.max_new_tokens)
         if args.export is not None:
