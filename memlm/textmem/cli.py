@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how --auto picks a plan: the first one, or the backend chooses")
     parser.add_argument("--export", default=None, metavar="FILE", help="write the story as Markdown and stop")
     parser.add_argument("--web", action="store_true", help="serve the human-in-the-loop page instead")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address of --web (the page has no login)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--memory-words", type=int, default=200, help="short-term memory budget in words")
     parser.add_argument("--retrieve", type=int, default=2, help="long-term paragraphs put in each step's prompt")
@@ -46,6 +46,13 @@ def run(args: argparse.Namespace, read=input, write=print) -> int:
         raise SystemExit("memlm write: --backend is required (except with --export)")
     if args.auto is not None and args.auto < 1:
         raise SystemExit(f"memlm write: --auto must be at least 1, got {args.auto}")
+    if args.web:
+        from memlm.textmem.web import check_loopback
+
+        try:
+            check_loopback(args.host)
+        except ValueError as error:
+            raise SystemExit(f"memlm write: {error}") from None
     if args.export is not None and not store.is_file():
         raise SystemExit(f"memlm write: --store {str(store)!r} does not exist: nothing to export")
     backend = backend_from_spec(args.backend, model=args.model_name, temperature=args.temperature) \
