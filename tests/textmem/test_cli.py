@@ -1,16 +1,9 @@
 """`memlm write` in a terminal: automatic steps, stop and resume from the store, an interactive session, export."""
 
-import subprocess
-import sys
-
 import pytest
+from conftest import memlm_write
 
 from memlm.textmem import TextMemory
-
-
-def memlm_write(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "memlm.cli", "write", *args], input=stdin, capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_auto_steps_resume_interact_and_export(openai_server, tmp_path, embedder):

@@ -1,13 +1,17 @@
 """TextMemory on a real SQLite file with the real embedder (all-MiniLM-L6-v2)."""
 
+import contextlib
+import hashlib
+import sqlite3
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import kill_when_marked
+from conftest import kill_when_marked, memlm_write
 
 from memlm.textmem import MemoryItem, TextMemory
+from memlm.textmem.store import APPLICATION_ID
 
 STORY = [
     "The knight polished her sword before riding north to the frozen pass.",
@@ -138,3 +142,70 @@ def test_bad_input_gives_clear_errors(tmp_path, embedder):
 def test_an_empty_scope_is_refused(tmp_path):
     with pytest.raises(ValueError, match="scope must be a non-empty string"):
         TextMemory(tmp_path / "m.db", scope="")
+
+
+def folder_bytes(folder) -> dict[str, str]:
+    """Every file of ``folder`` and the hash of its bytes (a changed, added or removed file shows)."""
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+def make_sqlite(path, *statements: str) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
+
+
+def test_a_sqlite_file_that_is_not_a_store_is_refused_untouched(tmp_path, embedder):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    make_sqlite(foreign / "contacts.db", "CREATE TABLE people (name TEXT)", "INSERT INTO people VALUES ('Ada')")
+    make_sqlite(foreign / "other_app.db", "PRAGMA application_id = 42", "CREATE TABLE items (x)")
+    make_sqlite(foreign / "no_tables.db", "PRAGMA user_version = 7")
+    before = folder_bytes(foreign)
+    out = tmp_path / "story.md"
+    for name, why in (("contacts.db", r"tables \['people'\], not memlm's"), ("other_app.db", "application_id 0x2a"),
+                      ("no_tables.db", r"tables \[\], not memlm's")):
+        path = foreign / name
+        for read_only in (False, True):
+            with pytest.raises(ValueError, match=f"is not a memlm text-memory store .*{why}.* left unchanged"):
+                TextMemory(path, embedder=embedder, read_only=read_only)
+        exported = memlm_write("--store", str(path), "--export", str(out))
+        assert exported.returncode != 0 and "is not a memlm text-memory store" in exported.stderr
+        assert not out.exists()
+    assert folder_bytes(foreign) == before  # no byte changed, no lock, journal or WAL file made
+    for name in before:
+        with contextlib.closing(sqlite3.connect(f"file:{foreign / name}?mode=ro", uri=True)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # still not switched to WAL
+    (tmp_path / "empty.db").touch()  # an empty file, like a missing one, becomes a new store
+    with TextMemory(tmp_path / "empty.db", embedder=embedder) as memory:
+        memory.add(STORY[0])
+    assert (tmp_path / "empty.db").read_bytes()[68:72] == APPLICATION_ID.to_bytes(4, "big")
+
+
+def test_a_store_written_before_stores_were_marked_still_opens(tmp_path, embedder):
+    path = tmp_path / "m.db"
+    with TextMemory(path, embedder=embedder) as memory:
+        memory.add(STORY[0])
+    make_sqlite(path, "PRAGMA application_id = 0")  # as memlm wrote stores before it marked them
+    with TextMemory(path, embedder=embedder, read_only=True) as memory:
+        assert [item.text for item in memory.items()] == [STORY[0]]
+    with TextMemory(path, embedder=embedder) as memory:
+        assert [item.text for item in memory.items()] == [STORY[0]]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)  # marked now
+
+
+def test_a_read_only_store_reads_and_refuses_writes(tmp_path, embedder):
+    with pytest.raises(FileNotFoundError, match="holds no store to read"):
+        TextMemory(tmp_path / "missing.db", embedder=embedder, read_only=True)
+    assert not (tmp_path / "missing.db").exists()
+    with TextMemory(tmp_path / "m.db", embedder=embedder) as writer:
+        first = writer.add(STORY[0])
+        with TextMemory(tmp_path / "m.db", embedder=embedder, read_only=True) as reader:  # beside the writer
+            assert reader.search("knight", k=1)[0].id == first
+            for write in (lambda: reader.add(STORY[1]), lambda: reader.edit(first, "x"),
+                          lambda: reader.set_state("k", 1)):
+                with pytest.raises(RuntimeError, match="was opened with read_only=True: it cannot be written"):
+                    write()
+        writer.add(STORY[1])

@@ -2,10 +2,18 @@
 
 import pytest
 import torch
-from conftest import formatted_answer, kill_when_marked, numbered_answers
+from conftest import formatted_answer, kill_when_marked, memlm_write, numbered_answers
 
 from memlm import MemLMConfig, MemLMForCausalLM
-from memlm.textmem import RecurrentWriter, ScriptedBackend, TextMemory, TransformersBackend, WriterError, parse_sections
+from memlm.textmem import (
+    RecurrentWriter,
+    ScriptedBackend,
+    StoreBusyError,
+    TextMemory,
+    TransformersBackend,
+    WriterError,
+    parse_sections,
+)
 from memlm.tokenization import byte_level_tokenizer
 
 
@@ -63,6 +71,7 @@ def test_human_edits_reach_the_next_step(memory):
 
 def test_a_resumed_writer_continues_the_same_story(memory, embedder):
     RecurrentWriter(memory, ScriptedBackend(numbered_answers())).start("premise")
+    memory.close()  # one writer at a time: the next session opens the store once this one has ended
     again = RecurrentWriter(TextMemory(memory.path, embedder=embedder), ScriptedBackend(numbered_answers("Later")))
     assert again.started and again.step(0).step == 2
     assert again.paragraphs() == ["Paragraph number 1.", "Later 1."]
@@ -156,6 +165,24 @@ def test_the_loop_runs_with_a_tiny_local_transformers_model(memory, tiny_model_d
     assert writer.paragraphs() == ["The tiny model wrote this."] * 2
 
 
+def test_pickled_weights_are_never_loaded(tiny_model_dir, tmp_path, monkeypatch):
+    """A model directory with only ``pytorch_model.bin`` (a pickle) is refused: with the path checked and, for
+    a name that is not checked, by ``use_safetensors=True``."""
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    for weights in pickled.glob("*.safetensors"):
+        weights.unlink()
+    state = MemLMForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    torch.save(state, pickled / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="has no .safetensors weights: memlm loads weights from safetensors only"):
+        TransformersBackend(str(pickled), device="cpu")
+    monkeypatch.chdir(tmp_path)  # "pickled" is not checked as a path (it could be a hub name): transformers refuses
+    with pytest.raises(ValueError, match="safetensors"):
+        TransformersBackend("pickled", device="cpu")
+
+
 def test_a_bad_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="backend model path .* is not a directory"):
         TransformersBackend(str(tmp_path / "no_such_model"))
@@ -192,3 +219,59 @@ while True:
         assert writer.state["step"] == 2 and writer.paragraphs() == ["Paragraph number 1.", "Paragraph number 2."]
         assert writer.short_term() == "Memory after paragraph 2."
         assert writer.step(0).step == 3  # and the story goes on
+
+
+def test_a_second_writer_is_refused_and_the_story_does_not_fork(tmp_path, embedder, openai_server):
+    """While one process writes a story, a second writer (in this process or ``memlm write``) is refused, naming
+    the first's pid; reading (``--export``, ``read_only=True``) still works; the story goes on from one step."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    store, holding, go = tmp_path / "story.db", tmp_path / "holding", tmp_path / "go"
+    with TextMemory(store, embedder=embedder) as memory:
+        writer = RecurrentWriter(memory, ScriptedBackend(numbered_answers()))
+        writer.start("premise")
+        writer.step(0)
+        writer.step(0)
+    code = f"""
+import time
+from pathlib import Path
+from conftest import numbered_answers
+from memlm.textmem import RecurrentWriter, ScriptedBackend, TextMemory
+with TextMemory({str(store)!r}) as memory:
+    Path({str(holding)!r}).write_text("open")
+    while not Path({str(go)!r}).exists():
+        time.sleep(0.1)
+    writer = RecurrentWriter(memory, ScriptedBackend(numbered_answers("First writer")))
+    for _ in range(3):
+        writer.step(0)
+"""
+    first = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(__file__))
+    try:
+        deadline = time.time() + 300
+        while not holding.exists():
+            assert time.time() < deadline and first.poll() is None, "the first writer did not open the store"
+            time.sleep(0.2)
+        busy = rf"story.db' is open for writing by another writer \(pid {first.pid},"
+        with pytest.raises(StoreBusyError, match=busy):
+            TextMemory(store, embedder=embedder)
+        second = memlm_write("--store", str(store), "--scope", "default", "--backend", openai_server.url,
+                             "--auto", "3", "--choose", "first")
+        assert second.returncode != 0 and f"is open for writing by another writer (pid {first.pid}" in second.stderr
+        exported = memlm_write("--store", str(store), "--scope", "default", "--export", str(tmp_path / "story.md"))
+        assert exported.returncode == 0 and "wrote 3 paragraphs" in exported.stdout, exported.stderr[-2000:]
+        with TextMemory(store, embedder=embedder, read_only=True) as reader:
+            assert RecurrentWriter(reader, None).state["step"] == 3
+        go.touch()
+        assert first.wait(timeout=300) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    with TextMemory(store, embedder=embedder) as memory:  # the lock went with the first writer
+        writer = RecurrentWriter(memory, ScriptedBackend(numbered_answers()))
+        assert writer.state["step"] == 6
+        assert writer.paragraphs() == [f"Paragraph number {n}." for n in (1, 2, 3)] + \
+            [f"First writer {n}." for n in (1, 2, 3)]
