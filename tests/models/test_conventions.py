@@ -145,13 +145,21 @@ def test_the_old_cache_name_warns_where_transformers_moved_to_cache(hybrid, capl
         hybrid(ids, past_key_values=cache, cache=cache)
 
 
+SLIDING_FIRST = {
+    "linear-sliding-linear-full": ["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
+    "sliding-linear-full-linear": ["sliding_attention", "linear_attention", "full_attention", "linear_attention"],
+    "sliding-memory-sliding-full": ["sliding_attention", "memory", "sliding_attention", "full_attention"],
+}
+
+
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_a_sliding_layer_before_the_full_one_generates_exactly(attn_implementation):
-    """Each attention mask is sized against its own layer type's cache (transformers 5.16 sized the full-attention
-    mask at the sliding window when a sliding layer came first)."""
+@pytest.mark.parametrize("pattern", list(SLIDING_FIRST))
+def test_a_sliding_layer_before_the_full_one_generates_exactly(pattern, attn_implementation):
+    """Each attention mask is sized against the cache of its own layer type (transformers 5.16 sized the
+    full-attention mask at the sliding window, or asked a linear layer for its length, when a sliding layer came
+    first)."""
     torch.manual_seed(0)
-    model = tiny_model(layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
-                       sliding_window=3)
+    model = tiny_model(layer_types=SLIDING_FIRST[pattern], sliding_window=3, memory_chunk_size=16)
     model.set_attn_implementation(attn_implementation)
     ids = torch.randint(1, 61, (2, 5))
     with torch.no_grad():
