@@ -35,3 +35,13 @@ def test_a_seq_len_far_beyond_the_data_warns_with_the_padding_fraction(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 2 rows of 64: 28% padding, no warning
         build_dataset(recipe([data], seq_len=64), byte_level_tokenizer())
+
+
+def test_a_prefix_lm_config_gets_the_tokenizers_mask_token_like_the_jrt_preset(tmp_path):
+    from memlm.training.builders import build_model
+
+    config = config_from_dict({"output_dir": "/tmp/unused", "train": {"max_steps": 1}, "data": {"source": "text",
+                               "files": ["a.txt"]}, "model": {"config": {
+                                   "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                   "layer_types": ["conv", "prefix_linear_attention"], "prefix_lm_objective": True}}})
+    assert build_model(config, byte_level_tokenizer()).config.mask_token_id == 256  # the byte tokenizer's pad
