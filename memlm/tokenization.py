@@ -128,7 +128,8 @@ def integer_tokenizer(vocab_size: int, model_max_length: int | None = None) -> P
     ``"12 7 300"`` encodes to ``[12, 7, 300]`` and ids decode to space-separated integers. Ids ``0..V-1`` are
     the integers, ``<|pad|>`` is ``V`` and ``<|eos|>`` is ``V + 1``, so a model using it needs a
     ``vocab_size`` of at least ``V + 2`` (``len(tokenizer)``). There is no bos and no unknown token: a word
-    that is not an integer in ``[0, V)`` fails to encode (``tokenizers`` raises "Missing [UNK] token").
+    that is not an integer in ``[0, V)`` fails to encode: the ``tokenizers`` backend raises "Missing [UNK] token",
+    and :func:`encode` (which memlm's training data goes through) raises a ``ValueError`` naming the word.
 
     Args:
         vocab_size: ``V``, the number of integer tokens.
@@ -140,6 +141,26 @@ def integer_tokenizer(vocab_size: int, model_max_length: int | None = None) -> P
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.add_special_tokens([PAD_TOKEN, EOS_TOKEN])
     return _wrap(backend, model_max_length, bos_token=None)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """``tokenizer(text, add_special_tokens=False)["input_ids"]``, with a clear ``ValueError`` where a tokenizer
+    without an unknown token meets a word outside its vocabulary (:func:`integer_tokenizer`: anything but an
+    integer in ``[0, V)``), instead of the backend's "WordLevel error: Missing [UNK] token"."""
+    try:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    except Exception as error:  # the tokenizers backend raises a bare Exception
+        if "Missing [UNK] token" not in str(error):
+            raise
+        vocab = tokenizer.get_vocab()
+        word = next((w for w in text.split() if w not in vocab), None)
+        integers = sum(key.isdigit() for key in vocab)
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(
+            f"the tokenizer cannot encode the word {word!r} in the text {shown!r}: it is not in the vocabulary and "
+            f"the tokenizer has no unknown token (the integer tokenizer encodes only whitespace-separated integers "
+            f"from 0 to {integers - 1})"
+        ) from error
 
 
 def _byte_symbols() -> list[str]:

@@ -6,6 +6,7 @@ from transformers import AutoTokenizer
 from memlm.tokenization import (
     BYTE_VOCAB_SIZE,
     byte_level_tokenizer,
+    encode,
     integer_tokenizer,
     train_bpe_tokenizer,
 )
@@ -219,3 +220,20 @@ def test_integer_tokenizer_rejects_unknown_words_and_bad_sizes():
             integer_tokenizer(vocab_size)
     with pytest.raises(ValueError, match="model_max_length"):
         byte_level_tokenizer(model_max_length=-1)
+
+
+def test_integer_tokenizer_text_it_cannot_encode_gets_a_clear_error():
+    tokenizer = integer_tokenizer(10)
+    assert encode(tokenizer, "3 9 0") == [3, 9, 0]
+    for text, word in (("3 x 4", "x"), ("10", "10"), ("1 -1", "-1")):
+        with pytest.raises(ValueError, match=f"cannot encode the word '{word}' .*integers from 0 to 9"):
+            encode(tokenizer, text)
+
+
+def test_training_data_through_the_integer_tokenizer_names_the_bad_word():
+    from memlm.training.data import tokenize_documents
+
+    tokenizer = integer_tokenizer(10)
+    assert next(tokenize_documents(["1 2"], tokenizer)) == ([1, 2, 11], [1, 1, 1])
+    with pytest.raises(ValueError, match="cannot encode the word 'hello'"):
+        list(tokenize_documents(["1 2", "hello 3"], tokenizer))

@@ -7,9 +7,14 @@ A *record* is one scored example: ``{"task", "variant", "context_length", "depth
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+REPORT_FILES = ("results.json", "results.md")
+"""The files :func:`write_report` always writes (plots come with them)."""
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -32,14 +37,54 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_output_dir(out_dir: str | Path) -> None:
+    """Raise ``ValueError`` unless :func:`write_report` can write into ``out_dir`` without destroying anything:
+    it is a writable directory holding no earlier report, or it can be created (its nearest existing ancestor is
+    a writable directory). Meant to run before the work whose results go there."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} exists and is not a directory (the report is a directory of files)")
+    if out.is_dir():
+        earlier = [name for name in REPORT_FILES if (out / name).exists()]
+        if earlier:
+            raise ValueError(f"{str(out)!r} already holds {earlier} of an earlier evaluation, which this one would "
+                             "overwrite: choose a new directory or remove them")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"{str(out)!r} is a directory this process cannot write into")
+        return
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{str(out)!r} cannot be created: {str(ancestor)!r} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{str(out)!r} cannot be created: {str(ancestor)!r} is not writable")
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(temporary path)``, then move the file onto ``path`` with ``os.replace``: a reader sees the old
+    file or the whole new one, never a partial one (the temporary file is removed if ``write`` fails)."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_report(records: list[dict], out_dir: str | Path, meta: dict | None = None) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``; return their paths."""
+    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``, each atomically; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
     paths = {"json": out / "results.json", "table": out / "results.md"}
-    paths["json"].write_text(json.dumps({"meta": meta or {}, "summary": summary, "records": records}, indent=2))
-    paths["table"].write_text(markdown_table(summary))
+    results = json.dumps({"meta": meta or {}, "summary": summary, "records": records}, indent=2)
+    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(results))
+    atomic_write(paths["table"], lambda tmp: Path(tmp).write_text(markdown_table(summary)))
     lengths = [r for r in summary if r["context_length"] is not None]
     if lengths:
         paths["lengths_plot"] = plot_score_by_length(lengths, out / "score_by_length.png")
@@ -68,7 +113,7 @@ def plot_score_by_length(summary: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
 
@@ -97,7 +142,7 @@ def plot_depth_heatmap(records: list[dict], task: str, path: Path) -> Path:
     ax.set(xlabel="context length (tokens)", ylabel="needle depth", title=f"{task}: score by length and depth")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
 

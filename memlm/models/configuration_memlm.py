@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig
+import dataclasses
+import difflib
+import functools
+import math
+import typing
 
-from memlm.layers.registry import LAYER_TYPES, LINEAR_LAYER_TYPE, LINEAR_MIXERS
+from transformers import GenerationConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
+
+from memlm.layers.registry import ATTENTION_LAYER_TYPES, LAYER_TYPES, LINEAR_LAYER_TYPE, LINEAR_MIXERS
 from memlm.models.auto_code import AUTO_MAP, write_auto_module
 from memlm.models.layer_pattern import hybrid_layer_types
 
@@ -53,7 +60,8 @@ class MemLMConfig(PreTrainedConfig):
         prefix_lm_objective (`bool`): with ``labels`` and ``prefix_length``, the loss is the next-token loss on
             the suffix plus ``prefix_mlm_weight`` (0.25) times the masked-token loss at the prefix positions
             given by ``mlm_labels`` (training recipes mask ``prefix_mlm_probability``, 15%, of the prefix
-            tokens with ``mask_token_id``).
+            tokens with ``mask_token_id``, which only that masking needs: a config for inference may leave it
+            None).
     """
 
     model_type = "memlm"
@@ -102,6 +110,7 @@ class MemLMConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        _refuse_misspelled_keys(kwargs)
         hybrid_ratio = kwargs.pop("hybrid_ratio", None)
         _check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
         if self.layer_types is None:
@@ -123,16 +132,22 @@ class MemLMConfig(PreTrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.intermediate_size is None:
             self.intermediate_size = 64 * -(-8 * self.hidden_size // (3 * 64))  # ~8/3 hidden, multiple of 64
-        self.linear_num_key_heads = self.linear_num_key_heads or self.num_attention_heads
-        self.linear_num_value_heads = self.linear_num_value_heads or self.linear_num_key_heads
-        self.linear_key_head_dim = self.linear_key_head_dim or self.head_dim
-        self.linear_value_head_dim = self.linear_value_head_dim or self.head_dim
-        self.memory_num_heads = self.memory_num_heads or self.num_attention_heads
-        self.memory_head_dim = self.memory_head_dim or self.head_dim
+        # None takes the default; any other value is checked below (0 is refused, not replaced by the default)
+        if self.linear_num_key_heads is None:
+            self.linear_num_key_heads = self.num_attention_heads
+        for name, default in (
+            ("linear_num_value_heads", self.linear_num_key_heads), ("linear_key_head_dim", self.head_dim),
+            ("linear_value_head_dim", self.head_dim), ("memory_num_heads", self.num_attention_heads),
+            ("memory_head_dim", self.head_dim),
+        ):
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         self._validate_layers()
+        self._validate_numerics()
         self._validate_memory()
         self._validate_prefix_lm()
         super().__post_init__(**kwargs)
+        self._validate_rope()
         self.auto_map = dict(AUTO_MAP)  # tools that never import memlm load it with trust_remote_code=True
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
@@ -175,6 +190,34 @@ class MemLMConfig(PreTrainedConfig):
                 "so sliding_window must be a positive number of tokens"
             )
 
+    def _validate_numerics(self) -> None:
+        """The fields that otherwise fail deep inside the model (NaN logits, a KeyError, a shape error)."""
+        eps = self.rms_norm_eps
+        if not (_is_number(eps) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"rms_norm_eps={eps!r} is not allowed: a finite number > 0 (e.g. 1e-6)")
+        dropout = self.attention_dropout
+        if not (_is_number(dropout) and 0 <= dropout < 1):
+            raise ValueError(f"attention_dropout={dropout!r} is not allowed: a probability in [0, 1)")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is unknown; allowed (transformers' ACT2FN): "
+                             f"{sorted(ACT2FN)}")
+        pad = self.pad_token_id
+        if pad is not None and not (_is_int(pad) and 0 <= pad < self.vocab_size):
+            raise ValueError(f"pad_token_id={pad!r} is not allowed: None or a token id in [0, vocab_size="
+                             f"{self.vocab_size})")
+        rotary_types = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context")  # their attention has RoPE
+        if self.head_dim % 2 and any(t in rotary_types for t in self.layer_types):
+            raise ValueError(f"head_dim={self.head_dim} is not allowed: the attention layers' rotary embedding "
+                             "rotates pairs of channels, so head_dim must be even")
+
+    def _validate_rope(self) -> None:
+        """``rope_theta`` (given alone or in ``rope_parameters``; transformers moves it there) must be > 0."""
+        parameters = self.rope_parameters if isinstance(self.rope_parameters, dict) else {}
+        theta = parameters.get("rope_theta")
+        if not (_is_number(theta) and math.isfinite(theta) and theta > 0):
+            raise ValueError(f"rope_theta={theta!r} is not allowed: the RoPE base, a finite number > 0 "
+                             "(e.g. 10000)")
+
     def validate(self) -> None:
         """transformers' class validators, with memlm's layer-type check in place of transformers' (whose list
         of layer types has no memory layers)."""
@@ -197,6 +240,7 @@ class MemLMConfig(PreTrainedConfig):
             raise ValueError(f"memory_rule must be a dict of MemoryRule fields, got {self.memory_rule!r}")
         from memlm.layers.neural_memory import memory_rule
 
+        _check_memory_rule_types(self.memory_rule or {})
         try:
             memory_rule(self.memory_preset, self.memory_rule)
         except (ValueError, TypeError) as error:
@@ -223,16 +267,81 @@ class MemLMConfig(PreTrainedConfig):
         if token is not None and (isinstance(token, bool) or not isinstance(token, int)
                                   or not 0 <= token < self.vocab_size):
             raise ValueError(f"mask_token_id must be a token id in [0, vocab_size={self.vocab_size}), got {token!r}")
-        if self.prefix_lm_objective and token is None and weight > 0:
-            raise ValueError(
-                "prefix_lm_objective=True masks prefix tokens with mask_token_id, which is None: set mask_token_id "
-                "(a token id the data never uses, e.g. the tokenizer's mask or pad token) or prefix_mlm_weight=0"
-            )
 
     @property
     def linear_layer_indices(self) -> list[int]:
         """Indices of the ``"linear_attention"`` layers."""
         return [i for i, t in enumerate(self.layer_types) if t == LINEAR_LAYER_TYPE]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# Keys a config.json may hold that are no MemLMConfig field: what transformers 4.x and 5.x write (or the hub
+# adds: auto_map) and what PreTrainedConfig.__post_init__ reads itself (legacy RoPE keys, torch_dtype, ...).
+_TRANSFORMERS_EXTRA_KEYS = frozenset({
+    "auto_map", "architectures", "transformers_version", "model_type", "name_or_path", "_name_or_path",
+    "_commit_hash", "torch_dtype", "dtype", "num_labels", "rope_theta", "rope_scaling", "partial_rotary_factor",
+    "attn_implementation", "experts_implementation", "per_layer_config", "output_attentions",
+    "_attn_implementation_internal", "_experts_implementation_internal", "torchscript", "use_bfloat16",
+    "tf_legacy_loss", "pruned_heads", "is_decoder", "add_cross_attention", "cross_attention_hidden_size",
+    "tie_encoder_decoder", "finetuning_task", "tokenizer_class", "prefix", "task_specific_params",
+    "sep_token_id", "use_return_dict", "_from_model_config",
+})
+
+
+@functools.cache
+def config_keys() -> tuple[frozenset[str], frozenset[str]]:
+    """``(fields, transformers_keys)``: the keys :class:`MemLMConfig` reads (its fields and ``hybrid_ratio``),
+    and the keys transformers and the hub write into a ``config.json`` besides them (attributes of a default
+    ``PreTrainedConfig``, generation parameters, and :data:`_TRANSFORMERS_EXTRA_KEYS`)."""
+    fields = frozenset(f.name for f in dataclasses.fields(MemLMConfig)) | {"hybrid_ratio"}
+    default = PreTrainedConfig()
+    written = set(vars(default)) | set(default.to_dict()) | set(GenerationConfig().to_dict())
+    return fields, frozenset(written | _TRANSFORMERS_EXTRA_KEYS) - fields
+
+
+def _refuse_misspelled_keys(kwargs: dict) -> None:
+    """A keyword that is no field but close to one (``hiden_size``) is a typo, which transformers would keep as
+    an attribute and nothing would read: refuse it, naming the field meant. Keys far from every field are kept
+    (transformers' behaviour; configs on the hub carry extras), as are the keys transformers writes itself."""
+    fields, transformers_keys = config_keys()
+    for key, value in kwargs.items():
+        if key in fields or key in transformers_keys:
+            continue
+        close = difflib.get_close_matches(key, fields, n=3)
+        if close:
+            raise ValueError(f"MemLMConfig got {key}={value!r}, which is no field; did you mean "
+                             f"{' or '.join(map(repr, close))}?")
+
+
+def _check_memory_rule_types(overrides: dict) -> None:
+    """Each ``memory_rule`` field has its :class:`~memlm.ops.neural_memory.MemoryRule` type: a bool is True or
+    False (not ``"no"``), a number is a finite number > 0 (``expansion``, ``p``, ``sign_sharpness``, ``abs_eps``,
+    ...), a name is a string. Unknown fields are left to :func:`memlm.layers.neural_memory.memory_rule`."""
+    from memlm.ops.neural_memory import MemoryRule
+
+    hints = typing.get_type_hints(MemoryRule)
+    for name, value in overrides.items():
+        kinds = set(typing.get_args(hints[name]) or (hints[name],)) if name in hints else set()
+        if not kinds or (value is None and type(None) in kinds):
+            continue
+        if bool in kinds:
+            ok, allowed = isinstance(value, bool), "true or false"
+        elif str in kinds:
+            ok, allowed = isinstance(value, str), "a string"
+        elif int in kinds:
+            ok, allowed = _is_int(value) and value > 0, "a positive integer"
+        else:
+            ok = _is_number(value) and math.isfinite(value) and value > 0
+            allowed = "a finite number > 0" + (" or null" if type(None) in kinds else "")
+        if not ok:
+            raise ValueError(f"memory_rule field {name}={value!r} is not allowed: {allowed}")
 
 
 def _check_positive(config: MemLMConfig, *fields: str) -> None:

@@ -40,9 +40,10 @@ def jrt_rnn_config(
             value width per head is ``hidden_size / num_attention_heads``).
         sliding_window: tokens seen by the sliding-window attention layers.
         feature_dim: the Based feature dimension of q and k (``linear_key_head_dim``).
-        mask_token_id: the token that replaces the masked prefix tokens in training (the objective is on:
-            ``prefix_lm_objective=True``); None is allowed only with ``prefix_lm_objective=False`` or
-            ``prefix_mlm_weight=0`` in ``kwargs``.
+        mask_token_id: the token that replaces the masked prefix tokens when training with the objective
+            (``prefix_lm_objective=True``, ``prefix_mlm_weight > 0``); None (the default) builds a config for
+            inference, and training it with the masked objective raises ``ValueError`` asking for the token
+            (recipes fill it from the tokenizer).
         kwargs: any other :class:`~memlm.MemLMConfig` field, overriding the preset.
     """
     fields = {

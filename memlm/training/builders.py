@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+import warnings
+from pathlib import Path
+
 from datasets import Dataset
 
 from memlm.training.config import RecipeConfig
@@ -34,7 +38,25 @@ def build_tokenizer(config: RecipeConfig):
         raise ValueError("tokenizer.kind='bpe' trains on local plain-text data.files (data.source='text')")
     if not spec.vocab_size:
         raise ValueError("tokenizer.kind='bpe' needs tokenizer.vocab_size")
+    check_data_files(config)
     return tokenization.train_bpe_tokenizer([str(f) for f in config.data.files], spec.vocab_size)
+
+
+def check_data_files(config: RecipeConfig) -> None:
+    """Each local data file (or file a glob pattern matches) that exists must hold something: an empty one is
+    named (a missing one is left to ``datasets``, which names it)."""
+    data = config.data
+    if data.source not in ("text", "json", "parquet"):
+        return
+    for entry in data.files:
+        for path in glob.glob(str(entry)) if glob.has_magic(str(entry)) else [str(entry)]:
+            if Path(path).is_file() and Path(path).stat().st_size == 0:
+                raise ValueError(f"data.files: {path!r} is empty (0 bytes): there is nothing to train on in it")
+
+
+PADDING_WARNING = 0.5
+"""Warn when more than this fraction of the packed training tokens is padding (``data.seq_len`` far beyond the
+data)."""
 
 
 def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None]:
@@ -59,12 +81,18 @@ def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None
         return dataset.with_format("torch"), {data.source: (eval_ids, eval_labels)}
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no pad_token for the last packed row")
+    check_data_files(config)
     if data.streaming:
         return PackedStream(data, tokenizer), None
     rows = list(pack_documents(tokenize_documents(load_documents(data, tokenizer), tokenizer), data.seq_len,
                                tokenizer.pad_token_id))
     if not rows:
-        raise ValueError("the data holds no documents")
+        where = f"data.files={data.files}" if data.files else f"data.source={data.source!r}"
+        raise ValueError(f"the data holds no documents ({where})")
+    padding = sum(row["pad_length"] for row in rows) / (len(rows) * data.seq_len)
+    if padding > PADDING_WARNING:
+        warnings.warn(f"data.seq_len={data.seq_len} is far beyond the data: {len(rows)} packed row(s), "
+                      f"{padding:.1%} of the training tokens are padding", stacklevel=2)
     return Dataset.from_list(rows), None
 
 
@@ -88,13 +116,10 @@ def build_model(config: RecipeConfig, tokenizer):
             )
         for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
             fields.setdefault(name, getattr(tokenizer, name))
-        if spec.preset == "jrt_rnn":
-            if fields.get("mask_token_id") is None:
-                fields["mask_token_id"] = (tokenizer.mask_token_id if tokenizer.mask_token_id is not None
-                                           else tokenizer.pad_token_id)
-            model_config = memlm.jrt_rnn_config(**fields)
-        else:
-            model_config = memlm.MemLMConfig(**fields)
+        if (spec.preset == "jrt_rnn" or fields.get("prefix_lm_objective")) and fields.get("mask_token_id") is None:
+            fields["mask_token_id"] = (tokenizer.mask_token_id if tokenizer.mask_token_id is not None
+                                       else tokenizer.pad_token_id)
+        model_config = (memlm.jrt_rnn_config if spec.preset == "jrt_rnn" else memlm.MemLMConfig)(**fields)
         model = memlm.MemLMForCausalLM(model_config, **extra)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable()

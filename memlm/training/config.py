@@ -14,13 +14,18 @@
     eval:       {tasks, ...}
 
 Command-line overrides use dotted keys (``train.max_steps=20 output_dir=/tmp/run``), their values
-parsed as YAML. An unknown key, a missing required key or a value of the wrong type raises
-``ValueError`` naming the key, the value and the valid keys or types.
+parsed as YAML. An unknown key, a missing required key or a value of the wrong type or range raises
+``ValueError`` naming the key, the value and the valid keys or values. ``model.config`` is checked as a whole
+here too (its keys must be ``MemLMConfig`` fields, and the config must build), so a bad model field fails before
+any data is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import math
 import re
 import types
 import typing
@@ -43,8 +48,9 @@ class ModelSection:
     """Exactly one of ``config`` (``MemLMConfig`` fields, a new model) or ``pretrained`` (any HF causal LM).
 
     ``preset``: ``jrt_rnn`` builds ``config`` with :func:`memlm.jrt_rnn_config` (its arguments and any
-    ``MemLMConfig`` field in ``config``); a JRT-RNN's ``mask_token_id`` defaults to the tokenizer's mask token,
-    or else its pad token.
+    ``MemLMConfig`` field in ``config``); the ``mask_token_id`` of a JRT-RNN (or of any config with
+    ``prefix_lm_objective``) defaults to the tokenizer's mask token, or else its pad token. Every key of
+    ``config`` must be one of these (or ``hybrid_ratio``, ``rope_theta``).
     """
 
     config: dict | None = None
@@ -204,6 +210,12 @@ CHOICES = {
 FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 POSITIVE = ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "train.log_every",
             "data.seq_len", "data.prefix_length", "checkpoint.keep", "lora.r", "eval.num_examples", "train.max_minutes")
+POSITIVE_NUMBERS = ("optimizer.lr", "optimizer.eps", "lora.alpha")
+NON_NEGATIVE = ("checkpoint.every", "schedule.warmup_steps", "optimizer.weight_decay", "train.max_grad_norm",
+                "train.seed", "eval.seed")
+FRACTIONS = {"schedule.min_lr_ratio": "[0, 1]", "lora.dropout": "[0, 1)", "optimizer.betas": "[0, 1)"}
+# model.config keys that are no MemLMConfig field but are read: the layer pattern and transformers' RoPE base
+MODEL_CONFIG_EXTRA_KEYS = ("hybrid_ratio", "rope_theta")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
@@ -230,7 +242,10 @@ def apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {override!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {override!r}: the value {value!r} is not valid YAML ({error})") from error
 
 
 def synthetic_task_recipe(output_dir: str, model_config: dict, task: str, task_args: dict, seq_len: int, steps: int,
@@ -309,6 +324,17 @@ def _check_values(config: RecipeConfig) -> None:
     for key in POSITIVE:
         if _get(config, key) is not None and _get(config, key) <= 0:
             raise ValueError(f"{key} must be positive, got {_get(config, key)!r}")
+    if len(config.optimizer.betas) != 2:
+        raise ValueError(f"optimizer.betas must be two numbers, got {config.optimizer.betas!r}")
+    for key in POSITIVE_NUMBERS:
+        _check_range(key, _get(config, key), "(0, inf)")
+    for key in NON_NEGATIVE:
+        if _get(config, key) is not None:
+            _check_range(key, _get(config, key), "[0, inf)")
+    for key, interval in FRACTIONS.items():
+        values = _get(config, key)
+        for value in values if isinstance(values, list) else [values]:
+            _check_range(key, value, interval)
     model = config.model
     if (model.config is None) == (model.pretrained is None):
         raise ValueError(
@@ -337,8 +363,54 @@ def _check_values(config: RecipeConfig) -> None:
             raise ValueError(f"eval.tasks contains {task!r}, which needs data.source={task!r}")
     if config.tokenizer.kind == "pretrained" and not (config.tokenizer.path or model.pretrained):
         raise ValueError("tokenizer.kind='pretrained' needs tokenizer.path (or model.pretrained)")
-    if len(config.optimizer.betas) != 2:
-        raise ValueError(f"optimizer.betas must be two numbers, got {config.optimizer.betas!r}")
+    if model.config is not None:
+        check_model_config(model.config, model.preset)
+
+
+def _check_range(key: str, value, interval: str) -> None:
+    """``value`` is a finite number in ``interval``, written ``[low, high)`` etc. (``inf``: no upper bound)."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if (not number or value < low or value > high or (interval[0] == "(" and value == low)
+            or (interval[-1] == ")" and value == high)):
+        raise ValueError(f"{key}={value!r} is not allowed: a finite number in {interval}")
+
+
+def model_config_keys(preset: str | None) -> list[str]:
+    """The keys ``model.config`` may hold: ``MemLMConfig`` fields, ``hybrid_ratio``, ``rope_theta`` and, with
+    ``preset: jrt_rnn``, the arguments of :func:`memlm.jrt_rnn_config`."""
+    from memlm.models.configuration_memlm import config_keys
+    from memlm.models.jrt_rnn import jrt_rnn_config
+
+    keys = set(config_keys()[0]) | set(MODEL_CONFIG_EXTRA_KEYS)
+    if preset == "jrt_rnn":
+        keys |= {name for name, p in inspect.signature(jrt_rnn_config).parameters.items()
+                 if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return sorted(keys)
+
+
+def check_model_config(fields: dict, preset: str | None) -> None:
+    """Refuse every ``model.config`` key that no ``MemLMConfig`` reads (naming the closest valid keys), then build
+    the config once, so that each field's own check runs now, before any data is read. Fields the tokenizer
+    supplies at build time (``vocab_size``, the special token ids, a JRT-RNN's ``mask_token_id``) are checked
+    against it then; here a missing ``vocab_size`` is taken as large enough for any token id given."""
+    from memlm.models.configuration_memlm import MemLMConfig
+    from memlm.models.jrt_rnn import jrt_rnn_config
+
+    valid = model_config_keys(preset)
+    for key in fields:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ValueError(f"unknown key model.config.{key} (no MemLMConfig field); {hint}valid keys: {valid}")
+    fields = dict(fields)
+    if "vocab_size" not in fields:
+        ids = [v for k, v in fields.items() if k.endswith("token_id") and isinstance(v, int) and v >= 0]
+        fields["vocab_size"] = max([*ids, 0]) + 1
+    try:
+        (jrt_rnn_config if preset == "jrt_rnn" else MemLMConfig)(**fields)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"model.config: {error}") from error
 
 
 def _get(config, dotted: str):

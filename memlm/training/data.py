@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, Sampler
 
 from memlm.models.prefix_lm import mask_prefix_tokens, prompt_lengths
 from memlm.ops.prefix_linear_attention import prefix_token_mask
+from memlm.tokenization import encode
 from memlm.training.config import DataSection
 
 
@@ -92,8 +93,8 @@ def tokenize_documents(documents: Iterable[str | tuple[str, str]], tokenizer) ->
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no eos_token: documents need a separator")
     for document in documents:
         prompt, completion = document if isinstance(document, tuple) else ("", document)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt_ids = encode(tokenizer, prompt) if prompt else []
+        completion_ids = encode(tokenizer, completion) + [tokenizer.eos_token_id]
         yield prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
 
 
@@ -124,6 +125,13 @@ class PrefixLMInputs:
             return None
         if model_config.prefix_mlm_weight == 0:  # no masked-token loss: the inputs stay whole
             return cls(data.prefix_length, 0.0, 0)
+        if model_config.mask_token_id is None:
+            raise ValueError(
+                f"the model's config has prefix_lm_objective=True and prefix_mlm_weight="
+                f"{model_config.prefix_mlm_weight}, which masks prefix tokens with mask_token_id, but mask_token_id "
+                "is None: set model.config.mask_token_id (a token id the data never uses, e.g. the tokenizer's mask "
+                "or pad token) or model.config.prefix_mlm_weight=0"
+            )
         return cls(data.prefix_length, model_config.prefix_mlm_probability, model_config.mask_token_id)
 
     def apply(self, batch: dict[str, torch.Tensor], prefix_lengths: torch.Tensor) -> dict[str, torch.Tensor]:

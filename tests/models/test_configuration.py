@@ -48,9 +48,87 @@ def test_rope_theta_is_accepted():
         (dict(linear_num_key_heads=3, linear_num_value_heads=4), "linear_num_value_heads=4"),
         (dict(layer_types=["sliding_attention"] * 4), "sliding_window=None"),
         (dict(hidden_size=0), "hidden_size must be a positive integer"),
+        (dict(linear_key_head_dim=0), "linear_key_head_dim must be a positive integer, got 0"),  # not the default
+        (dict(memory_num_heads=0), "memory_num_heads must be a positive integer, got 0"),
         (dict(layer_types=["full_attention"] * 4, hybrid_ratio="3:1"), "disagrees with the layer_types"),
     ],
 )
 def test_bad_config_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MemLMConfig(**{**SMALL, **kwargs})
+
+
+def test_a_keyword_close_to_a_field_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"hiden_size=64, which is no field; did you mean 'hidden_size'"):
+        MemLMConfig(**SMALL, hiden_size=64)
+    with pytest.raises(ValueError, match=r"'num_hidden_layers'"):
+        MemLMConfig(**SMALL, num_layers=4)
+    # a key far from every field is kept as an attribute, as transformers does (hub configs carry extras)
+    assert MemLMConfig(**SMALL, my_project_tag="x").my_project_tag == "x"
+
+
+def test_keys_transformers_and_the_hub_write_still_load(tmp_path):
+    import json
+
+    from transformers import AutoConfig
+
+    config = MemLMConfig(**SMALL, rope_theta=5e5, pad_token_id=0, eos_token_id=1)
+    config.save_pretrained(tmp_path)
+    assert MemLMConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.update(auto_map={"AutoConfig": "configuration_memlm.MemLMConfig"}, architectures=["MemLMForCausalLM"],
+                 torch_dtype="float32", _name_or_path="someone/memlm", id2label={"0": "a", "1": "b"},
+                 output_hidden_states=False, return_dict=True, is_decoder=False, use_bfloat16=False,
+                 max_length=20, num_beams=1, rope_scaling=None, _commit_hash="abc")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, MemLMConfig) and loaded.hidden_size == 32 and loaded.architectures == ["MemLMForCausalLM"]
+    assert loaded.rope_parameters["rope_theta"] == 5e5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(rms_norm_eps=0.0), r"rms_norm_eps=0.0 is not allowed: a finite number > 0"),
+        (dict(rms_norm_eps=float("nan")), r"rms_norm_eps=nan"),
+        (dict(rope_theta=-1.0), r"rope_theta=-1.0 is not allowed: the RoPE base, a finite number > 0"),
+        (dict(rope_theta=0), r"rope_theta=0 is not allowed"),
+        (dict(attention_dropout=1.0), r"attention_dropout=1.0 is not allowed: a probability in \[0, 1\)"),
+        (dict(attention_dropout=-0.1), r"attention_dropout=-0.1"),
+        (dict(hidden_act="nope"), r"hidden_act='nope' is unknown; allowed \(transformers' ACT2FN\): \[.*'silu'"),
+        (dict(pad_token_id=64), r"pad_token_id=64 is not allowed: None or a token id in \[0, vocab_size=64\)"),
+        (dict(pad_token_id=-1), r"pad_token_id=-1"),
+        (dict(head_dim=7), r"head_dim=7 is not allowed: .*rotary embedding.* must be even"),
+        (dict(head_dim=0), r"head_dim must be a positive integer, got 0"),
+    ],
+)
+def test_numeric_fields_are_checked_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MemLMConfig(**{**SMALL, **kwargs})
+
+
+def test_odd_head_dim_is_allowed_without_rotary_layers():
+    assert MemLMConfig(**SMALL, head_dim=7, layer_types=["linear_attention"] * 4).head_dim == 7
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"forgetting": "no"}, r"memory_rule field forgetting='no' is not allowed: true or false"),
+        ({"residual": 1}, r"residual=1 is not allowed: true or false"),
+        ({"sign_sharpness": -1.0}, r"sign_sharpness=-1.0 is not allowed: a finite number > 0"),
+        ({"abs_eps": -1e-6}, r"abs_eps=-1e-06 is not allowed"),
+        ({"p": float("inf")}, r"p=inf is not allowed"),
+        ({"depth": 2.5}, r"depth=2.5 is not allowed: a positive integer"),
+        ({"grad_clip": "10"}, r"grad_clip='10' is not allowed: a finite number > 0 or null"),
+        ({"algorithm": 3}, r"algorithm=3 is not allowed: a string"),
+    ],
+)
+def test_memory_rule_fields_are_type_checked(rule, message):
+    with pytest.raises(ValueError, match=message):
+        MemLMConfig(**SMALL, memory_rule=rule)
+
+
+def test_memory_rule_accepts_well_typed_fields():
+    rule = {"forgetting": False, "grad_clip": None, "sign_sharpness": 5, "abs_eps": 1e-4, "depth": 1}
+    assert MemLMConfig(**SMALL, memory_rule=rule).memory_rule == rule

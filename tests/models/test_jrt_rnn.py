@@ -38,10 +38,22 @@ def test_preset_follows_the_paper_pattern():
     assert prefix == [1, 6, 11, 16, 21] and sliding == [2, 7, 12, 17, 22]
     assert set(config.layer_types) - {"prefix_linear_attention", "sliding_attention"} == {"conv"}
     assert config.linear_key_head_dim == 16 and config.prefix_lm_objective and config.prefix_mlm_weight == 0.25
-    with pytest.raises(ValueError, match="mask_token_id"):
-        memlm.jrt_rnn_config()
     with pytest.raises(ValueError, match="num_hidden_layers must be an integer >= 2"):
         memlm.jrt_rnn_config(num_hidden_layers=1, mask_token_id=0)
+
+
+def test_preset_builds_without_mask_token_and_training_with_the_masked_objective_asks_for_it():
+    from memlm.training.config import DataSection
+    from memlm.training.data import PrefixLMInputs
+
+    config = memlm.jrt_rnn_config(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, vocab_size=VOCAB,
+                                  feature_dim=8)  # for inference: no mask token needed
+    assert config.mask_token_id is None and config.prefix_lm_objective
+    memlm.MemLMForCausalLM(config)
+    with pytest.raises(ValueError, match=r"mask_token_id\s+is None: set model.config.mask_token_id"):
+        PrefixLMInputs.for_model(config, DataSection())
+    config.prefix_mlm_weight = 0  # no masked-token loss: nothing to mask with
+    assert PrefixLMInputs.for_model(config, DataSection()).probability == 0.0
 
 
 def test_prefix_reads_ahead_and_the_suffix_stays_causal(model):
