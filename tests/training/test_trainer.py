@@ -188,9 +188,9 @@ def test_two_process_data_parallel_equals_single_process(tmp_path):
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "ddp" / "params_rank0.pt")
-    rank1 = torch.load(tmp_path / "ddp" / "params_rank1.pt")
-    alone = torch.load(tmp_path / "single" / "params_rank0.pt")
+    rank0 = torch.load(tmp_path / "ddp" / "params_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp" / "params_rank1.pt", weights_only=True)
+    alone = torch.load(tmp_path / "single" / "params_rank0.pt", weights_only=True)
     for name, param in rank0.items():
         assert torch.equal(param, rank1[name]), name
         torch.testing.assert_close(param, alone[name], atol=1e-5, rtol=1e-4)
