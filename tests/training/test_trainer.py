@@ -95,7 +95,7 @@ def test_json_prompt_completion_recipe(tmp_path):
     assert train(config_from_dict(recipe)).summary["steps"] == 6
     recipe["data"]["completion_field"] = "response"
     with pytest.raises(ValueError, match="data.completion_field='response' is not a column of the data"):
-        train(config_from_dict(recipe))
+        train(config_from_dict(recipe), overwrite=True)  # another recipe in the same output_dir
 
 
 def test_max_minutes_ends_training_saves_and_evaluates(tmp_path):
@@ -286,7 +286,7 @@ def test_jrt_rnn_preset_trains_with_the_prefix_lm_objective(tmp_path):
     assert "prefix_linear_attention" in loaded.config.layer_types
     recipe["model"] = {"config": TINY_MODEL}
     with pytest.raises(ValueError, match="data.prefix_length=8 is set, but the model's config has no prefix_lm"):
-        train(config_from_dict(recipe))
+        train(config_from_dict(recipe), overwrite=True)
 
 
 def test_mqar_mixture_trains_on_the_mixture_and_evaluates_on_the_given_config(tmp_path):
