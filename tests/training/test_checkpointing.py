@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_trainer import REPO, TINY_MODEL, losses, text_recipe
+from test_trainer import REPO, losses, text_recipe
 from transformers import AutoModelForCausalLM
 
 from memlm.training import train
@@ -142,44 +142,26 @@ def test_a_resumed_run_may_train_longer(tmp_path):
     assert steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
 
 
-def fsdp_recipe(tmp_path: Path, output_dir: str, batch_size: int) -> Path:
-    recipe = {
-        "output_dir": str(tmp_path / output_dir),
-        "model": {"config": TINY_MODEL},
-        "tokenizer": {"kind": "integer"},
-        "data": {"source": "mqar", "seq_len": 32, "mqar": {"num_examples": 64, "num_kv_pairs": 4, "vocab_size": 40}},
-        "optimizer": {"lr": 1e-3},
-        "train": {"max_steps": 4, "batch_size": batch_size},
-        "checkpoint": {"every": 2},
-        "logging": {"trackers": []},
-    }
-    path = tmp_path / f"{output_dir}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_matches_one_process_and_resumes_exactly(tmp_path):
-    """recipes/accelerate/fsdp.yaml (FSDP2 sharding MemLMDecoderLayer) on 2 CPU processes (gloo)."""
+    """memlm's checkpoints of a model sharded with torch's FSDP2 on 2 CPU processes (gloo): stopped at
+    step 2 and resumed, it trains as one unsharded process does, and its final model loads."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    fsdp = fsdp_recipe(tmp_path, "fsdp", batch_size=2)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "recipes" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-              "--main_process_port", "29531", str(REPO / "recipes" / "train.py"), "--config", str(fsdp)]
-    for extra in (["--stop-at", "2"], ["checkpoint.resume_from=latest"]):  # stopped at step 2, then resumed
-        result = subprocess.run(launch + extra, capture_output=True, text=True, timeout=900, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
-    assert summary["distributed_type"] == "FSDP" and summary["num_processes"] == 2 and summary["steps"] == 4
-    assert "[memlm] resumed from" in result.stdout
-    manifest = json.loads((tmp_path / "fsdp" / "checkpoints" / "step_4" / "manifest.json").read_text())
-    assert manifest["num_processes"] == 2
-    single = subprocess.run([sys.executable, str(REPO / "recipes" / "train.py"), "--config",
-                             str(fsdp_recipe(tmp_path, "single", batch_size=4))],
-                            capture_output=True, text=True, timeout=900, env=env)
-    assert single.returncode == 0, single.stderr[-3000:]
-    sharded, alone = losses(tmp_path / "fsdp"), losses(tmp_path / "single")
-    assert len(sharded) == 4 and max(abs(a - b) for a, b in zip(sharded, alone, strict=True)) <= 1e-5
+    worker = str(REPO / "tests" / "training" / "fsdp_worker.py")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    for stop in ("2", "resume"):
+        sharded = subprocess.run(torchrun + [worker, str(tmp_path / "fsdp"), stop], capture_output=True, text=True,
+                                 timeout=600, env=env)
+        assert sharded.returncode == 0, sharded.stderr[-3000:]
+    manifest = json.loads((tmp_path / "fsdp" / "checkpoints" / "step_2" / "manifest.json").read_text())
+    assert manifest["num_processes"] == 2 and {"rng_0.json", "rng_1.json"} <= set(manifest["files"])
+    alone = subprocess.run([sys.executable, worker, str(tmp_path / "single"), "all"], capture_output=True, text=True,
+                           timeout=600, env=env)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    sharded_losses, single_losses = (json.loads((tmp_path / name / "losses.json").read_text())
+                                     for name in ("fsdp", "single"))
+    assert len(sharded_losses) == 4
+    assert max(abs(a - b) for a, b in zip(sharded_losses, single_losses, strict=True)) <= 1e-5
     trained, expected = (AutoModelForCausalLM.from_pretrained(tmp_path / name, use_safetensors=True).state_dict()
                          for name in ("fsdp", "single"))
     for name, param in expected.items():
