@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-at", type=int, default=None,
                         help="end after this optimizer step with a checkpoint (resume later with "
                              "checkpoint.resume_from=latest)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an output_dir that holds another run (its checkpoints, log and "
+                             "summary are deleted); without it such an output_dir is refused")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
     args = parser.parse_intermixed_args(argv)
     if args.stop_at is not None and args.stop_at <= 0:
@@ -31,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    result = train(load_config(args.config, args.overrides), stop_at=args.stop_at)
+    result = train(load_config(args.config, args.overrides), stop_at=args.stop_at, overwrite=args.overwrite)
     print("summary: " + json.dumps(result.summary))
 
 

@@ -105,7 +105,7 @@ def build_model(config: RecipeConfig, tokenizer):
     spec = config.model
     extra = {"attn_implementation": spec.attn_implementation} if spec.attn_implementation else {}
     if spec.pretrained is not None:
-        model = AutoModelForCausalLM.from_pretrained(spec.pretrained, **extra)
+        model = AutoModelForCausalLM.from_pretrained(spec.pretrained, use_safetensors=True, **extra)
     else:
         fields = dict(spec.config)
         fields.setdefault("vocab_size", len(tokenizer))

@@ -3,13 +3,15 @@
 One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` rows per process.
 The data order depends only on ``(train.seed, epoch)``, and the checkpoint holds the step, so a run
 stopped and resumed replays exactly the batches, learning rates and losses of an uninterrupted one.
+Checkpoints are memlm's own (safetensors and JSON, see :mod:`memlm.training.checkpointing`); the recipe
+of the run is kept in ``output_dir/recipe.json`` so that no other run reuses or prunes its directory.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,34 +19,26 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    DistributedType,
-    GradientAccumulationPlugin,
-    broadcast,
-    set_seed,
-)
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, broadcast, set_seed
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from memlm.training.builders import build_dataset, build_model, build_tokenizer, run_evaluations
+from memlm.training.checkpointing import (
+    CheckpointError,
+    checkpoint_dirs,
+    latest_intact,
+    load_checkpoint,
+    save_checkpoint,
+    verify,
+)
 from memlm.training.config import RecipeConfig
 from memlm.training.data import EpochSampler, PackedCollator, PrefixLMInputs
 
-CHECKPOINT_PATTERN = re.compile(r"step_(\d+)$")
-
-
-@dataclass
-class TrainState:
-    """What the checkpoint adds to model, optimizer, scheduler and RNG states: the optimizer step."""
-
-    step: int = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+RECIPE_FILE = "recipe.json"
+# What a resumed run may change: how long it trains, its checkpoints, logging and evaluation.
+RESUMABLE_CHANGES = ("output_dir", "train.max_steps", "train.max_minutes", "train.log_every", "checkpoint.",
+                     "logging.", "eval.")
 
 
 def lr_factor(step: int, config: RecipeConfig) -> float:
@@ -76,25 +70,67 @@ def available_trackers(names: list[str]) -> list[str]:
     return usable
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    """Saved checkpoints of a run, oldest first."""
-    root = output_dir / "checkpoints"
-    found = [p for p in root.glob("step_*") if CHECKPOINT_PATTERN.search(p.name)] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.search(p.name)[1]))
+def _recipe_differences(stored: dict, recipe: dict, allowed: tuple[str, ...]) -> list[str]:
+    """The dotted keys whose values differ between two recipes (``to_dict`` form), but for ``allowed``
+    (keys, or prefixes ending with a dot)."""
+    old, new = _flat(stored), _flat(recipe)
+    return sorted(key for key in old.keys() | new.keys()
+                  if old.get(key) != new.get(key) and not any(key == a or key.startswith(a) for a in allowed))
 
 
-def resolve_resume(config: RecipeConfig) -> Path | None:
-    """The checkpoint directory to resume from, or None to start fresh."""
+def check_output_dir(config: RecipeConfig, overwrite: bool) -> None:
+    """Refuse an ``output_dir`` that holds something other than this run, unless ``overwrite``.
+
+    Allowed: an empty or new directory; a run of the same recipe (``recipe.json``), which a resumed run
+    continues (it may change only :data:`RESUMABLE_CHANGES`) and a new run replaces.
+    """
+    output_dir, resume = Path(config.output_dir), config.checkpoint.resume_from
+    if overwrite and resume is not None:
+        raise ValueError(f"overwrite=True (--overwrite) starts a new run in output_dir; it cannot resume "
+                         f"(checkpoint.resume_from={resume!r}): drop one of them")
+    if overwrite or not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    stored_path = output_dir / RECIPE_FILE
+    if not stored_path.is_file():
+        raise ValueError(f"output_dir={str(output_dir)!r} is not empty and holds no memlm run ({RECIPE_FILE}): "
+                         "choose another output_dir, or pass --overwrite (train(..., overwrite=True)) to use it")
+    allowed = RESUMABLE_CHANGES if resume is not None else ("checkpoint.resume_from",)
+    differences = _recipe_differences(json.loads(stored_path.read_text()), config.to_dict(), allowed)
+    if differences:
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} holds a run of another recipe (it differs in {differences}); "
+            + ("a resumed run may change only train.max_steps, train.max_minutes, train.log_every, checkpoint, "
+               "logging and eval; " if resume is not None else "")
+            + "choose another output_dir, or pass --overwrite (train(..., overwrite=True)) to replace that run"
+        )
+
+
+def resolve_resume(config: RecipeConfig) -> tuple[Path, dict] | tuple[None, None]:
+    """The checkpoint directory to resume from with its manifest (checked), or ``(None, None)`` to start fresh.
+
+    ``latest`` takes the newest intact checkpoint of ``output_dir`` (skipping, with a warning, newer
+    incomplete or damaged ones); a directory must be intact (an error names the damaged file). Either way
+    the checkpoint's recipe must be this one but for :data:`RESUMABLE_CHANGES`.
+    """
     resume = config.checkpoint.resume_from
     if resume is None:
-        return None
+        return None, None
     if resume == "latest":
-        found = checkpoints(Path(config.output_dir))
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise ValueError(f"checkpoint.resume_from={resume!r} is neither 'latest' nor an existing checkpoint directory")
-    return path
+        path = latest_intact(Path(config.output_dir))
+        if path is None:
+            return None, None
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise ValueError(f"checkpoint.resume_from={resume!r} is neither 'latest' nor an existing checkpoint "
+                             "directory")
+    manifest = verify(path)
+    differences = _recipe_differences(manifest["recipe"], config.to_dict(), RESUMABLE_CHANGES)
+    if differences:
+        raise CheckpointError(f"checkpoint {path} is of another recipe (it differs in {differences}); a resumed "
+                              "run may change only train.max_steps, train.max_minutes, train.log_every, "
+                              "checkpoint, logging and eval")
+    return path, manifest
 
 
 @dataclass
@@ -106,12 +142,15 @@ class TrainResult:
     model: torch.nn.Module
 
 
-def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
+def train(config: RecipeConfig, stop_at: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train as ``config`` says.
 
     ``stop_at``: end after this optimizer step (with a checkpoint), as a preempted job would.
+    ``overwrite``: start a new run in an ``output_dir`` that holds another one (its checkpoints, log and
+    summary are deleted); without it such a directory is refused (:func:`check_output_dir`).
     """
     output_dir = Path(config.output_dir)
+    check_output_dir(config, overwrite)
     trackers = available_trackers(config.logging.trackers)
     accelerator = Accelerator(
         # accumulation runs across epoch ends, so optimizer step n always starts at micro-batch n * accum
@@ -131,7 +170,7 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
             "lora.merge=true needs the whole model on one process: with FSDP or DeepSpeed set lora.merge=false "
             "(the adapter is saved) and merge afterwards with peft's merge_and_unload"
         )
-    resume_dir = resolve_resume(config)
+    resume_dir, manifest = resolve_resume(config)
 
     tokenizer = build_tokenizer(config)
     dataset, eval_data = build_dataset(config, tokenizer)
@@ -153,26 +192,24 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
             f"per process x {accelerator.num_processes} processes"
         )
     # The scheduler steps once per optimizer step whatever the number of processes (not prepared).
-    state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    step = 0
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        accelerator.print(f"[memlm] resumed from {resume_dir} at step {state.step}")
+        step = load_checkpoint(accelerator, resume_dir, model, optimizer, scheduler, manifest)
+        accelerator.print(f"[memlm] resumed from {resume_dir} at step {step}")
+    log_path = output_dir / "train_log.jsonl"
+    accelerator.wait_for_everyone()  # every process has chosen its checkpoint before any file changes
+    if accelerator.is_main_process:
+        _start_output_dir(config, resume_dir is not None, step)
+    accelerator.wait_for_everyone()
     if trackers:
         accelerator.init_trackers(config.logging.project, config=_flat(config.to_dict()))
-
-    log_path = output_dir / "train_log.jsonl"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if resume_dir is None:
-            log_path.unlink(missing_ok=True)
     last_step = min(config.train.max_steps, stop_at or config.train.max_steps)
     accum = config.train.gradient_accumulation_steps
-    progress = tqdm(total=last_step, initial=state.step, desc="train", disable=not accelerator.is_main_process)
+    progress = tqdm(total=last_step, initial=step, desc="train", disable=not accelerator.is_main_process)
     model.train()
     started, tokens, loss_sum, micro_in_step = time.perf_counter(), 0, 0.0, 0
     losses, stopped_by_time = [], False
-    batches = _micro_batches(accelerator, loader, state.step * accum) if state.step < last_step else ()
+    batches = _micro_batches(accelerator, loader, step * accum) if step < last_step else ()
     for batch in batches:
         with accelerator.accumulate(model):
             loss = model(**batch, use_cache=False).loss
@@ -187,33 +224,34 @@ def train(config: RecipeConfig, stop_at: int | None = None) -> TrainResult:
         if not accelerator.sync_gradients:
             continue
         scheduler.step()
-        state.step += 1
+        step += 1
         step_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, 0.0, 0
         losses.append(step_loss)
         tokens_per_s = tokens / (time.perf_counter() - started)
-        record = {"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
+        record = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s}
         if accelerator.is_main_process:
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if trackers:
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-        if state.step % config.train.log_every == 0 or state.step == last_step:
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if step % config.train.log_every == 0 or step == last_step:
             progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
         progress.update(1)
         stopped_by_time = _time_is_up(accelerator, started, config.train.max_minutes)
         every = config.checkpoint.every
-        if (every and state.step % every == 0) or state.step == last_step or stopped_by_time:
-            _save_checkpoint(accelerator, output_dir, state.step, config.checkpoint.keep)
-        if state.step >= last_step or stopped_by_time:
+        if (every and step % every == 0) or step == last_step or stopped_by_time:
+            _save_checkpoint(accelerator, config, model, optimizer, scheduler, step)
+        if step >= last_step or stopped_by_time:
             break
     progress.close()
-    summary = {"steps": state.step, "final_loss": losses[-1] if losses else None,
-               "train_seconds": time.perf_counter() - started, "stopped_by_time": stopped_by_time}
+    summary = {"steps": step, "final_loss": losses[-1] if losses else None,
+               "train_seconds": time.perf_counter() - started, "stopped_by_time": stopped_by_time,
+               "distributed_type": accelerator.distributed_type.value, "num_processes": accelerator.num_processes}
     if stopped_by_time:
-        accelerator.print(f"[memlm] train.max_minutes={config.train.max_minutes} reached at step {state.step} "
+        accelerator.print(f"[memlm] train.max_minutes={config.train.max_minutes} reached at step {step} "
                           f"of {config.train.max_steps}")
     model = accelerator.unwrap_model(model)
-    if state.step >= config.train.max_steps or stopped_by_time:
+    if step >= config.train.max_steps or stopped_by_time:
         model = _finish(accelerator, model, tokenizer, config, eval_data, summary)
     accelerator.end_training()
     if accelerator.is_main_process:
@@ -242,10 +280,42 @@ def _micro_batches(accelerator: Accelerator, loader, start: int):
         epoch, offset = epoch + 1, 0
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
-    accelerator.save_state(str(output_dir / "checkpoints" / f"step_{step}"))
+def _start_output_dir(config: RecipeConfig, resumed: bool, step: int) -> None:
+    """Main process, before training: a new run removes the previous run's checkpoints, log and summary
+    (:func:`check_output_dir` allowed it); a resumed run drops the log lines after its checkpoint's
+    ``step``. Then ``recipe.json`` records this run's recipe."""
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir / "train_log.jsonl"
+    if resumed:
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step] \
+            if log_path.is_file() else []
+        _write_atomically(log_path, "".join(line + "\n" for line in kept))
+    elif config.checkpoint.resume_from is None:  # with resume_from=latest and no intact checkpoint: keep them
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        log_path.unlink(missing_ok=True)
+        (output_dir / "summary.json").unlink(missing_ok=True)
+    else:
+        log_path.unlink(missing_ok=True)
+    _write_atomically(output_dir / RECIPE_FILE, json.dumps(config.to_dict(), indent=2))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _save_checkpoint(accelerator: Accelerator, config: RecipeConfig, model, optimizer, scheduler, step: int) -> None:
+    """Save the checkpoint of ``step``, then keep the newest ``checkpoint.keep`` of those up to ``step``
+    (later ones, of a run resumed from an earlier checkpoint, are left)."""
+    output_dir = Path(config.output_dir)
+    save_checkpoint(accelerator, output_dir / "checkpoints" / f"step_{step}", model, optimizer, scheduler, step,
+                    config.to_dict())
     if accelerator.is_main_process:
-        for old in checkpoints(output_dir)[:-keep]:
+        done = [path for saved, path in checkpoint_dirs(output_dir) if saved <= step]
+        stale = [path for saved, path in checkpoint_dirs(output_dir, partial=True) if saved <= step]
+        for old in done[:-config.checkpoint.keep] + stale:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 

@@ -95,7 +95,7 @@ def test_json_prompt_completion_recipe(tmp_path):
     assert train(config_from_dict(recipe)).summary["steps"] == 6
     recipe["data"]["completion_field"] = "response"
     with pytest.raises(ValueError, match="data.completion_field='response' is not a column of the data"):
-        train(config_from_dict(recipe))
+        train(config_from_dict(recipe), overwrite=True)  # another recipe in the same output_dir
 
 
 def test_max_minutes_ends_training_saves_and_evaluates(tmp_path):
@@ -188,9 +188,9 @@ def test_two_process_data_parallel_equals_single_process(tmp_path):
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "ddp" / "params_rank0.pt")
-    rank1 = torch.load(tmp_path / "ddp" / "params_rank1.pt")
-    alone = torch.load(tmp_path / "single" / "params_rank0.pt")
+    rank0 = torch.load(tmp_path / "ddp" / "params_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp" / "params_rank1.pt", weights_only=True)
+    alone = torch.load(tmp_path / "single" / "params_rank0.pt", weights_only=True)
     for name, param in rank0.items():
         assert torch.equal(param, rank1[name]), name
         torch.testing.assert_close(param, alone[name], atol=1e-5, rtol=1e-4)
@@ -286,7 +286,7 @@ def test_jrt_rnn_preset_trains_with_the_prefix_lm_objective(tmp_path):
     assert "prefix_linear_attention" in loaded.config.layer_types
     recipe["model"] = {"config": TINY_MODEL}
     with pytest.raises(ValueError, match="data.prefix_length=8 is set, but the model's config has no prefix_lm"):
-        train(config_from_dict(recipe))
+        train(config_from_dict(recipe), overwrite=True)
 
 
 def test_mqar_mixture_trains_on_the_mixture_and_evaluates_on_the_given_config(tmp_path):
