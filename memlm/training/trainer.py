@@ -1,4 +1,4 @@
-"""The training loop of ``recipes/train.py``, on Accelerate: one CPU, DDP, FSDP or DeepSpeed unchanged.
+"""The training loop of ``recipes/train.py``, on Accelerate: one CPU, DDP or FSDP2 unchanged.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` rows per process.
 The data order depends only on ``(train.seed, epoch)``, and the checkpoint holds the step, so a run
@@ -164,12 +164,7 @@ def train(config: RecipeConfig, stop_at: int | None = None, overwrite: bool = Fa
         project_dir=str(output_dir),
     )
     set_seed(config.train.seed)
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if config.lora.enabled and config.lora.merge and sharded:
-        raise ValueError(
-            "lora.merge=true needs the whole model on one process: with FSDP or DeepSpeed set lora.merge=false "
-            "(the adapter is saved) and merge afterwards with peft's merge_and_unload"
-        )
+    check_distributed_type(accelerator.distributed_type, config)
     resume_dir, manifest = resolve_resume(config)
 
     tokenizer = build_tokenizer(config)
@@ -259,6 +254,26 @@ def train(config: RecipeConfig, stop_at: int | None = None, overwrite: bool = Fa
     return TrainResult(summary, model)
 
 
+def check_distributed_type(distributed_type: DistributedType, config: RecipeConfig) -> None:
+    """Refuse, before any work, what memlm's training cannot do under this kind of distribution.
+
+    DeepSpeed: memlm's checkpoints hold safetensors and JSON only, and DeepSpeed's engine keeps its partitioned
+    optimizer state in objects that only its own (pickling) checkpoint writer saves. FSDP: a merged LoRA model
+    needs every parameter on one process.
+    """
+    if distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(
+            "DeepSpeed is not supported by memlm's trainer: its checkpoints are safetensors and JSON only, and "
+            "DeepSpeed's optimizer state can only be saved by its own pickle-based writer. For sharded training "
+            "use FSDP2 (recipes/accelerate/fsdp.yaml), which shards parameters, gradients and optimizer state"
+        )
+    if config.lora.enabled and config.lora.merge and distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "lora.merge=true needs the whole model on one process: with FSDP set lora.merge=false "
+            "(the adapter is saved) and merge afterwards with peft's merge_and_unload"
+        )
+
+
 def _time_is_up(accelerator: Accelerator, started: float, max_minutes: float | None) -> bool:
     """Whether ``max_minutes`` of training have passed on the main process (all processes get its answer)."""
     if max_minutes is None:
@@ -327,7 +342,7 @@ def _finish(accelerator: Accelerator, model, tokenizer, config: RecipeConfig, ev
     accelerator.wait_for_everyone()
     if config.lora.enabled and config.lora.merge:
         model = model.merge_and_unload()
-    state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP, DeepSpeed) parameters
+    state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP) parameters
     if accelerator.is_main_process:
         model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)

@@ -304,3 +304,17 @@ def test_mqar_mixture_trains_on_the_mixture_and_evaluates_on_the_given_config(tm
     del raw["data"]["mqar"]["num_kv_pairs"]
     with pytest.raises(ValueError, match=r"data.mqar still needs \['num_kv_pairs'\]"):
         config_from_dict(raw)
+
+
+def test_deepspeed_and_merged_lora_under_fsdp_are_refused_by_name(tmp_path):
+    from accelerate.utils import DistributedType
+
+    from memlm.training.trainer import check_distributed_type
+
+    config = config_from_dict(text_recipe(tmp_path, lora={"enabled": True}))
+    with pytest.raises(ValueError, match="DeepSpeed is not supported.*FSDP2"):
+        check_distributed_type(DistributedType.DEEPSPEED, config)
+    with pytest.raises(ValueError, match="lora.merge=true needs the whole model"):
+        check_distributed_type(DistributedType.FSDP, config)
+    for allowed in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_distributed_type(allowed, config)
