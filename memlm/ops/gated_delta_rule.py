@@ -33,6 +33,14 @@ from memlm.ops.common.recurrent import recurrent_scan
 from memlm.ops.common.scan import scan_chunks
 
 
+def _checked_scale(op: str, q, k, v, g, beta, scale: float | None, initial_state, cu_seqlens) -> float:
+    """Validate the arguments of ``op`` (ValueError naming the bad one) and return the query scale (default
+    ``dk ** -0.5``)."""
+    gate_shape = tuple(q.shape[:3])
+    check_linear_inputs(op, q, k, v, {"g": (g, gate_shape), "beta": (beta, gate_shape)}, initial_state, cu_seqlens)
+    return q.shape[-1] ** -0.5 if scale is None else scale
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -63,13 +71,7 @@ def chunk_gated_delta_rule(
     Returns:
         ``o`` ``[B, T, H, dv]`` in q's dtype, and ``final_state`` ``[N, H, dk, dv]`` (fp32) or None.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs(
-        "chunk_gated_delta_rule", q, k, v,
-        {"g": (g, (batch, seq_len, heads)), "beta": (beta, (batch, seq_len, heads))},
-        initial_state, cu_seqlens,
-    )
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("chunk_gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens)
     if use_fla_gated_chunk(q, k, v, g, beta, initial_state):
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk_gated_delta_rule
 
@@ -77,6 +79,7 @@ def chunk_gated_delta_rule(
             q, k, v, g, beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
+    batch, seq_len, _, dk = q.shape
     dv = v.shape[-1]
     layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
     q_c = to_chunks(q, layout) * scale
@@ -103,15 +106,8 @@ def chunk_gated_delta_rule(
 
 
 def recurrent_gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule token by token (decoding), equations (1)-(2):
 
@@ -120,33 +116,21 @@ def recurrent_gated_delta_rule(
     fla's fused recurrent kernel on CUDA when no gradient is needed (it has no backward pass), else
     :func:`naive_gated_delta_rule`. Same arguments and returns as :func:`chunk_gated_delta_rule`.
     """
+    scale = _checked_scale("recurrent_gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens)
     # fla's fused recurrent kernel has no backward pass: it serves decoding, memlm's torch path serves gradients
     if use_fla(q, k, v) and not needs_backward(q, k, v, g, beta, initial_state):
-        batch, seq_len, heads, dk = q.shape
-        check_linear_inputs(
-            "recurrent_gated_delta_rule", q, k, v,
-            {"g": (g, (batch, seq_len, heads)), "beta": (beta, (batch, seq_len, heads))},
-            initial_state, cu_seqlens,
-        )
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
         return fused_recurrent_gated_delta_rule(
-            q, k, v, g, beta, scale=dk**-0.5 if scale is None else scale, initial_state=initial_state,
+            q, k, v, g, beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
     return naive_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
 
 
 def naive_gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The reference: equations (1)-(2) token by token in fp32 torch,
 
@@ -154,13 +138,7 @@ def naive_gated_delta_rule(
 
     Same arguments and returns as :func:`chunk_gated_delta_rule`.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs(
-        "naive_gated_delta_rule", q, k, v,
-        {"g": (g, (batch, seq_len, heads)), "beta": (beta, (batch, seq_len, heads))},
-        initial_state, cu_seqlens,
-    )
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("naive_gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens)
 
     def step(state, k_t, v_t, g_t, beta_t):
         state = state * g_t.exp()[..., None, None]

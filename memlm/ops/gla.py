@@ -111,6 +111,13 @@ def _intra_chunk(q_c, k_c, v_c, log_decay, sub):
     return torch.stack(pieces, dim=-3).view(*lead, size, dv)
 
 
+def _checked_scale(op: str, q, k, v, g, scale: float | None, initial_state, cu_seqlens) -> float:
+    """Validate the arguments of ``op`` (ValueError naming the bad one) and return the query scale (default
+    ``dk ** -0.5``)."""
+    check_linear_inputs(op, q, k, v, {"g": (g, tuple(q.shape[:3]) + (q.shape[-1],))}, initial_state, cu_seqlens)
+    return q.shape[-1] ** -0.5 if scale is None else scale
+
+
 def chunk_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -140,9 +147,7 @@ def chunk_gla(
     Returns:
         ``o`` ``[B, T, H, dv]`` in q's dtype, and ``final_state`` ``[N, H, dk, dv]`` (fp32) or None.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs("chunk_gla", q, k, v, {"g": (g, (batch, seq_len, heads, dk))}, initial_state, cu_seqlens)
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("chunk_gla", q, k, v, g, scale, initial_state, cu_seqlens)
     if use_fla(q, k, v):
         from fla.ops.gla import chunk_gla as fla_chunk_gla
 
@@ -150,7 +155,7 @@ def chunk_gla(
             q, k, v, g=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
-    layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
+    layout = ChunkLayout(q.shape[0], q.shape[1], chunk_size, cu_seqlens, q.device)
     q_c = to_chunks(q, layout) * scale
     k_c = to_chunks(k, layout)
     v_c = to_chunks(v, layout)
@@ -166,14 +171,8 @@ def chunk_gla(
 
 
 def recurrent_gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention token by token (decoding), equations (1)-(2):
 
@@ -181,29 +180,20 @@ def recurrent_gla(
 
     fla's fused recurrent kernel on CUDA, else :func:`naive_gla`. Same arguments and returns as :func:`chunk_gla`.
     """
+    scale = _checked_scale("recurrent_gla", q, k, v, g, scale, initial_state, cu_seqlens)
     if use_fla(q, k, v):
-        batch, seq_len, heads, dk = q.shape
-        check_linear_inputs(
-            "recurrent_gla", q, k, v, {"g": (g, (batch, seq_len, heads, dk))}, initial_state, cu_seqlens
-        )
         from fla.ops.gla import fused_recurrent_gla
 
         return fused_recurrent_gla(
-            q, k, v, gk=g, scale=dk**-0.5 if scale is None else scale, initial_state=initial_state,
+            q, k, v, gk=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
     return naive_gla(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
 
 
 def naive_gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The reference: equations (1)-(2) token by token in fp32 torch,
 
@@ -211,9 +201,7 @@ def naive_gla(
 
     Same arguments and returns as :func:`chunk_gla`.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs("naive_gla", q, k, v, {"g": (g, (batch, seq_len, heads, dk))}, initial_state, cu_seqlens)
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("naive_gla", q, k, v, g, scale, initial_state, cu_seqlens)
 
     def step(state, k_t, v_t, g_t):
         return state * g_t.exp()[..., None] + k_t[..., None] * v_t[..., None, :]  # (1)

@@ -97,17 +97,9 @@ def _starting_state(ke, ve, prefix_mask, initial_state, cu_seqlens) -> torch.Ten
 
 
 def chunk_prefix_linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    ke: torch.Tensor,
-    ve: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    chunk_size: int = 64,
-    key_mask: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke: torch.Tensor, ve: torch.Tensor, prefix_mask: torch.Tensor,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None, chunk_size: int = 64, key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Equation (1) over a sequence, chunk by chunk (training and prefill): causal Based
     (:func:`memlm.ops.based.chunk_based`) started from the encoder state of equation (2),
@@ -132,16 +124,9 @@ def chunk_prefix_linear_attention(
 
 
 def recurrent_prefix_linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    ke: torch.Tensor,
-    ve: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    key_mask: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke: torch.Tensor, ve: torch.Tensor, prefix_mask: torch.Tensor,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Equation (1) token by token: :func:`memlm.ops.based.recurrent_based` started from ``S_enc`` of (2),
 
