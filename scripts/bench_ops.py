@@ -69,7 +69,7 @@ from memlm import MemLMConfig, MemLMForCausalLM
 from memlm.layers import Attention, GatedDeltaNet
 from memlm.layers.rotary import RotaryEmbedding
 from memlm.ops import chunk_gated_delta_rule
-from memlm.ops.utils import use_fla
+from memlm.ops.common.fla import use_fla
 
 # transformers' pure-PyTorch chunked gated delta rule, without the hub-kernel / fla dispatch wrapper.
 transformers_chunk_gated_delta_rule = inspect.unwrap(torch_chunk_gated_delta_rule)

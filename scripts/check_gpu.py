@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from memlm import MemLMConfig, MemLMForCausalLM
 from memlm.layers.neural_memory import NeuralMemory, memory_rule
 from memlm.ops import chunk_gated_delta_rule, chunk_gla, recurrent_gated_delta_rule, recurrent_gla
-from memlm.ops.utils import fla_gated_backward_is_broken
+from memlm.ops.common.fla import fla_gated_backward_is_broken
 
 KERNELS = {"chunk_gated_delta_rule": chunk_gated_delta_rule, "recurrent_gated_delta_rule": recurrent_gated_delta_rule,
            "chunk_gla": chunk_gla, "recurrent_gla": recurrent_gla}

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from memlm.ops.utils import fla_gated_backward_is_broken, use_fla, use_fla_gated_chunk
+from memlm.ops.common.fla import fla_gated_backward_is_broken, use_fla, use_fla_gated_chunk
 
 LOADED = "sorted(m for m in sys.modules if m.split('.')[0] in ('triton', 'fla') and sys.modules[m] is not None)"
 

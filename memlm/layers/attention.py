@@ -4,7 +4,7 @@ Runs through transformers' attention interface, so ``config._attn_implementation
 (default), ``eager``, ``flash_attention_2`` or any registered kernel; the cache is transformers'
 ``DynamicLayer`` / ``DynamicSlidingWindowLayer``. When the model says so (``in_blocks``: ``sdpa`` or
 ``eager``, a whole unpadded sequence longer than two windows, as in training and prefill), a sliding-window
-layer runs :func:`memlm.ops.sliding_window_attention.sliding_window_attention`, linear in the length,
+layer runs :func:`memlm.ops.sliding_window_attention.chunk_sliding_window_attention`, linear in the length,
 instead of a dense ``[T, T]`` mask.
 """
 
@@ -16,7 +16,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from memlm.layers.registry import register_mixer
 from memlm.layers.rotary import apply_rotary
-from memlm.ops.sliding_window_attention import sliding_window_attention
+from memlm.ops.sliding_window_attention import chunk_sliding_window_attention
 
 
 def eager_attention_forward(
@@ -89,7 +89,9 @@ class Attention(nn.Module):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         if in_blocks and self.sliding_window is not None:
-            out = sliding_window_attention(query, key, value, self.sliding_window, self.scaling)
+            out = chunk_sliding_window_attention(
+                *(t.transpose(1, 2) for t in (query, key, value)), self.sliding_window, self.scaling
+            )
             return self.o_proj(out.reshape(batch, seq_len, -1))
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, weights = attention(

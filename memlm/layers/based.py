@@ -2,7 +2,7 @@
 
     q = W_q x,  k = W_k x   per head, of the small feature dimension d = linear_key_head_dim (16 in the paper)
     v = W_v x               per head, linear_value_head_dim
-    o = based_linear_attention(q, k, v)     normalized, phi = 2nd-order Taylor map of exp (memlm.ops.based)
+    o = chunk_based(q, k, v)                normalized, phi = 2nd-order Taylor map of exp (memlm.ops.based)
     y = W_o o
 
 The state per head is ``[1 + d + d^2, dv + 1]`` (numerator | denominator), kept in transformers'
@@ -17,7 +17,7 @@ from torch import nn
 from memlm.layers.gated_deltanet import padding_mask_for
 from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
 from memlm.layers.registry import register_mixer
-from memlm.ops.based import based_linear_attention
+from memlm.ops.based import chunk_based, recurrent_based
 
 
 @register_mixer("based", linear=True)
@@ -51,13 +51,14 @@ class BasedLinearAttention(nn.Module):
         shape = (batch, seq_len, self.num_heads, -1)
         q, k, v = (proj(hidden_states).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
         op_kwargs = {"initial_state": recurrent_state, "output_final_state": cache is not None,
-                     "cu_seqlens": cu_seqlens, "chunked": not (recurrent_state is not None and seq_len == 1),
-                     "key_mask": mask}
+                     "cu_seqlens": cu_seqlens, "key_mask": mask}
         o, final_state = self.attend(hidden_states, q, k, v, op_kwargs, **kwargs)
         if cache is not None:
             store_recurrent_state(cache, self.layer_idx, final_state)
         return self.o_proj(o.reshape(batch, seq_len, -1))
 
     def attend(self, hidden_states, q, k, v, op_kwargs: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The attention op on ``q, k [B, T, H, d]``, ``v [B, T, H, dv]`` -> ``(o [B, T, H, dv], final state)``."""
-        return based_linear_attention(q, k, v, **op_kwargs)
+        """The attention op on ``q, k [B, T, H, d]``, ``v [B, T, H, dv]`` -> ``(o [B, T, H, dv], final state)``:
+        the recurrent form for one token after a cached state (decoding), else the chunked form."""
+        op = recurrent_based if op_kwargs["initial_state"] is not None and q.shape[1] == 1 else chunk_based
+        return op(q, k, v, **op_kwargs)

@@ -25,6 +25,7 @@ from transformers import initialization as init
 
 from memlm.layers.gated_deltanet import l2_normalize
 from memlm.layers.norm import GatedRMSNorm
+from memlm.layers.padding import left_pad_shifts, roll_rows
 from memlm.layers.short_conv import ShortConvolution
 from memlm.ops.neural_memory import (
     PRESETS,
@@ -34,9 +35,8 @@ from memlm.ops.neural_memory import (
     initial_state,
     memory_forward,
     readout,
-    step_neural_memory,
+    recurrent_neural_memory,
 )
-from memlm.ops.utils import left_pad_shifts, roll_rows
 
 
 def memory_rule(preset: str, overrides: dict | None = None) -> MemoryRule:
@@ -175,10 +175,10 @@ class NeuralMemory(nn.Module):
             real = mask.long().sum(-1)
             columns = real[:, None] + torch.arange(conv_state.shape[-1], device=x.device)[None, :]
             conv_state = window.gather(2, columns[:, None, :].expand(-1, window.shape[1], -1))
-        q, k, v = (t.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+        q, k, v = (t.view(batch, length, self.num_heads, self.head_dim) for t in qkv.chunk(3, dim=-1))
         q, k = l2_normalize(q), l2_normalize(k)
         gates = (self.gate_proj(x) + self.gate_bias).float()
-        gates = gates.view(batch, length, self.num_gates, self.num_heads).permute(2, 0, 3, 1)  # [gate, B, H, T]
+        gates = gates.view(batch, length, self.num_gates, self.num_heads).permute(2, 0, 1, 3)  # [gate, B, T, H]
         theta = self.max_lr * torch.sigmoid(gates[0])
         log_a = F.logsigmoid(-gates[1]) if self.rule.forgetting else torch.zeros_like(theta)  # log(1 - alpha)
         log_eta = F.logsigmoid(gates[2])
@@ -192,15 +192,14 @@ class NeuralMemory(nn.Module):
             outs = []
             for t in range(length):
                 step = slice(t, t + 1)
-                o_t, memory = step_neural_memory(
-                    q[:, :, step], k[:, :, step], v[:, :, step], theta[..., step], log_a[..., step],
-                    log_eta[..., step], memory, *args,
-                    huber_delta[..., step] if huber_delta is not None else None,
+                o_t, memory = recurrent_neural_memory(
+                    q[:, step], k[:, step], v[:, step], theta[:, step], log_a[:, step],
+                    log_eta[:, step], memory, *args,
+                    huber_delta[:, step] if huber_delta is not None else None,
                     mask[:, step] if mask is not None else None,
                 )
                 outs.append(o_t)
-            o = torch.cat(outs, dim=2)
-        o = o.transpose(1, 2)
+            o = torch.cat(outs, dim=1)
         z = self.z_proj(x).view(batch, length, self.num_heads, self.head_dim)
         y = self.out_proj(self.norm(o, z).reshape(batch, length, -1))
         if shifts is not None:

@@ -2,7 +2,7 @@
 
     q = W_q x,  k = W_k x,  ke = W_ke x         per head, of the feature dimension d = linear_key_head_dim
     v = W_v x,  ve = W_ve x                     per head, linear_value_head_dim
-    o = prefix_linear_attention(q, k, v, ke, ve, prefix)        (memlm.ops.prefix_linear_attention)
+    o = chunk_prefix_linear_attention(q, k, v, ke, ve, prefix)  (memlm.ops.prefix_linear_attention)
     y = W_o o
 
 Every position reads the prefix (the prompt) through the encoder keys and values ``ke, ve``, non-causally,
@@ -20,7 +20,7 @@ from transformers.cache_utils import LinearAttentionLayer
 
 from memlm.layers.based import BasedLinearAttention
 from memlm.layers.registry import PREFIX_LAYER_TYPE, register_mixer
-from memlm.ops.prefix_linear_attention import prefix_linear_attention
+from memlm.ops.prefix_linear_attention import chunk_prefix_linear_attention
 
 cache_utils.DYNAMIC_LAYER_TYPE_MAPPING[PREFIX_LAYER_TYPE] = LinearAttentionLayer
 cache_utils.STATIC_LAYER_TYPE_MAPPING[PREFIX_LAYER_TYPE] = LinearAttentionLayer
@@ -50,4 +50,4 @@ class PrefixLinearAttention(BasedLinearAttention):
             prefix_mask = prefix_mask & op_kwargs["key_mask"].bool()
         ke = self.k_enc_proj(hidden_states).view(q.shape)
         ve = self.v_enc_proj(hidden_states).view(v.shape)
-        return prefix_linear_attention(q, k, v, ke, ve, prefix_mask, **op_kwargs)
+        return chunk_prefix_linear_attention(q, k, v, ke, ve, prefix_mask, **op_kwargs)

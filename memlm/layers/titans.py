@@ -28,9 +28,9 @@ from memlm.layers.gated_deltanet import padding_mask_for
 from memlm.layers.memory_cache import memory_cache_layer
 from memlm.layers.neural_memory import MemoryBranchState, NeuralMemory, memory_rule
 from memlm.layers.norm import RMSNorm
+from memlm.layers.padding import left_pad_shifts, roll_rows
 from memlm.layers.registry import register_mixer
 from memlm.layers.window_attention import WindowAttention, WindowState
-from memlm.ops.utils import left_pad_shifts, roll_rows
 
 
 def neural_memory_from_config(config) -> NeuralMemory:

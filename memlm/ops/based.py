@@ -19,6 +19,9 @@ entering a chunk, is
 (the GLA form of :mod:`memlm.ops.gla` without its decays, which would only cost time here); the recurrent
 form and the CUDA path are :mod:`memlm.ops.gla`'s with zero decay (flash-linear-attention's kernels where
 installed).
+
+:func:`chunk_based` (training, prefill), :func:`recurrent_based` (decoding), :func:`naive_based` (the quadratic
+reference); inputs ``[B, T, H, D]``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ import math
 
 import torch
 
+from memlm.ops.common.checks import check_linear_inputs
+from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.fla import use_fla
+from memlm.ops.common.scan import scan_chunks
 from memlm.ops.gla import chunk_gla, recurrent_gla
-from memlm.ops.utils import ChunkLayout, check_linear_inputs, from_chunks, scan_chunks, to_chunks, use_fla
 
 
 def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -44,18 +50,33 @@ def with_denominator_column(v: torch.Tensor) -> torch.Tensor:
     return torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
 
 
-def based_linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    chunked: bool = True,
-    chunk_size: int = 64,
+def _features(
+    op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``phi(q)``, ``phi(k)`` (zero at masked keys) and ``[v, 1]``, all fp32 as the GLA ops compute."""
+    if q.shape != k.shape:
+        raise ValueError(f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must have one shape")
+    phi_q, phi_k = taylor_feature_map(q.float()), taylor_feature_map(k.float())
+    if key_mask is not None:
+        phi_k = phi_k * key_mask[:, :, None, None].to(phi_k.dtype)
+    return phi_q, phi_k, with_denominator_column(v)
+
+
+def _normalized(out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Equation (2)'s division: numerator columns over the denominator column, in v's dtype."""
+    # the denominator is >= 1/2 per key seen (module notes); 0 only before any unmasked key (left pads: y = 0)
+    return (out[..., :-1] / out[..., -1:].clamp_min(1e-6)).to(v.dtype)
+
+
+def chunk_based(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None, chunk_size: int = 64,
     key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Equation (2) over a sequence.
+    """Equation (2) over a sequence, chunk by chunk (training and prefill), through equation (3):
+
+        y_i = sum_{j<=i} phi(q_i).phi(k_j) v_j / sum_{j<=i} phi(q_i).phi(k_j),
+        per chunk  O = Q S + tril(Q K^T) V,  S' = S + K^T V   (over phi and [v, 1])
 
     Args:
         q, k: ``[B, T, H, d]`` (projected to the small feature dimension).
@@ -63,31 +84,41 @@ def based_linear_attention(
         initial_state: ``[N, H, 1 + d + d^2, dv + 1]`` (numerator state | denominator state), N = B or the
             number of documents with ``cu_seqlens``.
         cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one row.
-        chunked: the chunkwise form (training, prefill) or the token-by-token recurrence (decoding).
         key_mask: ``[B, T]`` 0/1: keys at 0 (padding) add nothing to either sum (``phi(0)`` is not zero: its
             constant feature would count a pad in the denominator).
 
     Returns:
         ``y`` ``[B, T, H, dv]`` in v's dtype, and the final state (fp32) or None.
     """
-    if q.shape != k.shape:
-        raise ValueError(f"based_linear_attention: q {tuple(q.shape)} and k {tuple(k.shape)} must have one shape")
-    phi_q, phi_k = taylor_feature_map(q.float()), taylor_feature_map(k.float())  # fp32, as the GLA ops compute
-    if key_mask is not None:
-        phi_k = phi_k * key_mask[:, :, None, None].to(phi_k.dtype)
-    values = with_denominator_column(v)
-    kwargs = {"scale": 1.0, "initial_state": initial_state, "output_final_state": output_final_state,
-              "cu_seqlens": cu_seqlens}
-    if chunked and not use_fla(phi_q, phi_k, values):
+    phi_q, phi_k, values = _features("chunk_based", q, k, v, key_mask)
+    if use_fla(phi_q, phi_k, values):
+        out, state = chunk_gla(
+            phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), scale=1.0, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size,
+        )
+    else:
         out, state = chunk_linear_attention(phi_q, phi_k, values, initial_state, cu_seqlens, chunk_size)
         state = state if output_final_state else None
-    elif chunked:
-        out, state = chunk_gla(phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), chunk_size=chunk_size, **kwargs)
-    else:
-        out, state = recurrent_gla(phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), **kwargs)
-    # the denominator is >= 1/2 per key seen (module notes); 0 only before any unmasked key (left pads: y = 0)
-    y = out[..., :-1] / out[..., -1:].clamp_min(1e-6)
-    return y.to(v.dtype), state
+    return _normalized(out, v), state
+
+
+def recurrent_based(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Equation (2) token by token (decoding): :func:`memlm.ops.gla.recurrent_gla` with zero decay over
+    ``phi`` and ``[v, 1]``,
+
+        S_t = S_{t-1} + phi(k_t) [v_t, 1]^T,   y_t = (S_t^T phi(q_t))[:dv] / (S_t^T phi(q_t))[dv]
+
+    Same arguments and returns as :func:`chunk_based` (no ``chunk_size``).
+    """
+    phi_q, phi_k, values = _features("recurrent_based", q, k, v, key_mask)
+    out, state = recurrent_gla(
+        phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), scale=1.0, initial_state=initial_state,
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+    )
+    return _normalized(out, v), state
 
 
 def chunk_linear_attention(
@@ -113,8 +144,11 @@ def chunk_linear_attention(
     return from_chunks(o, layout), final_state
 
 
-def naive_based_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Equation (2) as masked quadratic attention with weights ``1 + s + s^2 / 2``: the reference."""
+def naive_based(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The reference: equation (2) as masked quadratic attention with weights ``1 + s + s^2 / 2``,
+
+        y_i = sum_{j<=i} w_ij v_j / sum_{j<=i} w_ij,   w_ij = 1 + s_ij + s_ij^2 / 2,   s_ij = q_i . k_j / sqrt(d)
+    """
     dtype = torch.promote_types(q.dtype, torch.float32)  # fp64 inputs give an fp64 reference
     s = torch.einsum("bthd,bshd->bhts", q.to(dtype), k.to(dtype)) / math.sqrt(q.shape[-1])
     causal = torch.ones(q.shape[1], q.shape[1], dtype=torch.bool, device=q.device).tril()

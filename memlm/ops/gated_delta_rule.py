@@ -16,23 +16,29 @@ with cumulative log decay ``G_i = g_1 + ... + g_i`` and ``Gamma_ij = exp(G_i - G
 
 Only (5) and (7) run sequentially over chunks (two small matmuls per chunk); (3), (4) and (6) are
 batched over all chunks. Every exponent above is <= 0, so strong decay cannot overflow.
+
+:func:`chunk_gated_delta_rule` (training, prefill) computes (3)-(7), :func:`recurrent_gated_delta_rule` (decoding)
+and :func:`naive_gated_delta_rule` (the reference) compute (1)-(2) token by token; on CUDA with fla installed the
+first two run fla's kernels.
 """
 
 from __future__ import annotations
 
 import torch
 
-from memlm.ops.utils import (
-    ChunkLayout,
-    check_linear_inputs,
-    from_chunks,
-    needs_backward,
-    recurrent_scan,
-    scan_chunks,
-    to_chunks,
-    use_fla,
-    use_fla_gated_chunk,
-)
+from memlm.ops.common.checks import check_linear_inputs
+from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
+from memlm.ops.common.recurrent import recurrent_scan
+from memlm.ops.common.scan import scan_chunks
+
+
+def _checked_scale(op: str, q, k, v, g, beta, scale: float | None, initial_state, cu_seqlens) -> float:
+    """Validate the arguments of ``op`` (ValueError naming the bad one) and return the query scale (default
+    ``dk ** -0.5``)."""
+    gate_shape = tuple(q.shape[:3])
+    check_linear_inputs(op, q, k, v, {"g": (g, gate_shape), "beta": (beta, gate_shape)}, initial_state, cu_seqlens)
+    return q.shape[-1] ** -0.5 if scale is None else scale
 
 
 def chunk_gated_delta_rule(
@@ -47,7 +53,9 @@ def chunk_gated_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated delta rule over a whole sequence, chunk by chunk (training and prefill).
+    """Gated delta rule over a whole sequence, chunk by chunk (training and prefill): per chunk, equations (3)-(7),
+
+        V' = U - W S,   O = (Q * exp(G)) S + (Q K^T * Gamma) V',   S' = exp(G_C) S + (K * exp(G_C - G))^T V'
 
     Args:
         q, k: ``[B, T, H, dk]`` (the layer L2-normalizes them; this op does not).
@@ -63,13 +71,7 @@ def chunk_gated_delta_rule(
     Returns:
         ``o`` ``[B, T, H, dv]`` in q's dtype, and ``final_state`` ``[N, H, dk, dv]`` (fp32) or None.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs(
-        "chunk_gated_delta_rule", q, k, v,
-        {"g": (g, (batch, seq_len, heads)), "beta": (beta, (batch, seq_len, heads))},
-        initial_state, cu_seqlens,
-    )
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("chunk_gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens)
     if use_fla_gated_chunk(q, k, v, g, beta, initial_state):
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk_gated_delta_rule
 
@@ -77,6 +79,7 @@ def chunk_gated_delta_rule(
             q, k, v, g, beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
+    batch, seq_len, _, dk = q.shape
     dv = v.shape[-1]
     layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
     q_c = to_chunks(q, layout) * scale
@@ -103,27 +106,17 @@ def chunk_gated_delta_rule(
 
 
 def recurrent_gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated delta rule token by token, equations (1)-(2): the reference, and the decoding path.
+    """Gated delta rule token by token (decoding), equations (1)-(2):
 
-    Same arguments and returns as :func:`chunk_gated_delta_rule`.
+        S_t = exp(g_t) * (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T (scale * q_t)
+
+    fla's fused recurrent kernel on CUDA when no gradient is needed (it has no backward pass), else
+    :func:`naive_gated_delta_rule`. Same arguments and returns as :func:`chunk_gated_delta_rule`.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs(
-        "recurrent_gated_delta_rule", q, k, v,
-        {"g": (g, (batch, seq_len, heads)), "beta": (beta, (batch, seq_len, heads))},
-        initial_state, cu_seqlens,
-    )
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("recurrent_gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens)
     # fla's fused recurrent kernel has no backward pass: it serves decoding, memlm's torch path serves gradients
     if use_fla(q, k, v) and not needs_backward(q, k, v, g, beta, initial_state):
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
@@ -132,6 +125,20 @@ def recurrent_gated_delta_rule(
             q, k, v, g, beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
+    return naive_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def naive_gated_delta_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference: equations (1)-(2) token by token in fp32 torch,
+
+        S_t = exp(g_t) * (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T (scale * q_t)
+
+    Same arguments and returns as :func:`chunk_gated_delta_rule`.
+    """
+    scale = _checked_scale("naive_gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens)
 
     def step(state, k_t, v_t, g_t, beta_t):
         state = state * g_t.exp()[..., None, None]

@@ -24,6 +24,9 @@ into sub-chunks of ``s`` tokens:
 Every exponent is <= 0: (3a) only takes keys up to ``r`` and the pairs of (3b) with j > i are set to
 -inf before ``exp``, so nothing overflows, in the forward pass or in the gradients, and a factor that
 underflows to 0 only stands for a product that is smaller still.
+
+:func:`chunk_gla` (training, prefill) computes (3)-(5), :func:`recurrent_gla` (decoding) and :func:`naive_gla`
+(the reference) compute (1)-(2) token by token; on CUDA with fla installed the first two run fla's kernels.
 """
 
 from __future__ import annotations
@@ -32,15 +35,11 @@ import math
 
 import torch
 
-from memlm.ops.utils import (
-    ChunkLayout,
-    check_linear_inputs,
-    from_chunks,
-    recurrent_scan,
-    scan_chunks,
-    to_chunks,
-    use_fla,
-)
+from memlm.ops.common.checks import check_linear_inputs
+from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.fla import use_fla
+from memlm.ops.common.recurrent import recurrent_scan
+from memlm.ops.common.scan import scan_chunks
 
 _SUB_CHUNK = 16
 _PAIRWISE_ELEMENTS = 1 << 20  # bound on the [m, s, s, dk] temporaries of the diagonal blocks (4 MiB fp32)
@@ -112,6 +111,13 @@ def _intra_chunk(q_c, k_c, v_c, log_decay, sub):
     return torch.stack(pieces, dim=-3).view(*lead, size, dv)
 
 
+def _checked_scale(op: str, q, k, v, g, scale: float | None, initial_state, cu_seqlens) -> float:
+    """Validate the arguments of ``op`` (ValueError naming the bad one) and return the query scale (default
+    ``dk ** -0.5``)."""
+    check_linear_inputs(op, q, k, v, {"g": (g, tuple(q.shape[:3]) + (q.shape[-1],))}, initial_state, cu_seqlens)
+    return q.shape[-1] ** -0.5 if scale is None else scale
+
+
 def chunk_gla(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -123,7 +129,10 @@ def chunk_gla(
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated linear attention over a whole sequence, chunk by chunk (training and prefill).
+    """Gated linear attention over a whole sequence, chunk by chunk (training and prefill): per chunk, (3)-(5),
+
+        O = (Q * exp(G)) S + A V,   A_ij = sum_c q_ic k_jc exp(G_ic - G_jc) (j <= i),
+        S' = Diag(exp(G_C)) S + (K * exp(G_C - G))^T V
 
     Args:
         q, k: ``[B, T, H, dk]``.
@@ -138,9 +147,7 @@ def chunk_gla(
     Returns:
         ``o`` ``[B, T, H, dv]`` in q's dtype, and ``final_state`` ``[N, H, dk, dv]`` (fp32) or None.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs("chunk_gla", q, k, v, {"g": (g, (batch, seq_len, heads, dk))}, initial_state, cu_seqlens)
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("chunk_gla", q, k, v, g, scale, initial_state, cu_seqlens)
     if use_fla(q, k, v):
         from fla.ops.gla import chunk_gla as fla_chunk_gla
 
@@ -148,7 +155,7 @@ def chunk_gla(
             q, k, v, g=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
-    layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
+    layout = ChunkLayout(q.shape[0], q.shape[1], chunk_size, cu_seqlens, q.device)
     q_c = to_chunks(q, layout) * scale
     k_c = to_chunks(k, layout)
     v_c = to_chunks(v, layout)
@@ -164,22 +171,16 @@ def chunk_gla(
 
 
 def recurrent_gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated linear attention token by token, equations (1)-(2): the reference, and the decoding path.
+    """Gated linear attention token by token (decoding), equations (1)-(2):
 
-    Same arguments and returns as :func:`chunk_gla`.
+        S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale * q_t)
+
+    fla's fused recurrent kernel on CUDA, else :func:`naive_gla`. Same arguments and returns as :func:`chunk_gla`.
     """
-    batch, seq_len, heads, dk = q.shape
-    check_linear_inputs("recurrent_gla", q, k, v, {"g": (g, (batch, seq_len, heads, dk))}, initial_state, cu_seqlens)
-    scale = dk**-0.5 if scale is None else scale
+    scale = _checked_scale("recurrent_gla", q, k, v, g, scale, initial_state, cu_seqlens)
     if use_fla(q, k, v):
         from fla.ops.gla import fused_recurrent_gla
 
@@ -187,6 +188,20 @@ def recurrent_gla(
             q, k, v, gk=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
+    return naive_gla(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def naive_gla(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference: equations (1)-(2) token by token in fp32 torch,
+
+        S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale * q_t)
+
+    Same arguments and returns as :func:`chunk_gla`.
+    """
+    scale = _checked_scale("naive_gla", q, k, v, g, scale, initial_state, cu_seqlens)
 
     def step(state, k_t, v_t, g_t):
         return state * g_t.exp()[..., None] + k_t[..., None] * v_t[..., None, :]  # (1)

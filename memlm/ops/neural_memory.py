@@ -41,8 +41,13 @@ chunk-boundary state. ``lq`` and ``kl`` apply a non-linear ``f`` to ``P_t``; the
 ``P_t`` there, and those retentions form ``P_t`` for the tokens of one chunk at a time.
 
 Pads (``mask = 0``) are exact no-ops: ``theta = 0``, ``a = eta = 1`` and they add no momentum to ``P``.
-Every sequence restarts its chunk grid at its first real token, so a left-padded row computes exactly
-what the row computes alone.
+They must come after a row's real tokens, so that the chunk grid starts at the row's first real token and a
+padded row computes exactly what the row computes alone; a layer moves left pads there first
+(:mod:`memlm.layers.padding`).
+
+The ops follow fla's naming and layout: :func:`chunk_neural_memory` (training, prefill),
+:func:`recurrent_neural_memory` (one token, decoding), :func:`naive_neural_memory` (the reference); inputs
+``[B, T, H, d]`` and gates ``[B, T, H]``; the state's tensors are ``[B, H, out, in]``.
 """
 
 from __future__ import annotations
@@ -53,8 +58,6 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
-
-from memlm.ops.utils import left_pad_shifts, roll_rows
 
 ATTENTIONAL_BIASES = ("l2", "lp", "huber", "dot")
 RETENTIONS = ("l2", "lq", "kl")
@@ -294,6 +297,34 @@ def gradient_clip_scale(deltas, inputs, max_norm: float) -> torch.Tensor:
 # --- the chunk-parallel op -------------------------------------------------------------------------------
 
 
+def _heads_first(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """``[B, T, H, ...]`` -> ``[B, H, T, ...]`` (at least fp32; None stays None): the layout the math below uses."""
+    return [None if t is None else _at_least_fp32(t).transpose(1, 2) for t in tensors]
+
+
+def _check_memory_inputs(op: str, q, k, v, gates: dict, state: MemoryState, mask) -> None:
+    """Raise ValueError naming the argument unless ``q, k, v`` are ``[B, T, H, d]``, every gate ``[B, T, H]``,
+    the state has ``B`` rows of ``H`` heads and ``mask`` is ``[B, T]`` with its pads after the real tokens."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"{op}: q, k, v must be [B, T, H, d] of one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    for name, gate in gates.items():
+        if gate is not None and gate.shape != q.shape[:3]:
+            raise ValueError(f"{op}: {name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(gate.shape)}")
+    expected = (q.shape[0], q.shape[2])
+    if tuple(state.params[0].shape[:2]) != expected:
+        raise ValueError(f"{op}: state must hold [B, H] = {expected} memories, got {tuple(state.params[0].shape[:2])}")
+    if mask is None:
+        return
+    if mask.shape != q.shape[:2]:
+        raise ValueError(f"{op}: mask must be [B, T] = {tuple(q.shape[:2])}, got {tuple(mask.shape)}")
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise ValueError(
+            f"{op}: mask has a pad before a real token; pads must come last (memlm.layers.padding moves left pads)"
+        )
+
+
 def _chunk_coefficients(log_a, log_eta, theta, live, momentum: bool):
     """Equation (7) for one chunk: ``log_a, log_eta, theta, live`` ``[B, H, C]`` ->
     ``decay A_t``, ``m_t`` (None without momentum), ``c [B, H, C, C]`` and the end-of-chunk momentum
@@ -376,35 +407,32 @@ def chunk_neural_memory(
     mask: torch.Tensor | None = None,
     recompute_chunks: bool = False,
 ) -> tuple[torch.Tensor, MemoryState]:
-    """Equations (1)-(8), chunk by chunk.
+    """Chunk-parallel training and prefill (Titans section 3.2): equations (1)-(5) with every gradient of a chunk
+    taken at the chunk's starting weights, computed through (6)-(8):
+
+        P_t = A_t P_0 + m_t S_0 - sum_{s<=t} c_ts delta_s h_s^T,     y_t = M_{f(P_t)}(q_t)
 
     Args:
-        q, k, v: ``[B, H, T, d]``. theta: ``[B, H, T]`` learning rates. log_a: ``[B, H, T]`` ``log(1 - alpha)``.
-        log_eta: ``[B, H, T]`` ``log eta`` (None for ``gd``). huber_delta: ``[B, H, T]`` (``huber`` only).
+        q, k, v: ``[B, T, H, d]``. theta: ``[B, T, H]`` learning rates. log_a: ``[B, T, H]`` ``log(1 - alpha)``.
+        log_eta: ``[B, T, H]`` ``log eta`` (None for ``gd``). huber_delta: ``[B, T, H]`` (``huber`` only).
         state: from :func:`initial_state` or an earlier call; its ``seen`` must be a multiple of
-            ``chunk_size`` for every row (use :func:`step_neural_memory` to continue inside a chunk).
-        mask: ``[B, T]`` 1 for real tokens; pads must come first (left padding) or last.
+            ``chunk_size`` for every row (use :func:`recurrent_neural_memory` to continue inside a chunk).
+        mask: ``[B, T]`` 1 for real tokens; pads must come last (a layer moves left pads there first).
         recompute_chunks: for training, keep only the states at chunk boundaries and recompute each chunk in
             the backward pass (less memory, one more forward; measured in docs/titans.md).
-    Returns ``(y [B, H, T, d], new state)``; computed in fp32, ``y`` in the dtype of ``q``.
+    Returns ``(y [B, T, H, d], new state)``; computed in fp32, ``y`` in the dtype of ``q``.
     """
     if bool((state.seen % chunk_size != 0).any()):
-        raise ValueError("chunk_neural_memory continues only from a chunk boundary; use step_neural_memory")
-    batch, heads, length, _ = q.shape
-    dtype = q.dtype
-    q, k, v, theta, log_a = (_at_least_fp32(t) for t in (q, k, v, theta, log_a))
+        raise ValueError("chunk_neural_memory continues only from a chunk boundary; use recurrent_neural_memory")
     momentum_on = rule.algorithm == "gd_momentum"
-    log_eta = _at_least_fp32(log_eta) if momentum_on else None
-    huber_delta = _at_least_fp32(huber_delta) if huber_delta is not None else None
+    _check_memory_inputs("chunk_neural_memory", q, k, v, {"theta": theta, "log_a": log_a, "huber_delta": huber_delta,
+                         "log_eta": log_eta if momentum_on else None}, state, mask)
+    batch, length, heads, _ = q.shape
+    dtype = q.dtype
+    q, k, v, theta, log_a, log_eta, huber_delta = _heads_first(
+        q, k, v, theta, log_a, log_eta if momentum_on else None, huber_delta
+    )
     live = torch.ones(batch, length, device=q.device, dtype=q.dtype) if mask is None else mask.to(q.dtype)
-    # left pads move to the end, so each row's chunk grid starts at its first real token
-    shifts = left_pad_shifts(mask)
-    if shifts is not None:
-        q, k, v = (roll_rows(t, shifts, dim=2) for t in (q, k, v))
-        theta, log_a = roll_rows(theta, shifts, dim=2), roll_rows(log_a, shifts, dim=2)
-        log_eta = roll_rows(log_eta, shifts, dim=2) if momentum_on else None
-        huber_delta = roll_rows(huber_delta, shifts, dim=2) if huber_delta is not None else None
-        live = roll_rows(live, shifts)
     live_h = live[:, None, :].expand(batch, heads, length)
     theta = theta * live_h
     log_a = log_a * live_h
@@ -430,40 +458,45 @@ def chunk_neural_memory(
         momentum = list(out[1 + len(params) :]) if momentum_on else None
     keep = (chunk_of_end == len(outputs)).view(batch, 1, 1, 1)
     chunk_start = [torch.where(keep, p, s) for p, s in zip(params, chunk_start, strict=True)]
-    y = torch.cat(outputs, dim=2)
-    if shifts is not None:
-        y = roll_rows(y, -shifts, dim=2)
+    y = torch.cat(outputs, dim=2).transpose(1, 2)
     return y.to(dtype), MemoryState(params, momentum, chunk_start, state.seen + real)
 
 
-def step_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule: MemoryRule, chunk_size: int,
-                       huber_delta=None, mask=None) -> tuple[torch.Tensor, MemoryState]:
-    """One token per row (``T = 1``), continuing anywhere inside a chunk; same arguments as the chunk op.
+def recurrent_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule: MemoryRule, chunk_size: int,
+                            huber_delta=None, mask=None) -> tuple[torch.Tensor, MemoryState]:
+    """One token per row (``T = 1``, decoding), continuing anywhere inside a chunk: equations (1)-(5),
 
-    The gradient is taken at ``f(chunk_start)``; a row whose ``seen`` is a multiple of ``chunk_size``
-    starts a new chunk here. A pad (``mask = 0``) leaves the row's state unchanged.
+        S_t = eta_t S_{t-1} - theta_t grad ell(M_{f(P_c)}(k_t), v_t),   P_t = a_t P_{t-1} + S_t,   y_t = M_{f(P_t)}(q_t)
+
+    with the gradient taken at ``f(P_c)``, ``P_c`` the chunk start; a row whose ``seen`` is a multiple of
+    ``chunk_size`` starts a new chunk here. Same arguments and layout as :func:`chunk_neural_memory`. A pad
+    (``mask = 0``) leaves the row's state unchanged.
     """
+    if q.shape[1] != 1:
+        raise ValueError(f"recurrent_neural_memory reads one token per row, got q of shape {tuple(q.shape)}")
+    _check_memory_inputs("recurrent_neural_memory", q, k, v, {"theta": theta, "log_a": log_a,
+                         "huber_delta": huber_delta}, state, mask)
     dtype = q.dtype
-    q, k, v, theta, log_a = (_at_least_fp32(t)[:, :, 0] for t in (q, k, v, theta, log_a))
+    q, k, v, theta, log_a = (_at_least_fp32(t)[:, 0] for t in (q, k, v, theta, log_a))
     batch = q.shape[0]
     live = torch.ones(batch, device=q.device, dtype=q.dtype) if mask is None else mask[:, -1].to(q.dtype)
     chunk_start = state.current_chunk_start(chunk_size)
     weights = [readout(p, rule) for p in chunk_start]
-    delta_h = _at_least_fp32(huber_delta)[:, :, 0, None] if huber_delta is not None else None
+    delta_h = _at_least_fp32(huber_delta)[:, 0, :, None] if huber_delta is not None else None
     deltas, inputs = token_gradients(weights, k[:, :, None], v[:, :, None], rule, delta_h)
     live4 = live.view(batch, 1, 1, 1)
     theta4 = (theta * live[:, None])[..., None, None]
     a4 = torch.where(live4.bool(), log_a[..., None, None].exp(), torch.ones_like(theta4))
     grads = [d.transpose(-1, -2) @ h for d, h in zip(deltas, inputs, strict=True)]  # [B, H, out, in]
     if rule.algorithm == "gd_momentum":
-        eta4 = torch.where(live4.bool(), _at_least_fp32(log_eta)[:, :, 0, None, None].exp(), torch.ones_like(theta4))
+        eta4 = torch.where(live4.bool(), _at_least_fp32(log_eta)[:, 0, :, None, None].exp(), torch.ones_like(theta4))
         momentum = [eta4 * s - theta4 * g for s, g in zip(state.momentum, grads, strict=True)]
         params = [a4 * p + live4 * s for p, s in zip(state.params, momentum, strict=True)]
     else:
         momentum = None
         params = [a4 * p - theta4 * g for p, g in zip(state.params, grads, strict=True)]
     weights = [readout(p, rule) for p in params]
-    y = memory_forward(weights, q[:, :, None], rule)
+    y = memory_forward(weights, q[:, :, None], rule).transpose(1, 2)  # [B, 1, H, d]
     # a pad that fell on a chunk boundary must not move the row's chunk start
     chunk_start = [torch.where(live4.bool(), s, old) for s, old in zip(chunk_start, state.chunk_start, strict=True)]
     return y.to(dtype), MemoryState(params, momentum, chunk_start, state.seen + live.long())
@@ -474,12 +507,17 @@ def step_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule:
 
 def naive_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule: MemoryRule, chunk_size: int,
                         huber_delta=None) -> tuple[torch.Tensor, MemoryState]:
-    """Token by token, straight from (1)-(5), with autograd's gradients through the memory (no rank-one algebra).
+    """The reference: token by token, straight from (1)-(5), with autograd's gradients through the memory (no
+    rank-one algebra):
 
-    Weights are formed for every token; gradients are taken at ``f(P)`` of the chunk start (chunk size 1:
-    at ``M_{t-1}``, the fully sequential Titans update). For tests only: slow.
+        S_t = eta_t S_{t-1} - theta_t grad_W ell(M_W(k_t), v_t) at W = f(P_c),   P_t = a_t P_{t-1} + S_t,
+        y_t = M_{f(P_t)}(q_t)
+
+    Weights are formed for every token; gradients are taken at ``f(P_c)``, ``P_c`` the chunk start (chunk size 1:
+    at ``M_{t-1}``, the fully sequential Titans update). Layout as :func:`chunk_neural_memory`. For tests only: slow.
     """
     dtype = q.dtype
+    q, k, v, theta, log_a, log_eta, huber_delta = _heads_first(q, k, v, theta, log_a, log_eta, huber_delta)
     params = [_at_least_fp32(p) for p in state.params]
     momentum = [_at_least_fp32(s) for s in state.momentum] if rule.algorithm == "gd_momentum" else None
     chunk_start = list(state.chunk_start)
@@ -508,4 +546,4 @@ def naive_neural_memory(q, k, v, theta, log_a, log_eta, state: MemoryState, rule
         weights = [readout(p, rule) for p in params]
         outputs.append(memory_forward(weights, _at_least_fp32(q[:, :, t : t + 1]), rule))
     seen = state.seen + q.shape[2]
-    return torch.cat(outputs, dim=2).to(dtype), MemoryState(params, momentum, chunk_start, seen)
+    return torch.cat(outputs, dim=2).transpose(1, 2).to(dtype), MemoryState(params, momentum, chunk_start, seen)

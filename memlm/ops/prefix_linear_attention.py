@@ -13,6 +13,9 @@ The encoder sums do not depend on ``i``: they are one state per sequence,
 and (1) is causal Based attention started from ``S_enc`` (plus any state carried over from earlier
 tokens). Its final state is ``S_enc + S_dec``, the sum of the encoder and decoder states, from which
 decoding continues recurrently.
+
+:func:`chunk_prefix_linear_attention` (training, prefill), :func:`recurrent_prefix_linear_attention` (token by
+token), :func:`naive_prefix_linear_attention` (the quadratic reference); inputs ``[B, T, H, D]``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 
 import torch
 
-from memlm.ops.based import based_linear_attention, taylor_feature_map, with_denominator_column
+from memlm.ops.based import chunk_based, recurrent_based, taylor_feature_map, with_denominator_column
 
 
 def prefix_token_mask(
@@ -87,45 +90,64 @@ def prefix_encoder_state(
     ])
 
 
-def prefix_linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    ke: torch.Tensor,
-    ve: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    chunked: bool = True,
-    chunk_size: int = 64,
-    key_mask: torch.Tensor | None = None,
+def _starting_state(ke, ve, prefix_mask, initial_state, cu_seqlens) -> torch.Tensor:
+    """``S_enc`` of equation (2), plus ``initial_state`` (a state carried over from earlier tokens) if given."""
+    state = prefix_encoder_state(ke, ve, prefix_mask, cu_seqlens)
+    return state if initial_state is None else state + initial_state
+
+
+def chunk_prefix_linear_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke: torch.Tensor, ve: torch.Tensor, prefix_mask: torch.Tensor,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None, chunk_size: int = 64, key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Equation (1) over a sequence.
+    """Equation (1) over a sequence, chunk by chunk (training and prefill): causal Based
+    (:func:`memlm.ops.based.chunk_based`) started from the encoder state of equation (2),
+
+        y_i = (sum_{j<=i} phi(q_i).phi(k_j) v_j + sum_{j<N} phi(q_i).phi(ke_j) ve_j)
+              / (phi(q_i).(sum_{j<=i} phi(k_j) + sum_{j<N} phi(ke_j)))
 
     Args:
         q, k, ke: ``[B, T, H, d]``; v, ve: ``[B, T, H, dv]``.
         prefix_mask: ``[B, T]`` bool, True at the prefix tokens (see :func:`prefix_token_mask`); padding in it
             must already be False.
-        initial_state, output_final_state, cu_seqlens, chunked, chunk_size, key_mask: as in
-            :func:`memlm.ops.based.based_linear_attention`.
+        initial_state, output_final_state, cu_seqlens, chunk_size, key_mask: as in
+            :func:`memlm.ops.based.chunk_based`.
 
     Returns:
         ``y`` ``[B, T, H, dv]`` and the final state (encoder + decoder, fp32) or None.
     """
-    state = prefix_encoder_state(ke, ve, prefix_mask, cu_seqlens)
-    if initial_state is not None:
-        state = state + initial_state
-    return based_linear_attention(
-        q, k, v, initial_state=state, output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-        chunked=chunked, chunk_size=chunk_size, key_mask=key_mask,
+    return chunk_based(
+        q, k, v, initial_state=_starting_state(ke, ve, prefix_mask, initial_state, cu_seqlens),
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size, key_mask=key_mask,
+    )
+
+
+def recurrent_prefix_linear_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke: torch.Tensor, ve: torch.Tensor, prefix_mask: torch.Tensor,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Equation (1) token by token: :func:`memlm.ops.based.recurrent_based` started from ``S_enc`` of (2),
+
+        S_0 = S_enc,   S_t = S_{t-1} + phi(k_t) [v_t, 1]^T,   y_t = (S_t^T phi(q_t))[:dv] / (S_t^T phi(q_t))[dv]
+
+    Same arguments and returns as :func:`chunk_prefix_linear_attention` (no ``chunk_size``). Decoding after the
+    prefix was read continues with :func:`memlm.ops.based.recurrent_based` from the returned state.
+    """
+    return recurrent_based(
+        q, k, v, initial_state=_starting_state(ke, ve, prefix_mask, initial_state, cu_seqlens),
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens, key_mask=key_mask,
     )
 
 
 def naive_prefix_linear_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke: torch.Tensor, ve: torch.Tensor, prefix_length: torch.Tensor
 ) -> torch.Tensor:
-    """Equation (1) as two quadratic attentions with weights ``1 + s + s^2 / 2``: the reference.
+    """The reference: equation (1) as two quadratic attentions with weights ``w = 1 + s + s^2 / 2``,
+
+        y_i = (sum_{j<=i} w(q_i, k_j) v_j + sum_{j<N} w(q_i, ke_j) ve_j)
+              / (sum_{j<=i} w(q_i, k_j) + sum_{j<N} w(q_i, ke_j))
 
     ``prefix_length`` ``[B]``: row ``b`` reads ``ke, ve`` at positions ``< prefix_length[b]``.
     """

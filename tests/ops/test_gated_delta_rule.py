@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from memlm.ops import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from memlm.ops import chunk_gated_delta_rule, naive_gated_delta_rule, recurrent_gated_delta_rule
 
 
 def make_inputs(batch, seq_len, heads=2, dk=16, dv=24, num_states=None, decay=1.0):
@@ -28,7 +28,7 @@ def assert_ops_agree(inputs, tol=1e-4, **kwargs):
     o, final = chunk_gated_delta_rule(*inputs[:5], initial_state=inputs[5], output_final_state=True, **kwargs)
     weights = (torch.randn_like(o), torch.randn_like(final))
     chunk = run_with_grads(chunk_gated_delta_rule, inputs, weights, **kwargs)
-    reference = run_with_grads(recurrent_gated_delta_rule, inputs, weights, **kwargs)
+    reference = run_with_grads(naive_gated_delta_rule, inputs, weights, **kwargs)
     torch.testing.assert_close(chunk[0], reference[0], atol=tol, rtol=0)
     torch.testing.assert_close(chunk[1], reference[1], atol=tol, rtol=0)
     for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], chunk[2], reference[2], strict=True):
@@ -107,7 +107,7 @@ def test_bad_input_raises(change, message):
     q, k, v, g, beta, _ = (x.detach() for x in make_inputs(1, 20))
     args = dict(q=q, k=k, v=v, g=g, beta=beta)
     change(args)
-    for op in (chunk_gated_delta_rule, recurrent_gated_delta_rule):
+    for op in (chunk_gated_delta_rule, recurrent_gated_delta_rule, naive_gated_delta_rule):
         with pytest.raises(ValueError, match=message):
             op(**args)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from memlm.ops import chunk_gla, recurrent_gla
+from memlm.ops import chunk_gla, naive_gla, recurrent_gla
 
 NAMES = ["q", "k", "v", "g", "initial_state"]
 
@@ -28,7 +28,7 @@ def assert_ops_agree(inputs, tol=1e-4, rtol=0.0, chunk_size=64, **kwargs):
     o, final = chunk_gla(*inputs[:4], initial_state=inputs[4], output_final_state=True, **kwargs)
     weights = (torch.randn_like(o), torch.randn_like(final))
     chunk = run_with_grads(chunk_gla, inputs, weights, chunk_size=chunk_size, **kwargs)
-    reference = run_with_grads(recurrent_gla, inputs, weights, **kwargs)
+    reference = run_with_grads(naive_gla, inputs, weights, **kwargs)
     torch.testing.assert_close(chunk[0], reference[0], atol=tol, rtol=rtol)
     torch.testing.assert_close(chunk[1], reference[1], atol=tol, rtol=rtol)
     for name, a, b in zip(NAMES, chunk[2], reference[2], strict=True):
@@ -107,7 +107,7 @@ def test_default_scale_and_no_final_state():
 
 def test_bf16_inputs_give_bf16_outputs_and_fp32_state():
     q, k, v, g, _ = (x.detach() for x in make_inputs(1, 70))
-    for op in (chunk_gla, recurrent_gla):
+    for op in (chunk_gla, recurrent_gla, naive_gla):
         o, final = op(q.bfloat16(), k.bfloat16(), v.bfloat16(), g.bfloat16(), output_final_state=True)
         assert o.dtype == torch.bfloat16 and final.dtype == torch.float32
         reference, _ = op(q, k, v, g)
@@ -129,13 +129,13 @@ def test_bad_input_raises(change, message):
     q, k, v, g, _ = (x.detach() for x in make_inputs(1, 20))
     args = dict(q=q, k=k, v=v, g=g)
     change(args)
-    for op in (chunk_gla, recurrent_gla):
+    for op in (chunk_gla, recurrent_gla, naive_gla):
         with pytest.raises(ValueError, match=message):
             op(**args)
 
 
 def test_cu_seqlens_needs_batch_of_one():
     q, k, v, g, _ = (x.detach() for x in make_inputs(2, 20))
-    for op in (chunk_gla, recurrent_gla):
+    for op in (chunk_gla, recurrent_gla, naive_gla):
         with pytest.raises(ValueError, match="batch of one"):
             op(q, k, v, g, cu_seqlens=torch.tensor([0, 10, 20]))
