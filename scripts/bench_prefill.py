@@ -10,7 +10,7 @@ prefix (``prefix_length=T``). Each length is timed ``--repeats`` times after one
 best time is kept::
 
     python scripts/bench_prefill.py --lengths 2048,4096,8192,16384 --threads 2 \\
-        --json docs/results/benchmarks/bench_prefill.json
+        --json docs/results/jrt_rnn_prefill/bench_prefill.json
 
 Prints tokens/s per model and length, and JRT-RNN's speed-up over attention.
 """
