@@ -16,7 +16,7 @@ chunk-boundary states kept for the backward pass). Every measurement runs in a f
 
     pip install titans-pytorch==0.5.5          # benchmark-only dependency
     python scripts/bench_memory.py --lengths 1024,2048,4096,8192,16384 --threads 1 \\
-        --json docs/figures/bench_memory.json --figure docs/figures/bench_memory.png
+        --json docs/results/benchmarks/bench_memory.json --figure docs/results/benchmarks/bench_memory.png
 
 Prints tokens/s and peak MB per length, and memlm's ratios to titans-pytorch.
 """

@@ -1,6 +1,6 @@
 """Benchmark memlm against named baselines, in one process, on one device.
 
-The run recorded in ``docs/benchmarks.md`` (a second one there adds ``--threads 1``)::
+The run recorded in ``docs/results/benchmarks/benchmarks.md`` (a second one there adds ``--threads 1``)::
 
     python scripts/bench_ops.py --json /tmp/bench.json
 
@@ -12,7 +12,7 @@ Every timing is the median of ``--repeats`` timed runs after one untimed warm-up
 printed under the table they concern), measured with ``time.perf_counter`` and, on CUDA, with
 ``torch.cuda.synchronize()`` before and after. The timed runs of memlm and its baseline alternate
 (a, b, a, b, ...), so that load from other processes on a shared machine hits both alike; the header
-prints the load average, and a busy machine inflates every absolute number (see docs/benchmarks.md).
+prints the load average, and a busy machine inflates every absolute number (see docs/results/benchmarks/benchmarks.md).
 Inputs are seeded; everything is fp32.
 
 Sections:

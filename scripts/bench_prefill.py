@@ -9,7 +9,8 @@ sequence of ``T`` tokens, which also builds the generation cache; the JRT-RNN re
 prefix (``prefix_length=T``). Each length is timed ``--repeats`` times after one warm-up at that length, and the
 best time is kept::
 
-    python scripts/bench_prefill.py --lengths 2048,4096,8192,16384 --threads 2 --json docs/figures/bench_prefill.json
+    python scripts/bench_prefill.py --lengths 2048,4096,8192,16384 --threads 2 \\
+        --json docs/results/jrt_rnn_prefill/bench_prefill.json
 
 Prints tokens/s per model and length, and JRT-RNN's speed-up over attention.
 """
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from memlm.eval.report import machine_description
+    from harness.runs import machine_description
 
     if args.threads:
         torch.set_num_threads(args.threads)

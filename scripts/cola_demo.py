@@ -7,7 +7,7 @@
    of the chain reproduces the sum) and writes its table, with this command, to ``--out``::
 
     python scripts/cola_demo.py --steps 1500 --eval-samples 100 --simulations 100 \\
-        --out docs/cola_demo.md --figure docs/figures/cola_chain_lengths.png
+        --out docs/results/cola_demo/cola_demo.md --figure docs/results/cola_demo/cola_chain_lengths.png
 
 Depth matters in addition (carries), so the search can both shorten chains and fix wrong sums.
 """
@@ -37,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--out", default="docs/cola_demo.md")
-    parser.add_argument("--figure", default="docs/figures/cola_chain_lengths.png")
+    parser.add_argument("--out", default="docs/results/cola_demo/cola_demo.md")
+    parser.add_argument("--figure", default="docs/results/cola_demo/cola_chain_lengths.png")
     args = parser.parse_args(argv)
     for name in ("digits", "layers", "steps", "eval_samples", "simulations"):
         if getattr(args, name) < 1:
@@ -83,13 +83,13 @@ def initial_model(args, workdir: Path) -> Path:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from memlm.eval.report import script_command
+    from harness.runs import script_command
 
     command = script_command(__file__, argv)
     import torch
 
+    from harness.runs import machine_description
     from memlm.cola.evaluate import main as evaluate
-    from memlm.eval.report import machine_description
     from memlm.training import train
     from memlm.training.config import config_from_dict
 

@@ -1,6 +1,6 @@
-"""Document recall by attribute: which questions each model answers, from ``evals/run.py`` results.
+"""Document recall by attribute: which questions each model answers, from ``scripts/run_eval.py`` results.
 
-Reads the ``results.json`` that ``python evals/run.py --tasks doc_recall`` wrote for several models and prints
+Reads the ``results.json`` that ``python scripts/run_eval.py --tasks doc_recall`` wrote for several models and prints
 (or writes) a markdown table of the "contains" score per asked attribute, one column per model, rows sorted by
 how often the attribute was asked::
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", help="NAME=PATH of an evals/run.py results.json with doc_recall")
+    parser.add_argument("results", nargs="+", help="NAME=PATH of an scripts/run_eval.py results.json with doc_recall")
     parser.add_argument("--variant", default="plain", help="prompt variant to count (plain or jrt)")
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
@@ -50,7 +50,7 @@ def scores_by_attribute(path: Path, variant: str) -> dict[str, list[float]]:
 
 def markdown_table(tables: dict[str, dict[str, list[float]]]) -> str:
     """One row per attribute (with how often it was asked), one column per model; the models must have been asked
-    the same questions (the same ``evals/run.py`` seed and number of examples)."""
+    the same questions (the same ``scripts/run_eval.py`` seed and number of examples)."""
     names = list(tables)
     counts = {a: len(s) for a, s in tables[names[0]].items()}
     for name in names[1:]:

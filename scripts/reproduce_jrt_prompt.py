@@ -2,16 +2,17 @@
 
 Trains small language models (byte-level, or with a BPE trained on the documents: ``--tokenizer bpe``) that
 differ only in their mixers (all-GDN, all-attention, optionally the 3:1 hybrid, Based and JRT-RNN:
-:mod:`memlm.training.architectures`) on generated SWDE/FDA-style documents
+:mod:`harness.architectures`) on generated SWDE/FDA-style documents
 (:func:`memlm.data.document_recall`), each followed by its question and answer, with the loss on the answer
 only (recipe ``data.completion_field``). Half of the training documents are written with the plain prompt
 and half with JRT-Prompt, so both formats are in distribution. Each model then answers held-out documents
 (other seed) with both prompts: greedy generation up to 48 tokens stopped at a newline, scored by "contains"
 as the JRT recall suite does
-(``evals/run.py --tasks doc_recall``)::
+(``scripts/run_eval.py --tasks doc_recall``)::
 
-    python scripts/reproduce_jrt_prompt.py --steps 3000 --out docs/jrt_prompt_reproduction.md \\
-        --figure docs/figures/jrt_prompt.png
+    python scripts/reproduce_jrt_prompt.py --steps 3000 \\
+        --out docs/results/jrt_prompt_reproduction/jrt_prompt_reproduction.md \\
+        --figure docs/results/jrt_prompt_reproduction/jrt_prompt.png
 
 JRT (arXiv 2407.05483) predicts: the recurrent model gains from the second read (it knows what to keep
 when it reads the document again, the question being shown first), attention gains little.
@@ -33,11 +34,11 @@ LOSS_FIELDS = {"answer": {"text_field": "prompt", "completion_field": "answer"},
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from memlm.eval.report import add_run_arguments, finish_run_arguments
+    from harness.runs import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default="all-GDN,attention",
-                        help="comma-separated names of memlm.training.architectures.ARCHITECTURES")
+                        help="comma-separated names of ARCHITECTURES in scripts/harness/architectures.py")
     parser.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte",
                         help="byte-level, or a byte-level BPE trained on the generated training documents")
     parser.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (with --tokenizer bpe)")
@@ -58,13 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--eval-examples", type=int, default=500, help="held-out documents, each asked both ways")
     parser.add_argument("--seed", type=int, default=0)
-    add_run_arguments(parser, "docs/jrt_prompt_reproduction.md", "docs/figures/jrt_prompt.png")
+    add_run_arguments(parser, "docs/results/jrt_prompt_reproduction/jrt_prompt_reproduction.md",
+                      "docs/results/jrt_prompt_reproduction/jrt_prompt.png")
     args = parser.parse_args(argv)
     finish_run_arguments(args, argv, "/tmp/jrt_quick")
     if args.quick:
         args.num_attributes, args.num_train, args.seq_len, args.steps = 3, 64, 256, 3
         args.hidden_size, args.layers, args.heads, args.eval_examples, args.batch_size = 32, 4, 2, 4, 4
-    from memlm.training.architectures import parse_architectures
+    from harness.architectures import parse_architectures
 
     try:
         args.architectures = parse_architectures(args.architectures)
@@ -115,7 +117,7 @@ def tokenizer_section(args: argparse.Namespace, texts: list[str], workdir: Path)
 
 def recipe(args: argparse.Namespace, name: str, data_file: Path, tokenizer: dict, output_dir: Path) -> dict:
     """A text recipe; only the mixers differ between the architectures."""
-    from memlm.training.architectures import model_section
+    from harness.architectures import model_section
 
     return {
         "output_dir": str(output_dir),
@@ -169,7 +171,7 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memlm.eval.report import save_figure
+    from harness.runs import save_figure
 
     names = list(results)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names)), 3.8))
@@ -216,7 +218,7 @@ answer{more_questions(args)}; loss on {LOSS_DESCRIPTIONS[args.loss]}), packed in
 {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr:g} (weight decay 0.1), cosine schedule, seed
 {args.seed}. Test: {args.eval_examples} held-out documents (seed 1234), each asked with both prompts, greedy
 generation up to 48 tokens stopped at a newline, "contains" scoring. Only the mixers differ
-(`memlm.training.architectures`; Based and JRT-RNN with a sliding window of {args.window} tokens).
+(`scripts/harness/architectures.py`; Based and JRT-RNN with a sliding window of {args.window} tokens).
 
 Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} runs at a time).
 
@@ -231,9 +233,9 @@ Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} ru
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from memlm.eval.report import machine_description, script_command
-    from memlm.training.architectures import directory_name
-    from memlm.training.grid import run_grid
+    from harness.architectures import directory_name
+    from harness.grid import run_grid
+    from harness.runs import machine_description, script_command
 
     command = script_command(__file__, argv)
     machine = machine_description()

@@ -1,13 +1,14 @@
 """Reproduce the MQAR recall ordering (attention >= 3:1 GatedDeltaNet hybrid > all-GDN) at tiny scale.
 
 Trains one model per (architecture, number of key-value pairs, learning rate) with everything but the
-mixers identical (width, layers, steps, data, seeds; see :mod:`memlm.training.architectures`, which also
+mixers identical (width, layers, steps, data, seeds; see :mod:`harness.architectures`, which also
 offers ``Based`` and ``JRT-RNN`` for ``--architectures``), evaluates MQAR accuracy on
 held-out rows, and writes a markdown table of the best learning rate per cell (Zoology's protocol: each
 architecture at its best learning rate of the sweep), the whole sweep, and a plot::
 
     python scripts/reproduce_mqar.py --kv-pairs 16,64 --seq-len 128 --steps 300 --lr 1e-3,3e-3 \\
-        --out docs/mqar_reproduction.md --figure docs/figures/mqar_ordering.png
+        --out docs/results/mqar_reproduction/mqar_reproduction.md \\
+        --figure docs/results/mqar_reproduction/mqar_ordering.png
 
 ``--mixture 64:4:20000,128:8:20000,256:16:20000,...`` trains as Zoology does: one model per (architecture,
 learning rate) on a mixture of ``seq_len:num_kv_pairs:num_examples`` configurations (short rows first teach the
@@ -32,11 +33,11 @@ MARKERS = "os^Dv"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from memlm.eval.report import add_run_arguments, finish_run_arguments
+    from harness.runs import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default="attention,3:1 hybrid,all-GDN",
-                        help="comma-separated names of memlm.training.architectures.ARCHITECTURES")
+                        help="comma-separated names of ARCHITECTURES in scripts/harness/architectures.py")
     parser.add_argument("--window", type=int, default=16, help="sliding window of Based and JRT-RNN")
     parser.add_argument("--kv-pairs", default="16,32,64", help="comma-separated numbers of key-value pairs")
     parser.add_argument("--seq-len", type=int, default=256)
@@ -54,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "at --seq-len with every --kv-pairs")
     parser.add_argument("--eval-examples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    add_run_arguments(parser, "docs/mqar_reproduction.md", "docs/figures/mqar_ordering.png")
+    add_run_arguments(parser, "docs/results/mqar_reproduction/mqar_reproduction.md",
+                      "docs/results/mqar_reproduction/mqar_ordering.png")
     args = parser.parse_args(argv)
     finish_run_arguments(args, argv, "/tmp/mqar_quick")
     if args.quick:
@@ -64,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.lr = [float(lr) for lr in str(args.lr).split(",") if lr.strip()]
     args.mixture = parse_mixture(parser, args.mixture) if args.mixture else None
     args.vocab_size = args.vocab_size or max(args.seq_len, 128)
-    from memlm.training.architectures import parse_architectures
+    from harness.architectures import parse_architectures
 
     try:
         args.architectures = parse_architectures(args.architectures)
@@ -86,8 +88,8 @@ def parse_mixture(parser: argparse.ArgumentParser, text: str) -> list[dict]:
 
 def recipe(args: argparse.Namespace, name: str, kv_pairs: int, lr: float, output_dir: str) -> dict:
     """The recipe of ``recipes/configs/mqar_hybrid_tiny.yaml`` with this run's sizes; only the mixers vary."""
-    from memlm.training.architectures import model_section
-    from memlm.training.config import synthetic_task_recipe
+    from harness.architectures import model_section
+    from harness.recipes import synthetic_task_recipe
 
     model = model_section(name, args.hidden_size, args.layers, args.heads, max(256, args.seq_len), args.window)
     task = {"num_examples": args.num_examples, "num_kv_pairs": kv_pairs, "vocab_size": args.vocab_size}
@@ -134,7 +136,7 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memlm.eval.report import save_figure
+    from harness.runs import save_figure
 
     best = best_per_cell(results)
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -175,7 +177,7 @@ Setup: hidden {args.hidden_size}, intermediate {2 * args.hidden_size}, {args.lay
 seq_len {args.seq_len}, vocab {args.vocab_size}, {training_rows(args)}, {args.steps} steps of
 batch {args.batch_size}, AdamW (weight decay 0.1) with a cosine schedule at each learning rate of [{lrs}],
 seed {args.seed}; MQAR accuracy on {args.eval_examples} held-out rows. Only the mixers differ
-(`memlm.training.architectures`: attention "0:1", hybrid "3:1", all-GDN "1:0"; Based and JRT-RNN with a
+(`scripts/harness/architectures.py`: attention "0:1", hybrid "3:1", all-GDN "1:0"; Based and JRT-RNN with a
 sliding window of {args.window} tokens and feature dimension 16).
 
 Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} runs at a time).
@@ -223,9 +225,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    from memlm.eval.report import machine_description, script_command
-    from memlm.training.architectures import directory_name
-    from memlm.training.grid import run_grid
+    from harness.architectures import directory_name
+    from harness.grid import run_grid
+    from harness.runs import machine_description, script_command
 
     command = script_command(__file__, argv)
     machine = machine_description()

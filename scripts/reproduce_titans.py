@@ -9,7 +9,8 @@ passkey rows of ``--train-len`` tokens (:func:`memlm.data.passkey`, recipe sourc
 scored on held-out rows of every ``--test-lens`` length (exact match of the whole key)::
 
     python scripts/reproduce_titans.py --train-len 256 --test-lens 256,1024,2048,4096,8192 --steps 600 \\
-        --out docs/titans_reproduction.md --figure docs/figures/titans_passkey.png --threads 1
+        --out docs/results/titans_reproduction/titans_reproduction.md \\
+        --figure docs/results/titans_reproduction/titans_passkey.png --threads 1
 
 ``--quick`` runs a tiny smoke grid and writes under /tmp unless told otherwise.
 """
@@ -37,7 +38,7 @@ ARCHITECTURES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from memlm.eval.report import add_run_arguments, finish_run_arguments
+    from harness.runs import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES),
@@ -56,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-examples", type=int, default=8000, help="training rows")
     parser.add_argument("--eval-examples", type=int, default=32, help="test rows per length")
     parser.add_argument("--seed", type=int, default=0)
-    add_run_arguments(parser, "docs/titans_reproduction.md", "docs/figures/titans_passkey.png", jobs=False)
+    add_run_arguments(parser, "docs/results/titans_reproduction/titans_reproduction.md",
+                      "docs/results/titans_reproduction/titans_passkey.png", jobs=False)
     args = parser.parse_args(argv)
     finish_run_arguments(args, argv, "/tmp/titans_quick")
     if args.quick:
@@ -78,7 +80,7 @@ def recipe(args, name: str, output_dir: str) -> dict:
         "max_position_embeddings": max(args.test_lens), **ARCHITECTURES[name],
     }
     task = {"num_examples": args.num_examples, "vocab_size": args.vocab_size, "key_length": args.key_length}
-    from memlm.training.config import synthetic_task_recipe
+    from harness.recipes import synthetic_task_recipe
 
     return synthetic_task_recipe(output_dir, model, "passkey", task, args.train_len, args.steps, args.batch_size,
                                  args.lr, args.seed, args.eval_examples)
@@ -114,7 +116,7 @@ def plot(args, results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memlm.eval.report import save_figure
+    from harness.runs import save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in args.architectures:
@@ -138,7 +140,7 @@ def plot(args, results: dict, path: str) -> None:
 def write_report(args, results: dict, command: str, total_seconds: float) -> None:
     import os
 
-    from memlm.eval.report import machine_description
+    from harness.runs import machine_description
 
     figure = os.path.relpath(args.figure, Path(args.out).parent)
     text = f"""# Titans reproduction at tiny scale (generated)
@@ -170,7 +172,7 @@ Machine: {machine_description()}. Total wall time {total_seconds / 60:.1f} min.
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from memlm.eval.report import script_command
+    from harness.runs import script_command
 
     command = script_command(__file__, argv)
     import torch

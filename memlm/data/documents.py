@@ -32,7 +32,7 @@ and with ``style="html"`` the same example has the context ``<html><head><title>
 </tr><tr><th>Revenue</th><td>$490 million</td></tr></table></body></html>`` (one line).
 
 The prompts are those of the SWDE and FDA tasks (``doc + " " + key + ":"``, and JRT's
-``"Information about {key}. " + doc + "\\n" + doc + " " + key + ":"``; see :mod:`memlm.prompting`), and a
+``"Information about {key}. " + doc + "\\n" + doc + " " + key + ":"``; see :mod:`memlm.data.prompting`), and a
 generation is scored with :func:`memlm.eval.contains_any` on its :func:`memlm.eval.first_line`. The examples
 are drawn with a local ``random.Random`` seeded by ``seed``: the same arguments give the same examples, and
 the entities, attributes and values do not depend on ``style``.
@@ -68,7 +68,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from memlm import prompting
+from memlm.data import prompting
 
 KINDS = ("person", "company", "product")
 STYLES = ("lines", "html")
@@ -247,7 +247,7 @@ class RecallExample:
         return prompting.plain_prompt(self.context, self.key + self.answer_cue)
 
     def jrt_prompt(self, repeats: int = 2) -> str:
-        """JRT-Prompt with ``repeats`` copies of the context (:func:`memlm.prompting.jrt_prompt`).
+        """JRT-Prompt with ``repeats`` copies of the context (:func:`memlm.data.prompting.jrt_prompt`).
 
         For a document (``header`` None, ``answer_cue`` ``":"``) and ``repeats=2`` this is the paper's SWDE
         and FDA format ``"Information about {key}. " + context + "\\n" + context + " " + key + ":"``; for a

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from memlm import prompting
+from memlm.data import prompting
 
 _KEY_WORDS = """
     anchor apple arrow badge basket beach bell blanket boat bottle bread bridge brush bucket button cabin
@@ -110,7 +110,7 @@ class NeedleExample:
         return f"{self.prompt} {', '.join(self.answers)}."
 
     def jrt_prompt(self, repeats: int = 2) -> str:
-        """JRT-Prompt in the paper's question format (:func:`memlm.prompting.jrt_prompt`), then the answer prefix:
+        """JRT-Prompt in the paper's question format (:func:`memlm.data.prompting.jrt_prompt`), then the answer prefix:
         ``question + " " + context + "\\n" + context + " " + question + " " + answer_prefix`` for ``repeats=2``.
 
         The question leads, so a recurrent model reads the haystack knowing which key is asked. ``repeats=1``

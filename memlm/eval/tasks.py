@@ -1,4 +1,4 @@
-"""Evaluation tasks for ``evals/run.py``: each turns a model and tokenizer into scored records.
+"""Evaluation tasks for ``scripts/run_eval.py``: each turns a model and tokenizer into scored records.
 
 A task is ``run(model, tokenizer, options) -> list[record]`` (records as in :mod:`memlm.eval.report`),
 registered in :data:`TASKS` under its name.
@@ -14,7 +14,7 @@ from memlm.eval.generation import greedy_answers
 
 @dataclass
 class EvalOptions:
-    """Shared settings of the tasks (the command-line flags of ``evals/run.py``)."""
+    """Shared settings of the tasks (the command-line flags of ``scripts/run_eval.py``)."""
 
     num_examples: int = 50
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024])

@@ -42,7 +42,7 @@ class MemLMConfig(PreTrainedConfig):
         linear_conv_kernel_dim: GatedDeltaNet short convolution width (default 4; also the memory's conv).
 
     Titans / Miras memory (layer types ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``):
-        memory_preset: ``"titans"``, ``"moneta"``, ``"yaad"`` or ``"memora"`` (see docs/titans.md).
+        memory_preset: ``"titans"``, ``"moneta"``, ``"yaad"`` or ``"memora"`` (see docs/guides/titans.md).
         memory_rule (`dict`): overrides of the preset's :class:`~memlm.ops.neural_memory.MemoryRule` fields,
             e.g. ``{"depth": 3, "algorithm": "gd"}``.
         memory_chunk_size: tokens per inner mini-batch (and per MAC segment), default 64.
@@ -50,10 +50,10 @@ class MemLMConfig(PreTrainedConfig):
         memory_max_lr: the largest inner learning rate ``theta`` (default: the preset's, 0.03; Moneta 0.01).
         num_persistent_memory_tokens: learned persistent-memory tokens (default 0).
         memory_recompute_chunks: in training, keep only the memory states at chunk boundaries and recompute
-            the chunks in the backward pass (less memory, about 25% slower; default False).
+            the chunks in the backward pass (less memory, one more forward per chunk; default False).
         ``"memory_as_gate"`` layers use ``sliding_window``.
 
-    JRT-RNN (see :func:`memlm.jrt_rnn_config` and docs/jrt_rnn.md):
+    JRT-RNN (see :func:`memlm.jrt_rnn_config` and docs/guides/jrt_rnn.md):
         ``"prefix_linear_attention"`` layers use the ``linear_*`` head fields (feature dimension
         ``linear_key_head_dim``, 16 in the paper) and read ``prefix_length`` tokens non-causally.
         gated_conv_expand / gated_conv_kernel_dim: width multiple and kernel of ``"conv"`` layers (4 and 3).

@@ -17,9 +17,8 @@ so (3) is ``log W_t = a_t log W_{t-1} - theta_t grad`` up to the row normalizer.
 is no momentum (``eta = 0``, ``S_t = -theta_t grad``).
 
 Moneta's printed shorthand ``W = A / ||A||_q^(q-2)`` is homogeneous of degree ``3 - q`` (-1 for q = 4): its
-weights shrink as ``A`` grows, so the memory cannot store (measured: retrieval error 0.999 -> 0.93 at best after
-180 reads of 6 pairs, 0.998 at a larger step), and grow without bound as retention shrinks ``A``. The mirror
-map is degree 1 and stores (2.09 -> 0.07 on the same pairs).
+weights shrink as ``A`` grows, so the memory cannot store, and grow without bound as retention shrinks ``A``.
+The mirror map is degree 1 and stores (measurements: docs/guides/titans.md).
 
 Chunk-parallel training (Titans section 3.2): the sequence is cut into chunks of ``C`` tokens and every
 gradient of a chunk is taken at the chunk's starting weights ``W_{t'}`` (``t'`` the chunk start). The
@@ -78,14 +77,12 @@ class MemoryRule:
         ``residual``: ``M(x) = x + LN(MLP(x))`` (Miras' memory; needs ``depth >= 2``). ``norm_eps``: that
         LayerNorm's epsilon, 1.0 by default: LN makes the memory's output blind to the scale of its weights,
         so as retention shrinks them the inner step grows like ``1 / var(MLP(x))``; with the usual 1e-5 the
-        inner dynamics turn chaotic (measured: input gradients overflow fp32 within 2k tokens at depth 4),
-        with 1.0 the amplification is bounded.
+        inner dynamics turn chaotic, with 1.0 the amplification is bounded (docs/guides/titans.md).
     forgetting: False removes the forgetting gate (``alpha = 0``), the Titans ablation.
     grad_clip: each token's gradient (all matrices together) is scaled to Frobenius norm <= ``grad_clip``
-        (default 10) before it enters (2) (titans-pytorch's ``max_grad_norm``); None turns it off. Without
-        it, outer training drove a Titans LMM's inner descent to inf within 300 steps even at
-        ``max_lr = 0.03``; with 10 the same run stayed finite and learned (400 steps); with 1 it stayed
-        finite but did not learn in 500.
+        (default 10) before it enters (2) (titans-pytorch's ``max_grad_norm``); None turns it off. It keeps
+        the inner descent finite while the outer training grows the memory (why 10: docs/guides/titans.md,
+        Stability).
     max_lr: the ceiling of the data-dependent inner learning rate ``theta_t`` (default 0.03). Measured: a 4-layer
         Titans LMM (depth-2 MLP memory, momentum) trained on passkey rows with AdamW lr 3e-3 produced inf/NaN
         within 12-50 outer steps at 0.1 (the outer updates grow the memory's weights until the inner descent
@@ -419,7 +416,7 @@ def chunk_neural_memory(
             ``chunk_size`` for every row (use :func:`recurrent_neural_memory` to continue inside a chunk).
         mask: ``[B, T]`` 1 for real tokens; pads must come last (a layer moves left pads there first).
         recompute_chunks: for training, keep only the states at chunk boundaries and recompute each chunk in
-            the backward pass (less memory, one more forward; measured in docs/titans.md).
+            the backward pass (less memory, one more forward).
     Returns ``(y [B, T, H, d], new state)``; computed in fp32, ``y`` in the dtype of ``q``.
     """
     if bool((state.seen % chunk_size != 0).any()):

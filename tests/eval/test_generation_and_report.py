@@ -11,7 +11,7 @@ from memlm.eval.generation import greedy_answers
 from memlm.eval.report import summarize, write_report
 from memlm.tokenization import byte_level_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
+RUN_EVAL = Path(__file__).resolve().parents[2] / "scripts" / "run_eval.py"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_report_files(tmp_path):
 def test_eval_entry_point_end_to_end(saved_model, tmp_path):
     path, _, _ = saved_model
     result = subprocess.run(
-        [sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path),
+        [sys.executable, str(RUN_EVAL), "--model", str(path),
          "--tasks", "niah,mqar,doc_recall,icl_label_remapping,icl_associative_recall",
          "--context-lengths", "80,96", "--depths", "0,1", "--num-examples", "2", "--max-new-tokens", "4",
          "--mqar-vocab-size", "64", "--mqar-seq-len", "32", "--mqar-num-kv-pairs", "4", "--niah-jrt", "--mqar-jrt",
@@ -76,10 +76,10 @@ def test_eval_entry_point_end_to_end(saved_model, tmp_path):
 
 def test_eval_entry_point_rejects_unknown_tasks(saved_model, tmp_path):
     path, _, _ = saved_model
-    result = subprocess.run([sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path), "--tasks", "bogus",
+    result = subprocess.run([sys.executable, str(RUN_EVAL), "--model", str(path), "--tasks", "bogus",
                              "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0 and "unknown task(s) ['bogus']" in result.stderr
-    result = subprocess.run([sys.executable, str(REPO / "evals" / "run.py"), "--model", str(path), "--tasks",
+    result = subprocess.run([sys.executable, str(RUN_EVAL), "--model", str(path), "--tasks",
                              "doc_recall", "--doc-num-attributes", "99", "--out", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "--doc-num-attributes must be at most" in result.stderr

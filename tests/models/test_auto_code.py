@@ -89,7 +89,7 @@ def test_stock_lm_eval_loads_it_with_trust_remote_code(tmp_path):
     model = memlm.MemLMForCausalLM(config).eval()
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
-    tasks_dir, metadata = ROOT / "evals" / "lm_eval_tasks", {"num_examples": 2, "context_lengths": [60]}
+    tasks_dir, metadata = ROOT / "lm_eval_tasks", {"num_examples": 2, "context_lengths": [60]}
     command = [
         sys.executable, "-m", "lm_eval", "run", "--model", "hf",
         "--model_args", f"pretrained={tmp_path / 'model'},trust_remote_code=True",

@@ -9,7 +9,8 @@ then ``x + mlp(norm(x))``), final norm, LM head. Per layer type:
   (``QwenGatedDeltaNetAttention`` in Qwen3.5's layout, which has CPU, CUDA, ROCm and XPU paths): memlm's
   GatedDeltaNet is parametrized exactly as Qwen3.5's, so only the names of the checkpoint move
   (:data:`CHECKPOINT_TO_VLLM`);
-* anything else (Titans memory layers, HGRN-2) raises :class:`UnsupportedLayerError` before loading.
+* anything else (HGRN-2 and Based linear layers, Titans memory layers, JRT-RNN's prefix linear attention and
+  short convolutions) raises :class:`UnsupportedLayerError` before loading.
 
 The state of the GDN layers (a conv window and a ``[dk, dv]`` matrix per value head) is vLLM's "mamba" state:
 the class methods below give its shapes, dtypes and copy functions, as vLLM's hybrid models do.
