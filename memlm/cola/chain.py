@@ -4,10 +4,10 @@
 ``path[0], path[1], ...`` (indices into the model's layers; repeats and omissions allowed). Every
 position of the path is its own layer for the cache: the layer is a shallow copy of the original (all
 weights shared) whose ``layer_idx`` is the position, and ``config.num_hidden_layers`` / ``config.layer_types``
-follow the path, so ``DynamicCache(config=...)`` holds one slot per position. A repeated layer therefore
-keeps one key/value (or recurrent) state per visit, and cached generation equals recomputation. Rotary
-positions are untouched (they depend on the token, not the layer). On exit (also after an exception) the
-model's layers, config and every module are exactly as before.
+(memlm: and ``config.mixer_types``) follow the path, so ``DynamicCache(config=...)`` holds one slot per
+position. A repeated layer therefore keeps one key/value (or recurrent) state per visit, and cached
+generation equals recomputation. Rotary positions are untouched (they depend on the token, not the layer).
+On exit (also after an exception) the model's layers, config and every module are exactly as before.
 
 Works with the decoders that keep their layers in ``model.model.layers`` and read ``layer_idx`` from their
 modules: transformers' Llama, Qwen2, Qwen3, Mistral (and their relatives) and memlm's ``MemLMForCausalLM``.
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-_MISSING = object()
+PER_LAYER_FIELDS = ("layer_types", "mixer_types")
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
@@ -88,15 +88,17 @@ def chain(model: nn.Module, path: Sequence[int], max_length: int | None = None) 
     original_layers = decoder.layers
     path = check_path(path, len(original_layers), max_length)
     saved_num_layers = config.num_hidden_layers
-    saved_types = getattr(config, "layer_types", None) if "layer_types" in vars(config) else _MISSING
+    # the config's per-layer lists (transformers' layer_types; memlm's mixer_types too) follow the path
+    saved_lists = {name: vars(config)[name] for name in PER_LAYER_FIELDS
+                   if isinstance(vars(config).get(name), list) and len(vars(config)[name]) == saved_num_layers}
     try:
         decoder.layers = nn.ModuleList(relabel(original_layers[index], position) for position, index in enumerate(path))
         config.num_hidden_layers = len(path)
-        if saved_types is not _MISSING and saved_types is not None:
-            config.layer_types = [saved_types[index] for index in path]
+        for name, values in saved_lists.items():
+            setattr(config, name, [values[index] for index in path])
         yield model
     finally:
         decoder.layers = original_layers
         config.num_hidden_layers = saved_num_layers
-        if saved_types is not _MISSING:
-            config.layer_types = saved_types
+        for name, values in saved_lists.items():
+            setattr(config, name, values)

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from memlm.data.mqar import IGNORE_INDEX
-from memlm.layers.registry import PREFIX_LAYER_TYPE
 from memlm.models.prefix_lm import prompt_lengths
 
 
@@ -83,7 +82,7 @@ def label_hits(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, 
     parameter = next(model.parameters(), None)
     device = input_ids.device if parameter is None else parameter.device
     modes = [(module, module.training) for module in model.modules()]
-    reads_prefix = PREFIX_LAYER_TYPE in (getattr(getattr(model, "config", None), "layer_types", None) or ())
+    reads_prefix = bool(getattr(model, "reads_prefix", False))
     model.eval()
     try:
         hits = []

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from memlm.layers.inputs import MixerInputs
 from memlm.layers.registry import register_mixer
 from memlm.layers.rotary import apply_rotary
 from memlm.ops.sliding_window_attention import chunk_sliding_window_attention
@@ -40,8 +41,8 @@ def eager_attention_forward(
     return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
-@register_mixer("full_attention")
-@register_mixer("sliding_attention")
+@register_mixer("full_attention", "full_attention", "keys and values")
+@register_mixer("sliding_attention", "sliding_attention", "the last sliding_window keys and values")
 class Attention(nn.Module):
     """Causal GQA with RoPE. ``hidden_states [B, T, hidden] -> [B, T, hidden]``.
 
@@ -58,48 +59,40 @@ class Attention(nn.Module):
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        is_sliding = config.layer_types[layer_idx] == "sliding_attention"
-        self.sliding_window = config.sliding_window if is_sliding else None
+        self.layer_type = config.layer_types[layer_idx]
+        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else None
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache=None,
-        in_blocks: bool = False,
-        attention_weights: dict[int, torch.Tensor] | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """``in_blocks``: a sliding-window layer reads the whole sequence in blocks (no mask is given).
-        ``attention_weights``: where given (``output_attentions``), the layer stores its ``[B, H, T, S]`` weights
-        under its ``layer_idx``."""
+    def forward(self, hidden_states: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
+        """Reads its layer type's mask, the rotary embeddings and the cache from ``inputs``; a sliding-window layer
+        reads the whole sequence in blocks when ``inputs.sliding_in_blocks``; with ``inputs.attention_weights``
+        (``output_attentions``) it stores its ``[B, H, T, S]`` weights there under its ``layer_idx``."""
+        cache = inputs.cache
         batch, seq_len, _ = hidden_states.shape
         shape = (batch, seq_len, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        cos, sin = position_embeddings
+        cos, sin = inputs.position_embeddings
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        if in_blocks and self.sliding_window is not None:
+        if inputs.sliding_in_blocks and self.sliding_window is not None:
             out = chunk_sliding_window_attention(
                 *(t.transpose(1, 2) for t in (query, key, value)), self.sliding_window, self.scaling
             )
             return self.o_proj(out.reshape(batch, seq_len, -1))
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, weights = attention(
-            self, query, key, value, attention_mask,
+            self, query, key, value, inputs.attention_masks[self.layer_type],
             dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling, sliding_window=self.sliding_window, **kwargs,
+            scaling=self.scaling, sliding_window=self.sliding_window, **inputs.attention_kwargs,
         )
-        if attention_weights is not None:
-            attention_weights[self.layer_idx] = weights
+        if inputs.attention_weights is not None:
+            inputs.attention_weights[self.layer_idx] = weights
         return self.o_proj(out.reshape(batch, seq_len, -1))
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memlm.layers.gated_deltanet import padding_mask_for
+from memlm.layers.inputs import MixerInputs
 from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.ops.based import chunk_based, recurrent_based
 
 
-@register_mixer("based", linear=True)
-class BasedLinearAttention(nn.Module):
+@register_mixer("based", "linear_attention", "recurrent state [B, H, 1 + d + d^2, dv + 1]", linear=True)
+class BasedLinearAttention(RecurrentMixer):
     """``hidden_states [B, T, hidden] -> [B, T, hidden]``; ``linear_num_key_heads`` heads."""
 
     def __init__(self, config, layer_idx: int):
@@ -36,28 +37,22 @@ class BasedLinearAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.num_heads * self.head_v_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_v_dim, hidden, bias=False)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings=None,
-        cache=None,
-        cu_seqlens: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
+    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
-        mask = padding_mask_for(attention_mask, seq_len)
+        cache = inputs.cache
         recurrent_state = previous_recurrent_state(cache, self.layer_idx)
         shape = (batch, seq_len, self.num_heads, -1)
         q, k, v = (proj(hidden_states).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
         op_kwargs = {"initial_state": recurrent_state, "output_final_state": cache is not None,
-                     "cu_seqlens": cu_seqlens, "key_mask": mask}
-        o, final_state = self.attend(hidden_states, q, k, v, op_kwargs, **kwargs)
+                     "cu_seqlens": inputs.cu_seqlens, "key_mask": mask}
+        o, final_state = self.attend(hidden_states, q, k, v, op_kwargs, inputs)
         if cache is not None:
             store_recurrent_state(cache, self.layer_idx, final_state)
         return self.o_proj(o.reshape(batch, seq_len, -1))
 
-    def attend(self, hidden_states, q, k, v, op_kwargs: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def attend(
+        self, hidden_states, q, k, v, op_kwargs: dict, inputs: MixerInputs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The attention op on ``q, k [B, T, H, d]``, ``v [B, T, H, dv]`` -> ``(o [B, T, H, dv], final state)``:
         the recurrent form for one token after a cached state (decoding), else the chunked form."""
         op = recurrent_based if op_kwargs["initial_state"] is not None and q.shape[1] == 1 else chunk_based

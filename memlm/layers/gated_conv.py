@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import cache_utils
-from transformers.cache_utils import LinearAttentionLayer
 
-from memlm.layers.gated_deltanet import padding_mask_for
-from memlm.layers.registry import CONV_LAYER_TYPE, register_mixer
+from memlm.layers.inputs import MixerInputs
+from memlm.layers.padding import RecurrentMixer
+from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
 
-cache_utils.DYNAMIC_LAYER_TYPE_MAPPING.setdefault(CONV_LAYER_TYPE, LinearAttentionLayer)
-cache_utils.STATIC_LAYER_TYPE_MAPPING.setdefault(CONV_LAYER_TYPE, LinearAttentionLayer)
 
-
-@register_mixer(CONV_LAYER_TYPE)
-class ShortGatedConvolution(nn.Module):
+@register_mixer("conv", "conv", "conv state (the last K inputs)")
+class ShortGatedConvolution(RecurrentMixer):
     """``hidden_states [B, T, hidden] -> [B, T, hidden]``."""
 
     def __init__(self, config, layer_idx: int):
@@ -36,18 +32,9 @@ class ShortGatedConvolution(nn.Module):
         self.conv = ShortConvolution(channels, config.gated_conv_kernel_dim, activation=False)
         self.o_proj = nn.Linear(channels, config.hidden_size, bias=False)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings=None,
-        cache=None,
-        cu_seqlens: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        mask = padding_mask_for(attention_mask, hidden_states.shape[1])
-        inputs = self.in_proj(hidden_states)
+    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
+        projected = self.in_proj(hidden_states)
         if mask is not None:  # padding never enters the convolution window
-            inputs = inputs * mask[..., None].to(inputs.dtype)
-        u = self.conv(inputs, cache, self.layer_idx, cu_seqlens)
+            projected = projected * mask[..., None].to(projected.dtype)
+        u = self.conv(projected, inputs.cache, self.layer_idx, inputs.cu_seqlens)
         return self.o_proj(u * self.gate_proj(hidden_states))

@@ -21,8 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 
+from memlm.layers.inputs import MixerInputs
 from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
 from memlm.layers.norm import GatedRMSNorm
+from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
 from memlm.ops.gated_delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
@@ -33,16 +35,8 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + eps).to(x.dtype)
 
 
-def padding_mask_for(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
-    """The ``[B, T]`` 0/1 mask of the current tokens, or None when nothing is padded."""
-    if attention_mask is None or attention_mask.dim() != 2:
-        return None
-    mask = attention_mask[:, -seq_len:]
-    return None if bool(mask.all()) else mask
-
-
-@register_mixer("gated_deltanet", linear=True)
-class GatedDeltaNet(nn.Module):
+@register_mixer("gated_deltanet", "linear_attention", "conv state + recurrent state [B, H, dk, dv]", linear=True)
+class GatedDeltaNet(RecurrentMixer):
     """``hidden_states [B, T, hidden] -> [B, T, hidden]``.
 
     Heads: ``linear_num_key_heads`` q/k heads of ``linear_key_head_dim``, ``linear_num_value_heads``
@@ -78,17 +72,9 @@ class GatedDeltaNet(nn.Module):
         dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
         init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings=None,
-        cache=None,
-        cu_seqlens: torch.Tensor | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
+    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
-        mask = padding_mask_for(attention_mask, seq_len)
+        cache, cu_seqlens = inputs.cache, inputs.cu_seqlens
         if mask is not None:  # padding never enters the conv or recurrent state
             hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
         recurrent_state = previous_recurrent_state(cache, self.layer_idx)

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from memlm.layers.gated_deltanet import padding_mask_for
+from memlm.layers.inputs import MixerInputs
 from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
 from memlm.layers.norm import RMSNorm
+from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.ops.gla import chunk_gla, recurrent_gla
 
@@ -35,8 +36,8 @@ class ForgetLowerBounds(nn.Module):
         return probs.cumsum(0) - probs[0]
 
 
-@register_mixer("hgrn2", linear=True)
-class HGRN2(nn.Module):
+@register_mixer("hgrn2", "linear_attention", "recurrent state [B, H, dk, dv]", linear=True)
+class HGRN2(RecurrentMixer):
     """``hidden_states [B, T, hidden] -> [B, T, hidden]``.
 
     ``linear_num_key_heads`` heads; each has a forget/query/key dimension ``linear_key_head_dim`` (the
@@ -57,26 +58,17 @@ class HGRN2(nn.Module):
         self.g_norm = RMSNorm(self.input_dim, eps=config.rms_norm_eps)
         self.o_proj = nn.Linear(self.input_dim, config.hidden_size, bias=False)
         # this layer's row of the model's ForgetLowerBounds (a chained copy keeps it: cola.chain)
-        self.lower_bound_row = config.linear_layer_indices.index(layer_idx)
+        self.lower_bound_row = config.layers_of_mixer("hgrn2").index(layer_idx)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings=None,
-        cache=None,
-        cu_seqlens: torch.Tensor | None = None,
-        forget_lower_bounds: ForgetLowerBounds | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """``forget_lower_bounds``: the model's :class:`ForgetLowerBounds` (None: no bound); the first layer's row is
+    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
+        """``inputs.forget_lower_bounds``: the model's :class:`ForgetLowerBounds`; the first HGRN-2 layer's row is
         0, so it has no bound."""
+        cache, cu_seqlens, forget_lower_bounds = inputs.cache, inputs.cu_seqlens, inputs.forget_lower_bounds
         lower_bound = (
             forget_lower_bounds()[self.lower_bound_row]
             if forget_lower_bounds is not None and self.lower_bound_row > 0 else None
         )
         batch, seq_len, _ = hidden_states.shape
-        mask = padding_mask_for(attention_mask, seq_len)
         if mask is not None:
             hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
         recurrent_state = previous_recurrent_state(cache, self.layer_idx)

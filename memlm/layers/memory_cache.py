@@ -1,19 +1,16 @@
-"""The generation-cache layer of memlm's memory layer types (``"memory"``, ``"memory_as_gate"``, ...).
+"""The generation-cache layer of memlm's memory mixers (``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``).
 
-transformers' ``DynamicCache(config=...)`` builds one cache layer per entry of ``config.layer_types``
-from a name -> class mapping; memlm adds its memory layer types to that mapping when imported. A memory
-cache layer is a linear-attention layer for transformers (no per-token keys for its masks or sequence
-length): it holds the mixer's whole state object (memory weights and momentum, conv window and, for the
-attention variants, their own key/value window), which the mixer reads and replaces on every call.
+Memory layers are ``"linear_attention"`` layers for transformers, so ``DynamicCache(config=...)`` gives each a
+``LinearAttentionLayer``. Its state is not one recurrent tensor but the mixer's whole state object (memory
+weights and momentum, conv window and, for the attention variants, their own key/value window), so on its first
+call a memory mixer puts a :class:`MemoryCacheLayer` (a ``LinearAttentionLayer`` subclass) in its place in the
+cache's public ``layers`` list. Nothing of transformers is patched.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import cache_utils
 from transformers.cache_utils import LinearAttentionLayer
-
-from memlm.layers.registry import MEMORY_LAYER_TYPES
 
 
 class MemoryCacheLayer(LinearAttentionLayer):
@@ -65,19 +62,18 @@ class MemoryCacheLayer(LinearAttentionLayer):
         pass
 
 
-for _layer_type in MEMORY_LAYER_TYPES:
-    cache_utils.DYNAMIC_LAYER_TYPE_MAPPING[_layer_type] = MemoryCacheLayer
-    cache_utils.STATIC_LAYER_TYPE_MAPPING[_layer_type] = MemoryCacheLayer
-
-
 def memory_cache_layer(cache, layer_idx: int) -> MemoryCacheLayer | None:
-    """The layer's :class:`MemoryCacheLayer`, or None without a cache; a clear error for a foreign cache."""
+    """The layer's :class:`MemoryCacheLayer` (put in place of the empty ``LinearAttentionLayer`` transformers built
+    for it, on the first call), or None without a cache; a clear error for a cache of another layout."""
     if cache is None:
         return None
     layer = cache.layers[layer_idx]
-    if not isinstance(layer, MemoryCacheLayer):
+    if isinstance(layer, MemoryCacheLayer):
+        return layer
+    if type(layer) is not LinearAttentionLayer or layer.has_previous_state[0]:
         raise ValueError(
             f"layer {layer_idx} is a memory layer but its cache layer is {type(layer).__name__}: build the cache "
-            "with DynamicCache(config=model.config) after importing memlm"
+            "with DynamicCache(config=model.config)"
         )
-    return layer
+    cache.layers[layer_idx] = MemoryCacheLayer()
+    return cache.layers[layer_idx]

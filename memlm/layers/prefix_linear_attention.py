@@ -1,4 +1,4 @@
-"""Prefix linear attention (JRT-RNN, arXiv 2407.05483), layer type ``"prefix_linear_attention"``.
+"""Prefix linear attention (JRT-RNN, arXiv 2407.05483): mixer ``"prefix_linear_attention"``, a linear layer.
 
     q = W_q x,  k = W_k x,  ke = W_ke x         per head, of the feature dimension d = linear_key_head_dim
     v = W_v x,  ve = W_ve x                     per head, linear_value_head_dim
@@ -13,20 +13,16 @@ encoder and decoder states (``[B, H, 1 + d + d^2, dv + 1]``) and decoding contin
 
 from __future__ import annotations
 
-import torch
 from torch import nn
-from transformers import cache_utils
-from transformers.cache_utils import LinearAttentionLayer
 
 from memlm.layers.based import BasedLinearAttention
-from memlm.layers.registry import PREFIX_LAYER_TYPE, register_mixer
+from memlm.layers.inputs import MixerInputs
+from memlm.layers.registry import register_mixer
 from memlm.ops.prefix_linear_attention import chunk_prefix_linear_attention
 
-cache_utils.DYNAMIC_LAYER_TYPE_MAPPING[PREFIX_LAYER_TYPE] = LinearAttentionLayer
-cache_utils.STATIC_LAYER_TYPE_MAPPING[PREFIX_LAYER_TYPE] = LinearAttentionLayer
 
-
-@register_mixer(PREFIX_LAYER_TYPE)
+@register_mixer("prefix_linear_attention", "linear_attention",
+                "recurrent state [B, H, 1 + d + d^2, dv + 1] (encoder + decoder)")
 class PrefixLinearAttention(BasedLinearAttention):
     """``hidden_states [B, T, hidden] -> [B, T, hidden]``: Based linear attention plus the encoder projections
     ``k_enc_proj``, ``v_enc_proj`` of the prefix; ``linear_num_key_heads`` heads."""
@@ -36,11 +32,12 @@ class PrefixLinearAttention(BasedLinearAttention):
         self.k_enc_proj = nn.Linear(config.hidden_size, self.num_heads * self.feature_dim, bias=False)
         self.v_enc_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_v_dim, bias=False)
 
-    def attend(self, hidden_states, q, k, v, op_kwargs: dict, prefix_mask: torch.Tensor | None = None, **kwargs):
-        """``prefix_mask``: ``[B, T]`` bool, True at the prefix tokens (see
+    def attend(self, hidden_states, q, k, v, op_kwargs: dict, inputs: MixerInputs):
+        """``inputs.prefix_mask``: ``[B, T]`` bool, True at the prefix tokens (see
         :func:`memlm.ops.prefix_linear_attention.prefix_token_mask`); None reads no prefix (causal Based)."""
+        prefix_mask = inputs.prefix_mask
         if prefix_mask is None:
-            return super().attend(hidden_states, q, k, v, op_kwargs)
+            return super().attend(hidden_states, q, k, v, op_kwargs, inputs)
         if op_kwargs["initial_state"] is not None:
             raise ValueError(
                 f"layer {self.layer_idx}: the prefix must be read in the first call, but the cache already holds "

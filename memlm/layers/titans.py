@@ -24,13 +24,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memlm.layers.gated_deltanet import padding_mask_for
+from memlm.layers.inputs import MixerInputs
 from memlm.layers.memory_cache import memory_cache_layer
 from memlm.layers.neural_memory import MemoryBranchState, NeuralMemory, memory_rule
 from memlm.layers.norm import RMSNorm
-from memlm.layers.padding import left_pad_shifts, roll_rows
+from memlm.layers.padding import RecurrentMixer, left_pad_shifts, roll_rows
 from memlm.layers.registry import register_mixer
 from memlm.layers.window_attention import WindowAttention, WindowState
+
+MEMORY_CACHE = "memory weights, momentum and conv window (a MemoryCacheLayer)"
 
 
 def neural_memory_from_config(config) -> NeuralMemory:
@@ -69,30 +71,29 @@ def documents_as_rows(x: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.
     return rows, mask.long()
 
 
-class MemoryMixer(nn.Module):
-    """Shared entry point of the memory layer types: cache lookup, padding mask and packed documents.
+class MemoryMixer(RecurrentMixer):
+    """Shared entry point of the memory mixers: cache lookup, padding mask and packed documents.
 
-    Subclasses implement ``mix(hidden_states, mask, position_embeddings, state) -> (out, new_state)``.
-    With ``cu_seqlens`` (packed training rows) every document runs as its own right-padded row, so no
+    Subclasses implement ``run(hidden_states, mask, position_embeddings, state) -> (out, new_state)``.
+    With packed training rows (``inputs.cu_seqlens``) every document runs as its own right-padded row, so no
     memory, conv window or attention crosses a document boundary.
     """
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None,
-                cu_seqlens=None, **kwargs):
-        if cu_seqlens is not None:
-            rows, mask = documents_as_rows(hidden_states, cu_seqlens)
-            cos, sin = (documents_as_rows(t.expand(1, -1, -1), cu_seqlens)[0] for t in position_embeddings)
-            out, _ = self.mix(rows, mask, (cos, sin), None)
+    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
+        if inputs.cu_seqlens is not None:
+            rows, mask = documents_as_rows(hidden_states, inputs.cu_seqlens)
+            cos, sin = (documents_as_rows(t, inputs.cu_seqlens)[0] for t in inputs.position_embeddings)
+            out, _ = self.run(rows, mask, (cos, sin), None)
             return out[mask.bool()][None]
-        layer = memory_cache_layer(cache, self.layer_idx)
-        mask = padding_mask_for(attention_mask, hidden_states.shape[1])
-        out, state = self.mix(hidden_states, mask, position_embeddings, layer.state if layer is not None else None)
+        layer = memory_cache_layer(inputs.cache, self.layer_idx)
+        out, state = self.run(hidden_states, mask, inputs.position_embeddings,
+                              layer.state if layer is not None else None)
         if layer is not None:
             layer.update_state(state, hidden_states.shape[1])
         return out
 
 
-@register_mixer("memory")
+@register_mixer("memory", "linear_attention", MEMORY_CACHE)
 class MemoryLayer(MemoryMixer):
     """LMM: ``hidden_states [B, T, hidden] -> [B, T, hidden]`` through the neural memory alone."""
 
@@ -101,11 +102,11 @@ class MemoryLayer(MemoryMixer):
         self.layer_idx = layer_idx
         self.memory = neural_memory_from_config(config)
 
-    def mix(self, hidden_states, mask, position_embeddings, state):
+    def run(self, hidden_states, mask, position_embeddings, state):
         return self.memory(hidden_states, state, mask)
 
 
-@register_mixer("memory_as_gate")
+@register_mixer("memory_as_gate", "linear_attention", f"{MEMORY_CACHE} + the attention's key/value window")
 class MemoryAsGate(MemoryMixer):
     """MAG: sliding-window attention (``config.sliding_window``) and the memory, combined by a normalized gate."""
 
@@ -120,7 +121,7 @@ class MemoryAsGate(MemoryMixer):
         self.memory_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def mix(self, hidden_states, mask, position_embeddings, state):
+    def run(self, hidden_states, mask, position_embeddings, state):
         attended, window = self.attention(
             hidden_states, position_embeddings, mask, state.attention if state is not None else None
         )
@@ -129,7 +130,7 @@ class MemoryAsGate(MemoryMixer):
         return out, AttentionMemoryState(window, memory)
 
 
-@register_mixer("memory_as_context")
+@register_mixer("memory_as_context", "linear_attention", f"{MEMORY_CACHE} + the segment's keys/values")
 class MemoryAsContext(MemoryMixer):
     """MAC: segments of ``config.memory_chunk_size`` tokens attend to the memory's retrievals as context."""
 
@@ -155,7 +156,7 @@ class MemoryAsContext(MemoryMixer):
         out = self.out_proj(attended * torch.sigmoid(self.memory_norm(remembered)))
         return out, AttentionMemoryState(window, memory)
 
-    def mix(self, hidden_states, mask, position_embeddings, state):
+    def run(self, hidden_states, mask, position_embeddings, state):
         batch, length, _ = hidden_states.shape
         if state is None:
             state = AttentionMemoryState(None, self.memory.initial_state(batch))

@@ -11,7 +11,7 @@ import typing
 from transformers import GenerationConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from memlm.layers.registry import ATTENTION_LAYER_TYPES, LAYER_TYPES, LINEAR_LAYER_TYPE, LINEAR_MIXERS
+from memlm.layers.registry import ATTENTION_LAYER_TYPES, LAYER_TYPES, LINEAR_LAYER_TYPE, MIXERS, linear_mixers
 from memlm.models.auto_code import AUTO_MAP, write_auto_module
 from memlm.models.layer_pattern import hybrid_layer_types
 
@@ -25,13 +25,19 @@ class MemLMConfig(PreTrainedConfig):
     ``tie_word_embeddings``, ``sliding_window``, ...) mean what they mean in Llama.
 
     Layer pattern:
-        layer_types (`list[str]`): per layer, ``"full_attention"``, ``"sliding_attention"`` or
-            ``"linear_attention"`` (the vocabulary of transformers' cache and vLLM), a Titans memory type
-            (below), ``"prefix_linear_attention"`` or ``"conv"`` (JRT-RNN, below). If omitted it is built from
-            ``hybrid_ratio``.
+        layer_types (`list[str]`): per layer, in transformers' vocabulary (what its cache, its mask builders
+            and vLLM read): ``"full_attention"``, ``"sliding_attention"``, ``"linear_attention"`` or ``"conv"``.
+            If omitted it is built from ``hybrid_ratio``.
+        mixer_types (`list[str]`): per layer, the registered mixer (:mod:`memlm.layers.registry`):
+            ``"full_attention"``, ``"sliding_attention"``, the linear mixers ``"gated_deltanet"``, ``"hgrn2"``,
+            ``"based"``, the Titans memories ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
+            ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer type is fixed by the registry. If
+            omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
+            ``linear_attn_type``, ``"conv"`` layers ``"conv"``. A mixer name in ``layer_types`` (how memlm wrote
+            configs before ``mixer_types`` existed) is read as that mixer with its layer type.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
-        linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers: ``"gated_deltanet"``,
-            ``"hgrn2"`` or ``"based"`` (Based linear attention; its feature dimension is
+        linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers whose mixer is not given:
+            ``"gated_deltanet"``, ``"hgrn2"`` or ``"based"`` (Based linear attention; its feature dimension is
             ``linear_key_head_dim``, 16 in the paper).
 
     Linear mixers (each defaults from the attention fields, so a config with only standard fields builds):
@@ -85,6 +91,7 @@ class MemLMConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     sliding_window: int | None = None
     layer_types: list[str] | None = None
+    mixer_types: list[str] | None = None
     linear_attn_type: str = "gated_deltanet"
     linear_num_key_heads: int | None = None
     linear_num_value_heads: int | None = None
@@ -113,7 +120,12 @@ class MemLMConfig(PreTrainedConfig):
         _refuse_misspelled_keys(kwargs)
         hybrid_ratio = kwargs.pop("hybrid_ratio", None)
         _check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-        if self.layer_types is None:
+        if self.layer_types is None and self.mixer_types is not None and hybrid_ratio is None:
+            unknown = sorted({m for m in self.mixer_types if m not in MIXERS})
+            if unknown:
+                raise ValueError(f"mixer_types contains {unknown}; registered mixers: {sorted(MIXERS)}")
+            self.layer_types = [MIXERS[m].layer_type for m in self.mixer_types]
+        elif self.layer_types is None:
             self.layer_types = hybrid_layer_types(self.num_hidden_layers, hybrid_ratio or "3:1")
         else:
             self.layer_types = list(self.layer_types)
@@ -121,6 +133,7 @@ class MemLMConfig(PreTrainedConfig):
                 raise ValueError(
                     f"hybrid_ratio={hybrid_ratio!r} disagrees with the layer_types given: pass only one of them"
                 )
+        self._fill_mixer_types()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -156,22 +169,50 @@ class MemLMConfig(PreTrainedConfig):
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         write_auto_module(save_directory)
 
+    def _fill_mixer_types(self) -> None:
+        """Give every layer a mixer and a layer type in transformers' vocabulary (see the class docstring)."""
+        if self.linear_attn_type not in linear_mixers():
+            raise ValueError(f"linear_attn_type={self.linear_attn_type!r} is unknown; allowed: {linear_mixers()}")
+        given = None if self.mixer_types is None else list(self.mixer_types)
+        if given is not None and len(given) != len(self.layer_types):
+            raise ValueError(f"mixer_types has {len(given)} entries but layer_types has {len(self.layer_types)}: give "
+                             "one mixer per layer")
+        layer_types, mixer_types = [], []
+        for i, layer_type in enumerate(self.layer_types):
+            if layer_type in LAYER_TYPES:
+                default = self.linear_attn_type if layer_type == LINEAR_LAYER_TYPE else layer_type
+                mixer = default if given is None else given[i]
+            elif layer_type in MIXERS:  # a mixer name where a layer type belongs: memlm's format before mixer_types
+                mixer, layer_type = layer_type, MIXERS[layer_type].layer_type
+                if given is not None and given[i] != mixer:
+                    raise ValueError(f"layer {i}: layer_types names mixer {mixer!r} but mixer_types says {given[i]!r}")
+            else:
+                raise ValueError(f"layer_types[{i}]={layer_type!r} is unknown; allowed layer types are "
+                                 f"{list(LAYER_TYPES)} (or a mixer name: {sorted(MIXERS)})")
+            if mixer not in MIXERS:
+                raise ValueError(f"mixer_types[{i}]={mixer!r} is unknown; registered mixers: {sorted(MIXERS)}")
+            if MIXERS[mixer].layer_type != layer_type:
+                raise ValueError(f"layer {i}: mixer {mixer!r} runs in a {MIXERS[mixer].layer_type!r} layer, but "
+                                 f"layer_types[{i}]={layer_type!r}")
+            layer_types.append(layer_type)
+            mixer_types.append(mixer)
+        self.layer_types, self.mixer_types = layer_types, mixer_types
+
+    def layers_of_mixer(self, mixer: str) -> list[int]:
+        """Indices of the layers whose mixer is ``mixer``."""
+        return [i for i, name in enumerate(self.mixer_types) if name == mixer]
+
     def _validate_layers(self) -> None:
         """Raise ValueError naming the field, its value and what is allowed."""
         _check_positive(
             self, "head_dim", "intermediate_size", "num_key_value_heads", "linear_num_key_heads",
             "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim",
         )
-        unknown = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
-        if unknown:
-            raise ValueError(f"layer_types contains {unknown}; allowed layer types are {list(LAYER_TYPES)}")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}: "
                 "give one layer type per layer"
             )
-        if self.linear_attn_type not in LINEAR_MIXERS:
-            raise ValueError(f"linear_attn_type={self.linear_attn_type!r} is unknown; allowed: {LINEAR_MIXERS}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} must be a multiple of "
@@ -205,8 +246,8 @@ class MemLMConfig(PreTrainedConfig):
         if pad is not None and not (_is_int(pad) and 0 <= pad < self.vocab_size):
             raise ValueError(f"pad_token_id={pad!r} is not allowed: None or a token id in [0, vocab_size="
                              f"{self.vocab_size})")
-        rotary_types = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context")  # their attention has RoPE
-        if self.head_dim % 2 and any(t in rotary_types for t in self.layer_types):
+        rotary_mixers = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context")  # their attention has RoPE
+        if self.head_dim % 2 and any(m in rotary_mixers for m in self.mixer_types):
             raise ValueError(f"head_dim={self.head_dim} is not allowed: the attention layers' rotary embedding "
                              "rotates pairs of channels, so head_dim must be even")
 
@@ -217,15 +258,6 @@ class MemLMConfig(PreTrainedConfig):
         if not (_is_number(theta) and math.isfinite(theta) and theta > 0):
             raise ValueError(f"rope_theta={theta!r} is not allowed: the RoPE base, a finite number > 0 "
                              "(e.g. 10000)")
-
-    def validate(self) -> None:
-        """transformers' class validators, with memlm's layer-type check in place of transformers' (whose list
-        of layer types has no memory layers)."""
-        for validator in getattr(PreTrainedConfig, "__class_validators__", []):
-            if validator.__name__ == "validate_layer_type":
-                self._validate_layers()
-            else:
-                validator(self)
 
     def _validate_memory(self) -> None:
         """Memory fields are checked whether or not a memory layer is present (a config must stay loadable)."""
@@ -248,7 +280,7 @@ class MemLMConfig(PreTrainedConfig):
                 f"memory_preset={self.memory_preset!r}, memory_rule={self.memory_rule!r}: {error}"
             ) from error
         window_ok = isinstance(self.sliding_window, int) and self.sliding_window > 0
-        if "memory_as_gate" in self.layer_types and not window_ok:
+        if "memory_as_gate" in self.mixer_types and not window_ok:
             raise ValueError(
                 f"sliding_window={self.sliding_window!r}: layer_types contains 'memory_as_gate', whose attention "
                 "is a sliding window, so sliding_window must be a positive number of tokens"
@@ -269,9 +301,9 @@ class MemLMConfig(PreTrainedConfig):
             raise ValueError(f"mask_token_id must be a token id in [0, vocab_size={self.vocab_size}), got {token!r}")
 
     @property
-    def linear_layer_indices(self) -> list[int]:
-        """Indices of the ``"linear_attention"`` layers."""
-        return [i for i, t in enumerate(self.layer_types) if t == LINEAR_LAYER_TYPE]
+    def reads_prefix(self) -> bool:
+        """Whether a model of this config reads a prefix non-causally (JRT-RNN's prefix linear attention)."""
+        return "prefix_linear_attention" in self.mixer_types
 
 
 def _is_int(value) -> bool:

@@ -8,15 +8,15 @@ loss on the suffix + 0.25 x masked-token loss on the prefix (15% masked).
 
 from __future__ import annotations
 
-from memlm.layers.registry import CONV_LAYER_TYPE, PREFIX_LAYER_TYPE
 from memlm.models.configuration_memlm import MemLMConfig
 
-_BLOCK = (CONV_LAYER_TYPE, PREFIX_LAYER_TYPE, "sliding_attention", CONV_LAYER_TYPE, CONV_LAYER_TYPE)
+_BLOCK = ("conv", "prefix_linear_attention", "sliding_attention", "conv", "conv")  # mixers (config.mixer_types)
 
 
-def jrt_rnn_layer_types(num_layers: int) -> list[str]:
-    """The paper's pattern for ``num_layers`` (at least 2, so that one prefix layer is present): layer ``i`` is
-    ``_BLOCK[i % 5]``, i.e. ``conv, prefix_linear_attention, sliding_attention, conv, conv, ...``."""
+def jrt_rnn_mixer_types(num_layers: int) -> list[str]:
+    """The paper's pattern for ``num_layers`` (at least 2, so that one prefix layer is present): the mixer of
+    layer ``i`` is ``_BLOCK[i % 5]``, i.e. ``conv, prefix_linear_attention, sliding_attention, conv, conv, ...``
+    (their layer types: ``conv, linear_attention, sliding_attention, conv, conv``)."""
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 2:
         raise ValueError(f"num_hidden_layers must be an integer >= 2 for a JRT-RNN (layer 1 is the first prefix "
                          f"layer), got {num_layers!r}")
@@ -51,7 +51,7 @@ def jrt_rnn_config(
         "hidden_size": hidden_size,
         "num_attention_heads": num_attention_heads,
         "vocab_size": vocab_size,
-        "layer_types": jrt_rnn_layer_types(num_hidden_layers),
+        "mixer_types": jrt_rnn_mixer_types(num_hidden_layers),
         "sliding_window": sliding_window,
         "linear_key_head_dim": feature_dim,
         "intermediate_size": 2 * hidden_size,

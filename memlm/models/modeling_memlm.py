@@ -1,9 +1,10 @@
 """memlm's causal LM: a decoder whose layers each use a registered token mixer.
 
 Reads top to bottom like transformers' ``modeling_llama.py``: decoder layer, pretrained base, model,
-causal LM. Layer ``i`` runs the mixer named by ``config.layer_types[i]`` (``"linear_attention"``
-layers use ``config.linear_attn_type``); see :mod:`memlm.layers.registry`. The cache is transformers'
-``DynamicCache(config=...)``: attention layers keep keys and values, linear layers a conv and a
+causal LM. Layer ``i`` runs the mixer ``config.mixer_types[i]`` in a layer of type ``config.layer_types[i]``
+(transformers' vocabulary); see :mod:`memlm.layers.registry`. The model computes what the mixers read once per
+forward (:class:`~memlm.layers.inputs.MixerInputs`) and runs its layers in a plain loop. The cache is
+transformers' ``DynamicCache(config=...)``: attention layers keep keys and values, linear layers a conv and a
 recurrent state.
 """
 
@@ -19,16 +20,11 @@ from transformers.utils import logging
 
 import memlm.layers  # noqa: F401  (registers the mixers)
 from memlm.layers.hgrn2 import ForgetLowerBounds
+from memlm.layers.inputs import MixerInputs
+from memlm.layers.memory_cache import MemoryCacheLayer
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.norm import RMSNorm
-from memlm.layers.registry import (
-    ATTENTION_LAYER_TYPES,
-    LINEAR_LAYER_TYPE,
-    MEMORY_LAYER_TYPES,
-    PREFIX_LAYER_TYPE,
-    RECURRENT_LAYER_TYPES,
-    build_mixer,
-)
+from memlm.layers.registry import ATTENTION_LAYER_TYPES, build_mixer
 from memlm.layers.rotary import RotaryEmbedding
 from memlm.models.compat import CACHE_FIELD, attention_masks
 from memlm.models.configuration_memlm import MemLMConfig
@@ -56,29 +52,13 @@ class MemLMDecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: MemLMConfig, layer_idx: int):
         super().__init__()
-        self.layer_type = config.layer_types[layer_idx]
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mixer = build_mixer(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask=None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache=None,
-        **kwargs,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states = self.mixer(
-            self.input_layernorm(hidden_states),
-            attention_mask=attention_mask,
-            position_embeddings=position_embeddings,
-            cache=cache,
-            **kwargs,
-        )
-        hidden_states = residual + hidden_states
+    def forward(self, hidden_states: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
+        hidden_states = hidden_states + self.mixer(self.input_layernorm(hidden_states), inputs)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -111,13 +91,10 @@ class MemLMModel(MemLMPreTrainedModel):
         self.layers = nn.ModuleList(MemLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
-        # HGRN-2's lower bounds, one row per linear layer; each layer reads its own row inside its forward
-        num_linear = len(config.linear_layer_indices)
-        self.forget_lower_bounds = (
-            ForgetLowerBounds(num_linear, config.linear_num_key_heads * config.linear_key_head_dim)
-            if config.linear_attn_type == "hgrn2" and num_linear
-            else None
-        )
+        # HGRN-2's lower bounds, one row per HGRN-2 layer; each layer reads its own row inside its forward
+        num_hgrn2 = len(config.layers_of_mixer("hgrn2"))
+        forget_dim = config.linear_num_key_heads * config.linear_key_head_dim
+        self.forget_lower_bounds = ForgetLowerBounds(num_hgrn2, forget_dim) if num_hgrn2 else None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -187,58 +164,40 @@ class MemLMModel(MemLMPreTrainedModel):
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
                             + self._past_length(cache)).unsqueeze(0)
 
-        rows_shape = inputs_embeds.shape
         prefix_mask = None if prefix_length is None else prefix_token_mask(
-            prefix_length, rows_shape[0], rows_shape[1], cu_seq_lens_q, inputs_embeds.device
+            prefix_length, inputs_embeds.shape[0], inputs_embeds.shape[1], cu_seq_lens_q, inputs_embeds.device
         )
         sliding_in_blocks = not output_attentions and self._sliding_in_blocks(
-            attention_mask, cache, cu_seq_lens_q, rows_shape[1]
+            attention_mask, cache, cu_seq_lens_q, inputs_embeds.shape[1]
         )
-        masks = attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids,
-                                skip=("sliding_attention",) if sliding_in_blocks else ())
-        for layer_type in RECURRENT_LAYER_TYPES:  # these build their own masks from [B, T]
-            masks[layer_type] = attention_mask
-        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
-        attention_weights = {} if output_attentions else None  # layer index -> weights, filled by attention layers
+        packed = {} if cu_seq_lens_q is None else {"cu_seq_lens_q": cu_seq_lens_q, "cu_seq_lens_k": cu_seq_lens_q}
+        inputs = MixerInputs(
+            attention_mask=attention_mask,
+            attention_masks=attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids,
+                                            skip=("sliding_attention",) if sliding_in_blocks else ()),
+            position_ids=position_ids,
+            position_embeddings=self.rotary_emb(inputs_embeds, position_ids),
+            cache=cache,
+            cu_seqlens=cu_seq_lens_q,
+            prefix_mask=prefix_mask,
+            sliding_in_blocks=sliding_in_blocks,
+            attention_weights={} if output_attentions else None,  # layer index -> weights, filled by attention layers
+            attention_kwargs={"position_ids": position_ids, **packed, **kwargs},
+            forget_lower_bounds=self.forget_lower_bounds,
+        )
 
         hidden_states, all_hidden = inputs_embeds, []
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden_states)
-            layer_kwargs = {}
-            if layer.layer_type in RECURRENT_LAYER_TYPES:  # documents kept apart by offsets
-                layer_kwargs["cu_seqlens"] = cu_seq_lens_q
-                if layer.layer_type == LINEAR_LAYER_TYPE and self.forget_lower_bounds is not None:
-                    layer_kwargs["forget_lower_bounds"] = self.forget_lower_bounds
-                if layer.layer_type == PREFIX_LAYER_TYPE and prefix_mask is not None:
-                    layer_kwargs["prefix_mask"] = prefix_mask
-            else:
-                layer_kwargs = {"position_ids": position_ids, "attention_weights": attention_weights, **kwargs}
-                if layer.layer_type == "sliding_attention":
-                    layer_kwargs["in_blocks"] = sliding_in_blocks
-                if cu_seq_lens_q is not None:
-                    layer_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_q)
-            layer_positions = position_embeddings
-            if cu_seq_lens_q is not None and layer.layer_type in RECURRENT_LAYER_TYPES:
-                hidden_states = hidden_states.reshape(1, -1, rows_shape[-1])  # the rows as one packed sequence
-                layer_positions = tuple(t.expand(rows_shape[0], -1, -1).reshape(1, -1, t.shape[-1])
-                                        for t in position_embeddings)
-                if "prefix_mask" in layer_kwargs:
-                    layer_kwargs["prefix_mask"] = prefix_mask.reshape(1, -1)
-            hidden_states = layer(
-                hidden_states,
-                attention_mask=masks[layer.layer_type],
-                position_embeddings=layer_positions,
-                cache=cache,
-                **layer_kwargs,
-            ).reshape(rows_shape)
+            hidden_states = layer(hidden_states, inputs)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden.append(hidden_states)
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=(tuple(attention_weights.get(i) for i in range(len(self.layers)))
+            attentions=(tuple(inputs.attention_weights.get(i) for i in range(len(self.layers)))
                         if output_attentions else None),
             **{CACHE_FIELD: cache},
         )
@@ -258,13 +217,14 @@ class MemLMModel(MemLMPreTrainedModel):
         )
 
     def _past_length(self, cache) -> int:
-        """Tokens already in the cache (0 without layers that use positions: attention and memory layers)."""
+        """Tokens already in the cache: its attention layers' length, else (a model without attention layers) the
+        count of a memory layer, 0 when no layer counts tokens (positions then matter to no layer)."""
         if cache is None:
             return 0
         if any(t in ATTENTION_LAYER_TYPES for t in self.config.layer_types):
             return cache.get_seq_length()
-        memory_layers = [i for i, t in enumerate(self.config.layer_types) if t in MEMORY_LAYER_TYPES]
-        return cache.layers[memory_layers[0]].get_seq_length() if memory_layers else 0
+        counted = [layer.get_seq_length() for layer in cache.layers if isinstance(layer, MemoryCacheLayer)]
+        return counted[0] if counted else 0
 
 
 class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
@@ -339,10 +299,16 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
         )
         return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
+    @property
+    def reads_prefix(self) -> bool:
+        """Whether the model reads a prefix non-causally (JRT-RNN): ``forward`` takes ``prefix_length``, and
+        ``generate`` reads the prompt as the prefix."""
+        return self.config.reads_prefix
+
     def generate(self, inputs=None, **kwargs):
         """transformers' ``generate``; a model with ``"prefix_linear_attention"`` layers reads the prompt as its
         prefix (``prefix_length`` = the prompt's width, left padding included) unless ``prefix_length`` is given."""
-        if PREFIX_LAYER_TYPE in self.config.layer_types and kwargs.get("prefix_length") is None:
+        if self.config.reads_prefix and kwargs.get("prefix_length") is None:
             prompt = next((x for x in (inputs, kwargs.get("input_ids"), kwargs.get("inputs_embeds")) if x is not None),
                           None)
             if prompt is not None:
@@ -353,9 +319,9 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
         """transformers' inputs, plus ``prefix_length`` on the call that fills the cache (every call without a
         cache); later calls continue causally from the cached state."""
         inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
-        if PREFIX_LAYER_TYPE in self.config.layer_types:
+        if self.config.reads_prefix:
             cache = inputs.get("cache", inputs.get("past_key_values"))
-            layer = self.config.layer_types.index(PREFIX_LAYER_TYPE)
+            layer = self.config.mixer_types.index("prefix_linear_attention")
             if cache is None or not cache.layers[layer].has_previous_state[0]:
                 tokens = inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
                 inputs["prefix_length"] = tokens.shape[1] if prefix_length is None else prefix_length

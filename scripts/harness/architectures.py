@@ -15,8 +15,7 @@
 
 from __future__ import annotations
 
-from memlm.layers.registry import LINEAR_LAYER_TYPE, PREFIX_LAYER_TYPE
-from memlm.models.jrt_rnn import jrt_rnn_layer_types
+from memlm.models.jrt_rnn import jrt_rnn_mixer_types
 
 ARCHITECTURES = ("attention", "3:1 hybrid", "all-GDN", "Based", "JRT-RNN", "JRT-RNN (no MLM)")
 _RATIOS = {"attention": "0:1", "3:1 hybrid": "3:1", "all-GDN": "1:0"}
@@ -48,8 +47,8 @@ def model_section(name: str, hidden_size: int, num_layers: int, num_heads: int, 
         return {"config": {**common, "hybrid_ratio": _RATIOS[name], "linear_attn_type": "gated_deltanet"}}
     based = {"sliding_window": sliding_window, "linear_key_head_dim": feature_dim}
     if name == "Based":
-        layer_types = [LINEAR_LAYER_TYPE if t == PREFIX_LAYER_TYPE else t for t in jrt_rnn_layer_types(num_layers)]
-        return {"config": {**common, **based, "layer_types": layer_types, "linear_attn_type": "based",
+        mixer_types = ["based" if m == "prefix_linear_attention" else m for m in jrt_rnn_mixer_types(num_layers)]
+        return {"config": {**common, **based, "mixer_types": mixer_types,
                            "gated_conv_expand": 4, "gated_conv_kernel_dim": 3}}
     if name in ("JRT-RNN", "JRT-RNN (no MLM)"):
         no_mlm = {"prefix_mlm_weight": 0.0} if name == "JRT-RNN (no MLM)" else {}

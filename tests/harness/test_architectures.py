@@ -17,7 +17,7 @@ def test_every_architecture_builds_one_width_and_depth(name):
     assert model(torch.randint(0, 50, (1, 20))).logits.shape == (1, 20, 50)
     if name == "Based":  # JRT-RNN's pattern read causally
         assert config.layer_types == ["conv", "linear_attention", "sliding_attention", "conv"]
-        assert config.linear_attn_type == "based"
+        assert config.mixer_types == ["conv", "based", "sliding_attention", "conv"]
     if name.startswith("JRT-RNN"):
         assert config.prefix_lm_objective
         assert config.prefix_mlm_weight == (0.0 if name == "JRT-RNN (no MLM)" else 0.25)

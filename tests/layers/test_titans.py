@@ -77,11 +77,12 @@ def test_memory_state_lives_in_the_cache():
     from memlm.layers.memory_cache import MemoryCacheLayer
 
     model = tiny(["memory", "sliding_attention"])
+    assert model.config.layer_types == ["linear_attention", "sliding_attention"]  # transformers' vocabulary
     cache = DynamicCache(config=model.config)
-    assert isinstance(cache.layers[0], MemoryCacheLayer)
     with torch.no_grad():
         model(torch.randint(1, 61, (2, 11)), cache=cache, use_cache=True)
-    layer = cache.layers[0]
+    layer = cache.layers[0]  # the memory mixer's own layer, in place of the empty linear layer transformers built
+    assert isinstance(layer, MemoryCacheLayer)
     assert layer.get_seq_length() == 11 and layer.state.memory.seen.tolist() == [11, 11]
     with pytest.raises(ValueError, match="cannot be rolled back"):
         cache.crop(3)

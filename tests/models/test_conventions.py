@@ -92,7 +92,7 @@ def test_output_attentions_gives_eager_weights_of_attention_layers():
     # the full-attention weights are the softmax of that layer's scaled query-key products
     layer = model.model.layers[3]
     captured = {}
-    handle = layer.register_forward_pre_hook(lambda mod, args: captured.setdefault("x", args[0]))
+    handle = layer.register_forward_pre_hook(lambda mod, args: captured.update(x=args[0]))
     with torch.no_grad():
         model(ids, use_cache=False)
     handle.remove()

@@ -33,10 +33,10 @@ def model():
 def test_preset_follows_the_paper_pattern():
     config = memlm.jrt_rnn_config(mask_token_id=0)
     assert config.num_hidden_layers == 26 and config.hidden_size == 1024 and config.sliding_window == 128
-    prefix = [i for i, t in enumerate(config.layer_types) if t == "prefix_linear_attention"]
-    sliding = [i for i, t in enumerate(config.layer_types) if t == "sliding_attention"]
+    prefix = config.layers_of_mixer("prefix_linear_attention")
+    sliding = config.layers_of_mixer("sliding_attention")
     assert prefix == [1, 6, 11, 16, 21] and sliding == [2, 7, 12, 17, 22]
-    assert set(config.layer_types) - {"prefix_linear_attention", "sliding_attention"} == {"conv"}
+    assert set(config.mixer_types) - {"prefix_linear_attention", "sliding_attention"} == {"conv"}
     assert config.linear_key_head_dim == 16 and config.prefix_lm_objective and config.prefix_mlm_weight == 0.25
     with pytest.raises(ValueError, match="num_hidden_layers must be an integer >= 2"):
         memlm.jrt_rnn_config(num_hidden_layers=1, mask_token_id=0)

@@ -34,7 +34,7 @@ VARIANTS = {
     "memora-mac": dict(layer_types=["memory_as_context", "full_attention"] * 2, memory_chunk_size=16,
                        memory_preset="memora", num_persistent_memory_tokens=2, num_key_value_heads=2),
     # JRT-RNN's layers, read causally (no prefix_length; the prefix is tested in test_jrt_rnn.py)
-    "jrt-rnn": dict(layer_types=memlm.models.jrt_rnn_layer_types(4), sliding_window=5, linear_key_head_dim=8),
+    "jrt-rnn": dict(layer_types=memlm.models.jrt_rnn_mixer_types(4), sliding_window=5, linear_key_head_dim=8),
     "moneta-lmm": dict(layer_types=["memory"] * 4, memory_chunk_size=16, memory_preset="moneta",
                        memory_rule={"depth": 3}),
 }
@@ -62,7 +62,7 @@ def model(request):
 def test_forward_loss_and_backward(model):
     ids = torch.randint(1, 61, (2, 37))
     # a prefix, so that the encoder projections of prefix linear attention take part too
-    prefix = {"prefix_length": 10} if "prefix_linear_attention" in model.config.layer_types else {}
+    prefix = {"prefix_length": 10} if model.reads_prefix else {}
     out = model(ids, labels=ids, **prefix)
     assert out.logits.shape == (2, 37, 61) and torch.isfinite(out.loss)
     out.loss.backward()

@@ -36,7 +36,7 @@ def test_mqar_reproduction_sweeps_learning_rates_in_parallel_workers(tmp_path):
         assert text.count(f"| {name} | ") == 4  # 2 kv x 2 lr each
     assert "attention acc (lr)" in text and "JRT-RNN acc (lr)" in text and figure.exists()
     jrt = json.loads((tmp_path / "runs" / "kv4_JRT-RNN_lr0.001" / "config.json").read_text())
-    assert "prefix_linear_attention" in jrt["layer_types"] and jrt["prefix_lm_objective"]
+    assert "prefix_linear_attention" in jrt["mixer_types"] and jrt["prefix_lm_objective"]
 
 
 def test_mqar_reproduction_mixture_trains_one_model_per_architecture_and_evaluates_every_pair_count(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from memlm import MemLMConfig
-from memlm.models import jrt_rnn_layer_types
+from memlm.models import jrt_rnn_mixer_types
 from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers
 
 
@@ -19,10 +19,12 @@ def test_supported_hybrids_pass():
 @pytest.mark.parametrize(("config", "message"), [
     (dict(num_hidden_layers=4, layer_types=["memory", "full_attention", "memory_as_gate", "full_attention"],
           sliding_window=8),
-     "cannot serve layer types ['memory', 'memory_as_gate']"),
-    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="hgrn2"), "got 'hgrn2' (vLLM has no layer for it)"),
-    (dict(num_hidden_layers=4, layer_types=jrt_rnn_layer_types(4), sliding_window=8),
-     "cannot serve layer types ['conv', 'prefix_linear_attention']"),
+     "cannot serve the mixers ['memory', 'memory_as_gate']"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="hgrn2"), "cannot serve the mixers ['hgrn2']"),
+    (dict(num_hidden_layers=4, mixer_types=jrt_rnn_mixer_types(4), sliding_window=8),
+     "cannot serve the mixers ['conv', 'prefix_linear_attention']"),
+    (dict(num_hidden_layers=4, mixer_types=["gated_deltanet", "based", "gated_deltanet", "full_attention"]),
+     "cannot serve the mixers ['based']"),
 ])
 def test_unsupported_layers_are_named(config, message):
     with pytest.raises(UnsupportedLayerError, match=re.escape(message)):

@@ -55,7 +55,7 @@ def test_text_recipe_trains_a_titans_model_on_packed_documents(tmp_path, layer_t
     result = train(config_from_dict(text_recipe(tmp_path, model={"config": config})))
     assert result.summary["steps"] == 6 and all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
-    assert loaded.config.layer_types == layer_types
+    assert loaded.config.mixer_types == layer_types  # mixer names given where layer types go (memlm's old format)
 
 
 def test_passkey_recipe_reports_token_and_key_accuracy(tmp_path):
@@ -283,7 +283,7 @@ def test_jrt_rnn_preset_trains_with_the_prefix_lm_objective(tmp_path):
     assert result.summary["steps"] == 6 and all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert loaded.config.prefix_lm_objective and loaded.config.mask_token_id == 256  # the byte tokenizer's pad
-    assert "prefix_linear_attention" in loaded.config.layer_types
+    assert loaded.reads_prefix and "prefix_linear_attention" in loaded.config.mixer_types
     recipe["model"] = {"config": TINY_MODEL}
     with pytest.raises(ValueError, match="data.prefix_length=8 is set, but the model's config has no prefix_lm"):
         train(config_from_dict(recipe), overwrite=True)

@@ -5,7 +5,7 @@ vLLM loads the entry point ``vllm.general_plugins: memlm = memlm.serving.vllm:re
 processes; :func:`register` registers memlm's config with transformers (``import memlm``) and its
 architecture with vLLM, lazily (``memlm.serving.vllm.model`` is imported only when a memlm checkpoint is
 loaded). Supported vLLM releases: :data:`SUPPORTED_VLLM` (vLLM's internal layer APIs change between
-releases; another version warns). Supported layer types: :data:`SUPPORTED_LAYERS`.
+releases; another version warns). Supported mixers: :data:`SUPPORTED_MIXERS`.
 """
 
 from __future__ import annotations
@@ -13,30 +13,25 @@ from __future__ import annotations
 import warnings
 
 SUPPORTED_VLLM = ("0.32.",)  # release prefixes the model class was written and tested against
-SUPPORTED_LAYERS = {
+SUPPORTED_MIXERS = {
     "full_attention": "vLLM's paged attention",
     "sliding_attention": "vLLM's paged attention with config.sliding_window",
-    "linear_attention": "GatedDeltaNet (linear_attn_type='gated_deltanet') through vLLM's Qwen3.5 GDN layer",
+    "gated_deltanet": "GatedDeltaNet (a linear_attention layer) through vLLM's Qwen3.5 GDN layer",
 }
 
 
 class UnsupportedLayerError(ValueError):
-    """A layer type (or linear mixer) that memlm's vLLM model cannot serve."""
+    """A layer whose mixer memlm's vLLM model cannot serve."""
 
 
 def check_supported_layers(config) -> None:
-    """Raise :class:`UnsupportedLayerError` naming every layer that vLLM cannot serve (before any loading)."""
-    unsupported = sorted({t for t in config.layer_types if t not in SUPPORTED_LAYERS})
+    """Raise :class:`UnsupportedLayerError` naming every mixer that vLLM cannot serve (before any loading)."""
+    unsupported = sorted({m for m in config.mixer_types if m not in SUPPORTED_MIXERS})
     if unsupported:
         raise UnsupportedLayerError(
-            f"memlm's vLLM model cannot serve layer types {unsupported} (layer_types={list(config.layer_types)}): "
-            f"vLLM has no layer for them; supported: {sorted(SUPPORTED_LAYERS)}. Serve this model with "
+            f"memlm's vLLM model cannot serve the mixers {unsupported} (mixer_types={list(config.mixer_types)}): "
+            f"vLLM has no layer for them; supported: {sorted(SUPPORTED_MIXERS)}. Serve this model with "
             "transformers (model.generate) instead."
-        )
-    if "linear_attention" in config.layer_types and config.linear_attn_type != "gated_deltanet":
-        raise UnsupportedLayerError(
-            f"memlm's vLLM model serves linear_attention layers of linear_attn_type='gated_deltanet' only, got "
-            f"{config.linear_attn_type!r} (vLLM has no layer for it); serve this model with transformers instead."
         )
 
 

@@ -5,7 +5,7 @@ then ``x + mlp(norm(x))``), final norm, LM head. Per layer type:
 
 * ``"full_attention"`` / ``"sliding_attention"``: vLLM's ``LlamaAttention`` (fused qkv projection, RoPE,
   vLLM's paged ``Attention``, the window of ``config.sliding_window`` for sliding layers);
-* ``"linear_attention"`` with ``linear_attn_type="gated_deltanet"``: vLLM's own GatedDeltaNet layer
+* ``"linear_attention"`` layers whose mixer is ``"gated_deltanet"``: vLLM's own GatedDeltaNet layer
   (``QwenGatedDeltaNetAttention`` in Qwen3.5's layout, which has CPU, CUDA, ROCm and XPU paths): memlm's
   GatedDeltaNet is parametrized exactly as Qwen3.5's, so only the names of the checkpoint move
   (:data:`CHECKPOINT_TO_VLLM`);
