@@ -123,9 +123,16 @@ def test_jrt_prompt_reproduction_quick_run_writes_table_and_figure(tmp_path):
                  "--figure", str(figure), "--workdir", str(tmp_path / "runs"), "--architectures",
                  "all-GDN,attention,Based,JRT-RNN")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| all-GDN |" in out.read_text() and "| JRT-RNN |" in out.read_text() and figure.exists()
-    assert set(json.loads(out.with_suffix(".json").read_text())["results"]) == {"all-GDN", "attention", "Based",
-                                                                               "JRT-RNN"}
+    assert figure.exists()
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert list(results) == ["all-GDN", "attention", "Based", "JRT-RNN"]
+    table = out.read_text()
+    for name, r in results.items():  # --quick trains 3 steps; the final loss is the run's last logged loss
+        logged = [json.loads(line)["loss"] for line in (tmp_path / "runs" / name / "train_log.jsonl").open()]
+        assert r["steps"] == len(logged) == 3 and r["final_loss"] == logged[-1], (name, r, logged)
+        assert all(score in {i / 4 for i in range(5)} for score in (r["plain"], r["jrt"]))  # 4 rows, each 0 or 1
+        assert f"| {name} | {r['plain']:.3f} | {r['jrt']:.3f} | {r['jrt'] - r['plain']:+.3f} | 3 | " \
+            f"{logged[-1]:.3f} | " in table, name
     lines = (tmp_path / "runs" / "train_documents.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 64 and rows[1]["prompt"].startswith("Information about")
