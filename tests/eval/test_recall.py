@@ -56,16 +56,40 @@ def test_row_exact_match_needs_every_label_of_a_row():
         row_exact_match(LabelModel(input_ids, labels, [0] * 10), input_ids, unlabelled)
 
 
+def scores_by_hand(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(token accuracy, row exact match) from one forward pass of the whole batch in eval mode: the argmax at
+    ``t - 1`` against the label at ``t``, counted over the labelled positions (and rows). Restores the mode."""
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        predicted = model(input_ids=input_ids).logits[:, :-1].argmax(-1)
+    model.train(training)
+    scored = labels[:, 1:] != -100
+    right = (predicted == labels[:, 1:]) & scored
+    token_accuracy = int(right.sum()) / int(scored.sum())
+    exact_match = sum(bool(torch.equal(r, s)) for r, s in zip(right, scored, strict=True)) / len(labels)
+    return token_accuracy, exact_match
+
+
 def test_tiny_memlm_model():
+    torch.manual_seed(0)
     config = memlm.MemLMConfig(
         vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, hybrid_ratio="1:1"
     )
     model = memlm.MemLMForCausalLM(config)
+    with torch.no_grad():  # large logits: the few right argmaxes are not near-ties that batching could flip
+        model.lm_head.weight.mul_(20)
     input_ids, labels = mqar(6, 32, 4, V)
+    right = labels.clone()  # the model's own predictions as labels on rows 0, 2 and 4: those rows are all right
+    with torch.no_grad():
+        predicted = model.eval()(input_ids=input_ids).logits[:, :-1].argmax(-1)
+    right[::2, 1:] = torch.where(labels[::2, 1:] != -100, predicted[::2], -100)
+    token_accuracy, exact_match = scores_by_hand(model, input_ids, right)
+    assert exact_match == 0.5 and token_accuracy >= 0.5  # the other rows' labels are mostly missed
     for training in (True, False):
         model.train(training)
-        accuracy = mqar_accuracy(model, input_ids, labels, batch_size=4)
-        assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
+        assert mqar_accuracy(model, input_ids, right, batch_size=4) == token_accuracy
+        assert row_exact_match(model, input_ids, right, batch_size=4) == exact_match
         assert model.training is training and all(m.training is training for m in model.modules())
 
 

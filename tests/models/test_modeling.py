@@ -64,7 +64,10 @@ def test_forward_loss_and_backward(model):
     # a prefix, so that the encoder projections of prefix linear attention take part too
     prefix = {"prefix_length": 10} if model.reads_prefix else {}
     out = model(ids, labels=ids, **prefix)
-    assert out.logits.shape == (2, 37, 61) and torch.isfinite(out.loss)
+    assert out.logits.shape == (2, 37, 61)
+    # the causal-LM loss: mean cross-entropy of the logits at t against the token at t + 1
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 61).float(), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

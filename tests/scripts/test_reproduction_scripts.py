@@ -6,8 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
+
+from memlm.data import mqar, passkey
+from tests.eval.test_recall import scores_by_hand
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+TITANS_QUICK = {"attention": ["full_attention"] * 4, "MAL": ["memory", "sliding_attention"] * 2,
+                "MAC": ["memory_as_context"] * 4}  # --quick's architectures and their layer patterns
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -19,10 +25,21 @@ def test_titans_reproduction_quick_run_writes_table_and_figure(tmp_path):
     result = run(str(SCRIPTS / "reproduce_titans.py"), "--quick", "--threads", "1", "--out", str(out),
                  "--figure", str(figure), "--workdir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr[-2000:]
-    text = out.read_text()
-    assert "| attention |" in text and "| MAL |" in text and "| MAC |" in text and figure.exists()
-    scores = json.loads(out.with_suffix(".json").read_text())["results"]
-    assert set(scores) == {"attention", "MAL", "MAC"}
+    assert figure.exists()
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert list(results) == list(TITANS_QUICK)
+    table = out.read_text().splitlines()
+    for name, layer_types in TITANS_QUICK.items():
+        run_dir = tmp_path / "runs" / name
+        assert json.loads((run_dir / "config.json").read_text())["layer_types"] == layer_types  # the row's model
+        model = AutoModelForCausalLM.from_pretrained(run_dir)
+        scores = {}
+        for length in (64, 128):  # --quick's test lengths; 4 held-out rows each, with the seed 10000 + length
+            _, scores[str(length)] = scores_by_hand(model, *passkey(4, length, vocab_size=64, key_length=5,
+                                                                     seed=10_000 + length))
+        assert results[name]["scores"] == scores, name
+        row = f"| {name} | {scores['64']:.2f} | {scores['128']:.2f} | "
+        assert sum(line.startswith(row) for line in table) == 1, (row, table)
 
 
 def test_mqar_reproduction_sweeps_learning_rates_in_parallel_workers(tmp_path):
@@ -35,6 +52,19 @@ def test_mqar_reproduction_sweeps_learning_rates_in_parallel_workers(tmp_path):
     for name in ("attention", "all-GDN", "JRT-RNN"):
         assert text.count(f"| {name} | ") == 4  # 2 kv x 2 lr each
     assert "attention acc (lr)" in text and "JRT-RNN acc (lr)" in text and figure.exists()
+    # each saved model rescored by hand on --quick's held-out rows (64 rows of 64 tokens, vocabulary 128, the
+    # recipe's eval seed 1234); JRT-RNN is left out: it reads each row's context as a prefix
+    lines = text.splitlines()
+    for kv in (4, 8):
+        best_row = next(line for line in lines if line.startswith(f"| {kv} | ") and "(" in line).split(" | ")
+        for column, name in ((1, "attention"), (2, "all-GDN")):
+            accuracies = []
+            for lr in (1e-3, 3e-3):
+                model = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / f"kv{kv}_{name}_lr{lr:g}")
+                accuracy, _ = scores_by_hand(model, *mqar(64, 64, kv, 128, seed=1234))
+                assert f"| {kv} | {name} | {lr:g} | {accuracy:.3f} | 5 | " in text, (kv, name, lr, accuracy)
+                accuracies.append(accuracy)
+            assert best_row[column].startswith(f"{max(accuracies):.3f} ("), (best_row, name, accuracies)
     jrt = json.loads((tmp_path / "runs" / "kv4_JRT-RNN_lr0.001" / "config.json").read_text())
     assert "prefix_linear_attention" in jrt["mixer_types"] and jrt["prefix_lm_objective"]
 
@@ -93,9 +123,16 @@ def test_jrt_prompt_reproduction_quick_run_writes_table_and_figure(tmp_path):
                  "--figure", str(figure), "--workdir", str(tmp_path / "runs"), "--architectures",
                  "all-GDN,attention,Based,JRT-RNN")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| all-GDN |" in out.read_text() and "| JRT-RNN |" in out.read_text() and figure.exists()
-    assert set(json.loads(out.with_suffix(".json").read_text())["results"]) == {"all-GDN", "attention", "Based",
-                                                                               "JRT-RNN"}
+    assert figure.exists()
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert list(results) == ["all-GDN", "attention", "Based", "JRT-RNN"]
+    table = out.read_text()
+    for name, r in results.items():  # --quick trains 3 steps; the final loss is the run's last logged loss
+        logged = [json.loads(line)["loss"] for line in (tmp_path / "runs" / name / "train_log.jsonl").open()]
+        assert r["steps"] == len(logged) == 3 and r["final_loss"] == logged[-1], (name, r, logged)
+        assert all(score in {i / 4 for i in range(5)} for score in (r["plain"], r["jrt"]))  # 4 rows, each 0 or 1
+        assert f"| {name} | {r['plain']:.3f} | {r['jrt']:.3f} | {r['jrt'] - r['plain']:+.3f} | 3 | " \
+            f"{logged[-1]:.3f} | " in table, name
     lines = (tmp_path / "runs" / "train_documents.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 64 and rows[1]["prompt"].startswith("Information about")

@@ -1,13 +1,14 @@
 """The vLLM plugin's checks, which run without vLLM installed."""
 
 import re
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import pytest
 
 from memlm import MemLMConfig
 from memlm.models import jrt_rnn_mixer_types
-from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers
+from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers, register
 
 
 def test_supported_hybrids_pass():
@@ -32,6 +33,13 @@ def test_unsupported_layers_are_named(config, message):
 
 
 def test_the_plugin_is_declared_for_vllm():
-    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    section = pyproject.split('[project.entry-points."vllm.general_plugins"]\n', 1)[1].split("\n\n", 1)[0]
-    assert section.strip() == 'memlm = "memlm.serving.vllm:register"'
+    """vLLM loads the entry points of group ``vllm.general_plugins`` by name: the one pyproject.toml declares, and
+    the one the installed distribution's metadata carries, resolve to :func:`memlm.serving.vllm.register`."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.10 has no tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"]["vllm.general_plugins"]
+    assert list(declared) == ["memlm"]
+    installed = {ep.name: ep for ep in entry_points(group="vllm.general_plugins") if ep.dist.name == "memlm"}
+    assert list(installed) == ["memlm"] and installed["memlm"].value == declared["memlm"]
+    entry = EntryPoint(name="memlm", value=declared["memlm"], group="vllm.general_plugins")
+    assert entry.load() is register and callable(register)

