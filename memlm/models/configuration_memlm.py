@@ -124,6 +124,9 @@ class MemLMConfig(PreTrainedConfig):
             unknown = sorted({m for m in self.mixer_types if m not in MIXERS})
             if unknown:
                 raise ValueError(f"mixer_types contains {unknown}; registered mixers: {sorted(MIXERS)}")
+            if len(self.mixer_types) != self.num_hidden_layers:
+                raise ValueError(f"mixer_types has {len(self.mixer_types)} entries but num_hidden_layers="
+                                 f"{self.num_hidden_layers}: give one mixer per layer")
             self.layer_types = [MIXERS[m].layer_type for m in self.mixer_types]
         elif self.layer_types is None:
             self.layer_types = hybrid_layer_types(self.num_hidden_layers, hybrid_ratio or "3:1")
