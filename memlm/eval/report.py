@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+from memlm.files import atomic_write, atomic_write_text
 
 REPORT_FILES = ("results.json", "results.md")
 """The files :func:`write_report` always writes (plots come with them)."""
@@ -60,21 +61,6 @@ def check_output_dir(out_dir: str | Path) -> None:
         raise ValueError(f"{str(out)!r} cannot be created: {str(ancestor)!r} is not writable")
 
 
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(temporary path)``, then move the file onto ``path`` with ``os.replace``: a reader sees the old
-    file or the whole new one, never a partial one (the temporary file is removed if ``write`` fails)."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_report(records: list[dict], out_dir: str | Path, meta: dict | None = None) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and the plots into ``out_dir``, each atomically; return their paths."""
     out = Path(out_dir)
@@ -82,8 +68,8 @@ def write_report(records: list[dict], out_dir: str | Path, meta: dict | None = N
     summary = summarize(records)
     paths = {"json": out / "results.json", "table": out / "results.md"}
     results = json.dumps({"meta": meta or {}, "summary": summary, "records": records}, indent=2)
-    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(results))
-    atomic_write(paths["table"], lambda tmp: Path(tmp).write_text(markdown_table(summary)))
+    atomic_write_text(paths["json"], results)
+    atomic_write_text(paths["table"], markdown_table(summary))
     lengths = [r for r in summary if r["context_length"] is not None]
     if lengths:
         paths["lengths_plot"] = plot_score_by_length(lengths, out / "score_by_length.png")

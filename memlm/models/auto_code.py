@@ -13,8 +13,9 @@ classes for the rest of the process.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from memlm.files import atomic_write_text
 
 AUTO_MODULE = "memlm_auto"
 AUTO_MAP = {
@@ -45,13 +46,4 @@ class MemLMForCausalLM(modeling_memlm.MemLMForCausalLM):
 
 def write_auto_module(directory: str | os.PathLike) -> Path:
     """Write ``memlm_auto.py`` into ``directory`` (atomically: a reader never sees half a file)."""
-    target = Path(directory) / f"{AUTO_MODULE}.py"
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(AUTO_MODULE_SOURCE)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(Path(directory) / f"{AUTO_MODULE}.py", AUTO_MODULE_SOURCE)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientA
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
+from memlm.files import atomic_write_text
 from memlm.training.builders import build_dataset, build_model, build_tokenizer, run_evaluations
 from memlm.training.checkpointing import (
     CheckpointError,
@@ -305,20 +305,14 @@ def _start_output_dir(config: RecipeConfig, resumed: bool, step: int) -> None:
     if resumed:
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step] \
             if log_path.is_file() else []
-        _write_atomically(log_path, "".join(line + "\n" for line in kept))
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
     elif config.checkpoint.resume_from is None:  # with resume_from=latest and no intact checkpoint: keep them
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
         log_path.unlink(missing_ok=True)
         (output_dir / "summary.json").unlink(missing_ok=True)
     else:
         log_path.unlink(missing_ok=True)
-    _write_atomically(output_dir / RECIPE_FILE, json.dumps(config.to_dict(), indent=2))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic_write_text(output_dir / RECIPE_FILE, json.dumps(config.to_dict(), indent=2))
 
 
 def _save_checkpoint(accelerator: Accelerator, config: RecipeConfig, model, optimizer, scheduler, step: int) -> None:

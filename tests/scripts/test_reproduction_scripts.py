@@ -31,7 +31,7 @@ def test_titans_reproduction_quick_run_writes_table_and_figure(tmp_path):
     table = out.read_text().splitlines()
     for name, layer_types in TITANS_QUICK.items():
         run_dir = tmp_path / "runs" / name
-        assert json.loads((run_dir / "config.json").read_text())["layer_types"] == layer_types  # the row's model
+        assert json.loads((run_dir / "config.json").read_text())["mixer_types"] == layer_types  # the row's model
         model = AutoModelForCausalLM.from_pretrained(run_dir)
         scores = {}
         for length in (64, 128):  # --quick's test lengths; 4 held-out rows each, with the seed 10000 + length

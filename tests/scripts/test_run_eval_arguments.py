@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import memlm
-from memlm.eval.report import atomic_write, write_report
+from memlm.eval.report import write_report
+from memlm.files import atomic_write
 from memlm.tokenization import byte_level_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -230,7 +230,6 @@ ACCELERATE_CONFIGS = {  # file: (distributed_type, num_processes, mixed_precisio
     "single_gpu.yaml": ("NO", 1, "bf16"),
     "multi_gpu.yaml": ("MULTI_GPU", 8, "bf16"),
     "fsdp.yaml": ("FSDP", 8, "bf16"),
-    "deepspeed_zero2.yaml": ("DEEPSPEED", 8, "bf16"),
 }
 
 
