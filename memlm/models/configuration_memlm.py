@@ -11,7 +11,14 @@ import typing
 from transformers import GenerationConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from memlm.layers.registry import ATTENTION_LAYER_TYPES, LAYER_TYPES, LINEAR_LAYER_TYPE, MIXERS, linear_mixers
+from memlm.layers.registry import (
+    ATTENTION_LAYER_TYPES,
+    LAYER_TYPES,
+    LINEAR_LAYER_TYPE,
+    MIXERS,
+    RECURRENT_LAYER_TYPES,
+    linear_mixers,
+)
 from memlm.models.auto_code import AUTO_MAP, write_auto_module
 from memlm.models.layer_pattern import hybrid_layer_types
 
@@ -194,7 +201,10 @@ class MemLMConfig(PreTrainedConfig):
                                  f"{list(LAYER_TYPES)} (or a mixer name: {sorted(MIXERS)})")
             if mixer not in MIXERS:
                 raise ValueError(f"mixer_types[{i}]={mixer!r} is unknown; registered mixers: {sorted(MIXERS)}")
-            if MIXERS[mixer].layer_type != layer_type:
+            # a conv and a linear layer are the same to transformers' cache (a LinearAttentionLayer): transformers 5.16
+            # rewrites "conv" as "linear_attention" when it validates a config that carries its code (auto_map)
+            interchangeable = {MIXERS[mixer].layer_type, layer_type} <= set(RECURRENT_LAYER_TYPES)
+            if MIXERS[mixer].layer_type != layer_type and not interchangeable:
                 raise ValueError(f"layer {i}: mixer {mixer!r} runs in a {MIXERS[mixer].layer_type!r} layer, but "
                                  f"layer_types[{i}]={layer_type!r}")
             layer_types.append(layer_type)
