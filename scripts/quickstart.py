@@ -83,7 +83,7 @@ def main() -> None:
     model.eval()
     accuracy = evaluate(model, args.eval_examples, args.length, config.vocab_size, seed=1234)
     model.save_pretrained(args.output_dir)
-    reloaded = AutoModelForCausalLM.from_pretrained(args.output_dir).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(args.output_dir, use_safetensors=True).eval()
     probe, _ = copy_batch(4, args.length, config.vocab_size, torch.Generator().manual_seed(7))
     with torch.no_grad():
         identical = torch.equal(model(probe).logits, reloaded(probe).logits)

@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
 
     samples = read_samples(args.data, args.max_samples)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, use_safetensors=True).eval()  # never a pickle
     num_layers = len(decoder_of(model).layers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -53,3 +53,15 @@ def test_bad_sample_files_name_the_line(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
         read_samples(str(path), None)
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    tokenizer = byte_level_tokenizer()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4))
+    model.config.save_pretrained(tmp_path / "pickled")  # only a pickled checkpoint, as older transformers wrote
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    tokenizer.save_pretrained(tmp_path / "pickled")
+    data = write_samples(tmp_path / "data.jsonl", [{"prompt": "1+1=", "answer": "2"}])
+    with pytest.raises(OSError, match="safetensors"):
+        main(["--model", str(tmp_path / "pickled"), "--data", str(data), "--out", str(tmp_path / "out")])
