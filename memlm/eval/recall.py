@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from memlm.data.mqar import IGNORE_INDEX
-from memlm.models.prefix_lm import prompt_lengths
+from memlm.models.jrt_rnn import prompt_lengths
 
 
 @torch.no_grad()

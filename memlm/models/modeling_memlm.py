@@ -29,7 +29,7 @@ from memlm.layers.rotary import RotaryEmbedding
 from memlm.models.compat import CACHE_FIELD, attention_masks
 from memlm.models.configuration_memlm import MemLMConfig
 from memlm.models.inputs import check_model_inputs
-from memlm.models.prefix_lm import prefix_lm_loss
+from memlm.models.jrt_rnn.objective import prefix_lm_loss
 from memlm.ops.prefix_linear_attention import prefix_token_mask
 
 logger = logging.get_logger(__name__)
@@ -260,7 +260,7 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
 
         With ``config.prefix_lm_objective``, ``labels`` and ``prefix_length``, the loss is JRT-RNN's: next-token
         loss after the prefix plus ``config.prefix_mlm_weight`` times the masked-token loss on ``mlm_labels``
-        ``[B, T]`` (:mod:`memlm.models.prefix_lm`). ``return_dict=False`` (or ``config.return_dict=False``) gives
+        ``[B, T]`` (:mod:`memlm.models.jrt_rnn.objective`). ``return_dict=False`` (or ``config.return_dict=False``) gives
         the output's fields that are not None as a tuple, as transformers' models do.
         """
         outputs = self.model(

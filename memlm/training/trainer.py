@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from memlm.files import atomic_write_text
+from memlm.models.jrt_rnn import PrefixLMInputs
 from memlm.training.builders import build_dataset, build_model, build_tokenizer, run_evaluations
 from memlm.training.checkpointing import (
     CheckpointError,
@@ -33,7 +34,7 @@ from memlm.training.checkpointing import (
     verify,
 )
 from memlm.training.config import RecipeConfig
-from memlm.training.data import EpochSampler, PackedCollator, PrefixLMInputs
+from memlm.training.data import EpochSampler, PackedCollator
 
 RECIPE_FILE = "recipe.json"
 # What a resumed run may change: how long it trains, its checkpoints, logging and evaluation.
@@ -177,7 +178,7 @@ def train(config: RecipeConfig, stop_at: int | None = None, overwrite: bool = Fa
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     streaming = isinstance(dataset, IterableDataset)
     sampler = None if streaming else EpochSampler(len(dataset), config.train.seed)
-    collator = PackedCollator(PrefixLMInputs.for_model(model.config, config.data))
+    collator = PackedCollator(PrefixLMInputs.for_model(model.config, config.data.prefix_length))
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collator,
                         drop_last=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -8,7 +8,7 @@ from transformers import DynamicCache
 
 import memlm
 from memlm import MemLMForCausalLM
-from memlm.models.prefix_lm import mask_prefix_tokens, prefix_lm_loss
+from memlm.models.jrt_rnn import mask_prefix_tokens, prefix_lm_loss
 
 VOCAB = 61
 
@@ -43,17 +43,16 @@ def test_preset_follows_the_paper_pattern():
 
 
 def test_preset_builds_without_mask_token_and_training_with_the_masked_objective_asks_for_it():
-    from memlm.training.config import DataSection
-    from memlm.training.data import PrefixLMInputs
+    from memlm.models.jrt_rnn import PrefixLMInputs
 
     config = memlm.jrt_rnn_config(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, vocab_size=VOCAB,
                                   feature_dim=8)  # for inference: no mask token needed
     assert config.mask_token_id is None and config.prefix_lm_objective
     memlm.MemLMForCausalLM(config)
     with pytest.raises(ValueError, match=r"mask_token_id\s+is None: set model.config.mask_token_id"):
-        PrefixLMInputs.for_model(config, DataSection())
+        PrefixLMInputs.for_model(config, None)
     config.prefix_mlm_weight = 0  # no masked-token loss: nothing to mask with
-    assert PrefixLMInputs.for_model(config, DataSection()).probability == 0.0
+    assert PrefixLMInputs.for_model(config, None).probability == 0.0
 
 
 def test_prefix_reads_ahead_and_the_suffix_stays_causal(model):

@@ -59,7 +59,7 @@ def test_prompt_completion_pairs_train_on_the_completion_only():
 
 
 def test_collator_prepares_the_prefix_lm_objective_for_prompts_and_completions():
-    from memlm.training.data import PrefixLMInputs
+    from memlm.models.jrt_rnn import PrefixLMInputs
 
     documents = [([7] * 5 + [8] * 3, [0] * 5 + [1] * 3), ([7] * 2 + [8] * 4, [0] * 2 + [1] * 4)]
     rows = list(pack_documents(documents, seq_len=10, pad_token_id=0))  # [8, 2 | 4, 6 pads]
@@ -75,7 +75,7 @@ def test_collator_prepares_the_prefix_lm_objective_for_prompts_and_completions()
 
 
 def test_collator_reads_the_context_of_labelled_rows_as_prefix():
-    from memlm.training.data import PrefixLMInputs
+    from memlm.models.jrt_rnn import PrefixLMInputs
 
     rows = [{"input_ids": list(range(1, 9)), "labels": [-100] * 5 + [6, -100, 8]},
             {"input_ids": list(range(1, 9)), "labels": [-100] * 3 + [4] + [-100] * 4}]
