@@ -260,8 +260,8 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
 
         With ``config.prefix_lm_objective``, ``labels`` and ``prefix_length``, the loss is JRT-RNN's: next-token
         loss after the prefix plus ``config.prefix_mlm_weight`` times the masked-token loss on ``mlm_labels``
-        ``[B, T]`` (:mod:`memlm.models.jrt_rnn.objective`). ``return_dict=False`` (or ``config.return_dict=False``) gives
-        the output's fields that are not None as a tuple, as transformers' models do.
+        ``[B, T]`` (:mod:`memlm.models.jrt_rnn.objective`). ``return_dict=False`` (or ``config.return_dict=False``)
+        gives the output's fields that are not None as a tuple, as transformers' models do.
         """
         outputs = self.model(
             input_ids=input_ids,
