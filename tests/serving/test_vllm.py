@@ -151,4 +151,4 @@ def test_an_unsupported_layer_type_is_a_clear_error(tmp_path):
     tokenizer.save_pretrained(tmp_path / "titans")
     result = vllm_offline(tmp_path / "titans", ["abc"], tmp_path)
     assert result.returncode != 0
-    assert "cannot serve layer types ['memory']" in result.stderr + result.stdout
+    assert "cannot serve the mixers ['memory']" in result.stderr + result.stdout
