@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import transformers
 
 from memlm.cola import chain
 
@@ -25,21 +24,8 @@ def test_identity_path_reproduces_the_stock_model_exactly(model):
             assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), generated)
 
 
-def skip_where_old_transformers_masks_fail(model, path):
-    """Before 5.24, transformers builds the full-attention mask from the first non-sliding cache layer; when that
-    is a linear or memory layer at a position > 0 it raises (fixed upstream, documented in the README)."""
-    types = getattr(model.config, "layer_types", None)
-    version = tuple(int(x) for x in transformers.__version__.split(".")[:2])
-    if version >= (5, 24) or not types:
-        return
-    first = next((p for p, i in enumerate(path) if types[i] != "sliding_attention"), None)
-    if first and types[path[first]] != "full_attention":
-        pytest.skip("transformers < 5.24: the causal mask reads a linear/memory cache layer at position > 0")
-
-
 @pytest.mark.parametrize("kind", list(PATHS))
 def test_cached_generation_equals_recomputation_on_any_path(model, kind):
-    skip_where_old_transformers_masks_fail(model, PATHS[kind])
     ids = torch.randint(1, 61, (2, 11))
     with chain(model, PATHS[kind]):
         cached = model.generate(ids, max_new_tokens=10, do_sample=False, use_cache=True)
