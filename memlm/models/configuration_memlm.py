@@ -276,10 +276,10 @@ class MemLMConfig(PreTrainedConfig):
         """Memory fields are checked whether or not a memory layer is present (a config must stay loadable)."""
         _check_positive(self, "memory_chunk_size", "memory_num_heads", "memory_head_dim")
         persistent = self.num_persistent_memory_tokens
-        if isinstance(persistent, bool) or not isinstance(persistent, int) or persistent < 0:
+        if not _is_int(persistent) or persistent < 0:
             raise ValueError(f"num_persistent_memory_tokens must be a non-negative integer, got {persistent!r}")
         lr = self.memory_max_lr
-        if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
+        if lr is not None and not (_is_number(lr) and lr > 0):
             raise ValueError(f"memory_max_lr must be a positive number, got {self.memory_max_lr!r}")
         if self.memory_rule is not None and not isinstance(self.memory_rule, dict):
             raise ValueError(f"memory_rule must be a dict of MemoryRule fields, got {self.memory_rule!r}")
@@ -304,13 +304,12 @@ class MemLMConfig(PreTrainedConfig):
         if not isinstance(self.prefix_lm_objective, bool):
             raise ValueError(f"prefix_lm_objective must be true or false, got {self.prefix_lm_objective!r}")
         weight, probability = self.prefix_mlm_weight, self.prefix_mlm_probability
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        if not _is_number(weight) or weight < 0:
             raise ValueError(f"prefix_mlm_weight must be a number >= 0, got {weight!r}")
-        if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 <= probability <= 1:
+        if not _is_number(probability) or not 0 <= probability <= 1:
             raise ValueError(f"prefix_mlm_probability must be a number in [0, 1], got {probability!r}")
         token = self.mask_token_id
-        if token is not None and (isinstance(token, bool) or not isinstance(token, int)
-                                  or not 0 <= token < self.vocab_size):
+        if token is not None and not (_is_int(token) and 0 <= token < self.vocab_size):
             raise ValueError(f"mask_token_id must be a token id in [0, vocab_size={self.vocab_size}), got {token!r}")
 
     @property
@@ -392,5 +391,5 @@ def _check_memory_rule_types(overrides: dict) -> None:
 def _check_positive(config: MemLMConfig, *fields: str) -> None:
     for name in fields:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not _is_int(value) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
