@@ -19,7 +19,7 @@ from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
 
 
-@register_mixer("conv", "conv", "conv state (the last K inputs)")
+@register_mixer("conv", "linear_attention", "conv state (the last K inputs)")
 class ShortGatedConvolution(RecurrentMixer):
     """``hidden_states [B, T, hidden] -> [B, T, hidden]``."""
 

@@ -40,7 +40,9 @@ class MemLMConfig(PreTrainedConfig):
             ``"based"``, the Titans memories ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
             ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer type is fixed by the registry. If
             omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
-            ``linear_attn_type``, ``"conv"`` layers ``"conv"``. A mixer name in ``layer_types`` (how memlm wrote
+            ``linear_attn_type``, ``"conv"`` layers ``"conv"``. The config stores each mixer's registry type
+            (``"conv"`` is stored as ``"linear_attention"``: transformers' cache treats both alike, and
+            transformers 5.16 rewrites it so). A mixer name in ``layer_types`` (how memlm wrote
             configs before ``mixer_types`` existed) is read as that mixer with its layer type.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
         linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers whose mixer is not given:
@@ -201,13 +203,14 @@ class MemLMConfig(PreTrainedConfig):
                                  f"{list(LAYER_TYPES)} (or a mixer name: {sorted(MIXERS)})")
             if mixer not in MIXERS:
                 raise ValueError(f"mixer_types[{i}]={mixer!r} is unknown; registered mixers: {sorted(MIXERS)}")
-            # a conv and a linear layer are the same to transformers' cache (a LinearAttentionLayer): transformers 5.16
-            # rewrites "conv" as "linear_attention" when it validates a config that carries its code (auto_map)
+            # "conv" and "linear_attention" are the same to transformers' cache (a LinearAttentionLayer), and
+            # transformers 5.16 rewrites "conv" as "linear_attention" when it validates a config: memlm accepts
+            # both and writes the registry's type, so a saved config passes that validation unchanged
             interchangeable = {MIXERS[mixer].layer_type, layer_type} <= set(RECURRENT_LAYER_TYPES)
             if MIXERS[mixer].layer_type != layer_type and not interchangeable:
                 raise ValueError(f"layer {i}: mixer {mixer!r} runs in a {MIXERS[mixer].layer_type!r} layer, but "
                                  f"layer_types[{i}]={layer_type!r}")
-            layer_types.append(layer_type)
+            layer_types.append(MIXERS[mixer].layer_type)
             mixer_types.append(mixer)
         self.layer_types, self.mixer_types = layer_types, mixer_types
 

@@ -16,7 +16,7 @@ def test_every_architecture_builds_one_width_and_depth(name):
     model = memlm.MemLMForCausalLM(config)
     assert model(torch.randint(0, 50, (1, 20))).logits.shape == (1, 20, 50)
     if name == "Based":  # JRT-RNN's pattern read causally
-        assert config.layer_types == ["conv", "linear_attention", "sliding_attention", "conv"]
+        assert config.layer_types == ["linear_attention", "linear_attention", "sliding_attention", "linear_attention"]
         assert config.mixer_types == ["conv", "based", "sliding_attention", "conv"]
     if name.startswith("JRT-RNN"):
         assert config.prefix_lm_objective

@@ -26,21 +26,30 @@ def test_layer_types_are_transformers_and_mixers_fill_from_the_conveniences():
     assert config.mixer_types == ["hgrn2"] * 3 + ["full_attention"]
     jrt = memlm.jrt_rnn_config(num_hidden_layers=5, hidden_size=32, num_attention_heads=4, vocab_size=61,
                                sliding_window=4)
-    assert jrt.layer_types == ["conv", "linear_attention", "sliding_attention", "conv", "conv"]
+    assert jrt.layer_types == ["linear_attention", "linear_attention", "sliding_attention", "linear_attention",
+                               "linear_attention"]
     assert jrt.mixer_types == ["conv", "prefix_linear_attention", "sliding_attention", "conv", "conv"]
     for name, spec in MIXERS.items():  # every registry entry names a layer type transformers' cache knows
         assert spec.layer_type in LAYER_TYPES and spec.cache, name
 
 
-def test_a_saved_config_passes_transformers_validation_unchanged(tmp_path):
-    config = tiny_config(mixer_types=MIXED)
+@pytest.mark.parametrize(("mixers", "layer_types"), [
+    (MIXED, ["linear_attention", "linear_attention", "linear_attention", "full_attention"]),
+    (["conv", "prefix_linear_attention", "sliding_attention", "conv"],  # JRT-RNN: "conv" is stored as linear
+     ["linear_attention", "linear_attention", "sliding_attention", "linear_attention"]),
+])
+def test_a_saved_config_passes_transformers_validation_unchanged(tmp_path, mixers, layer_types):
+    config = tiny_config(mixer_types=mixers, sliding_window=4)
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["layer_types"] == ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
-    assert saved["mixer_types"] == MIXED
-    plain = PreTrainedConfig(**{k: v for k, v in saved.items() if k in ("layer_types", "num_hidden_layers")})
-    plain.validate()  # transformers' own validators, layer types included
-    MemLMConfig.from_pretrained(tmp_path).validate()
+    assert saved["layer_types"] == layer_types
+    assert saved["mixer_types"] == mixers
+    plain = PreTrainedConfig(**saved)  # transformers' own class and validators, layer types included
+    plain.validate()
+    assert plain.layer_types == layer_types
+    reloaded = MemLMConfig.from_pretrained(tmp_path)
+    reloaded.validate()
+    assert (reloaded.layer_types, reloaded.mixer_types) == (layer_types, mixers)
 
 
 def test_a_checkpoint_in_the_format_before_mixer_types_loads(tmp_path):
@@ -55,7 +64,7 @@ def test_a_checkpoint_in_the_format_before_mixer_types_loads(tmp_path):
     del saved["mixer_types"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert loaded.config.layer_types == ["linear_attention", "sliding_attention", "linear_attention", "conv"]
+    assert loaded.config.layer_types == ["linear_attention", "sliding_attention"] + ["linear_attention"] * 2
     assert loaded.config.mixer_types == ["memory", "sliding_attention", "prefix_linear_attention", "conv"]
     ids = torch.randint(1, 61, (2, 13))
     with torch.no_grad():
