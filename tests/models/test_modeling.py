@@ -37,6 +37,17 @@ VARIANTS = {
     "jrt-rnn": dict(layer_types=memlm.models.jrt_rnn_mixer_types(4), sliding_window=5, linear_key_head_dim=8),
     "moneta-lmm": dict(layer_types=["memory"] * 4, memory_chunk_size=16, memory_preset="moneta",
                        memory_rule={"depth": 3}),
+    # the options of pretrained hybrids (tests/reference/test_pretrained_options.py checks each against transformers)
+    "qwen3.5-options": dict(
+        layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"], sliding_window=5,
+        head_dim=16, num_key_value_heads=2, attention_output_gate=True, attention_qk_norm="head",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    ),
+    "olmo-hybrid-options": dict(
+        layer_types=["linear_attention", "full_attention"] * 2, num_key_value_heads=2, attention_qk_norm="all",
+        position_embedding_type="nope", norm_placement=["pre", "post"] * 2, linear_allow_neg_eigval=True,
+        linear_norm_eps=1e-5,
+    ),
 }
 
 

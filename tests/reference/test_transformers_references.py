@@ -32,15 +32,18 @@ SEQ_LEN = 70  # not a multiple of the 64-token chunk of both delta-rule implemen
 GDN_NAMES = {"conv1d.weight": "conv.conv1d.weight"}  # Qwen3.5 name -> memlm name, where they differ
 
 
-def run_memlm_mixer(mixer, hidden_states, position_embeddings=None, attention_mask=None, cache=None):
-    """One call of a memlm mixer, the only place this file depends on the mixers' forward signature.
+def run_memlm_mixer(mixer, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
+                    layer_type=None):
+    """One call of a memlm mixer (or decoder layer), the only place the reference tests depend on the mixers'
+    forward signature.
 
     ``attention_mask``: a ``[B, T]`` padding mask (recurrent mixers), or the ``[B, 1, T, S]`` additive mask an
-    attention layer gets from transformers' mask builders."""
+    attention layer gets from transformers' mask builders, for ``layer_type`` (default: the mixer's)."""
     built_mask = attention_mask is not None and attention_mask.dim() == 4
+    layer_type = layer_type or getattr(mixer, "layer_type", None)
     inputs = MixerInputs(
         attention_mask=None if built_mask else attention_mask,
-        attention_masks={getattr(mixer, "layer_type", None): attention_mask if built_mask else None},
+        attention_masks={layer_type: attention_mask if built_mask else None},
         position_ids=torch.arange(hidden_states.shape[1])[None],
         position_embeddings=position_embeddings,
         cache=cache,
