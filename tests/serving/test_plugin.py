@@ -32,6 +32,29 @@ def test_unsupported_layers_are_named(config, message):
         check_supported_layers(MemLMConfig(**config))
 
 
+def test_the_attention_options_and_post_norm_pass():
+    """What vLLM serves (tests/serving/test_vllm.py checks its tokens against transformers' generate)."""
+    check_supported_layers(MemLMConfig(
+        num_hidden_layers=4, hybrid_ratio="3:1", attention_output_gate=True, attention_qk_norm="head",
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25},
+        norm_placement=["pre", "post"] * 2, linear_norm_eps=1e-6))  # linear_norm_eps equal to rms_norm_eps
+    check_supported_layers(MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1", attention_qk_norm="all",
+                                       position_embedding_type="nope"))
+    # GatedDeltaNet's options matter only where there is a GatedDeltaNet layer
+    check_supported_layers(MemLMConfig(num_hidden_layers=2, hybrid_ratio="0:1", linear_allow_neg_eigval=True))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(linear_allow_neg_eigval=True), "cannot serve GatedDeltaNet with linear_allow_neg_eigval=True: "),
+    (dict(linear_norm_eps=1e-5), "cannot serve GatedDeltaNet with linear_norm_eps=1e-05: "),
+    (dict(linear_allow_neg_eigval=True, linear_norm_eps=1e-5),
+     "cannot serve GatedDeltaNet with linear_allow_neg_eigval=True, linear_norm_eps=1e-05: "),
+])
+def test_gated_deltanet_options_vllm_lacks_are_named(options, message):
+    with pytest.raises(UnsupportedLayerError, match=re.escape(message)):
+        check_supported_layers(MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1", **options))
+
+
 def test_the_plugin_is_declared_for_vllm():
     """vLLM loads the entry points of group ``vllm.general_plugins`` by name: the one pyproject.toml declares, and
     the one the installed distribution's metadata carries, resolve to :func:`memlm.serving.vllm.register`."""

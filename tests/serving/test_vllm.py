@@ -97,6 +97,27 @@ def test_offline_llm_gives_the_tokens_of_hf_generate(model_dir, tmp_path):
     assert json.loads((tmp_path / "out.json").read_text())["texts"] == expected  # one batch of 5 prompts
 
 
+OPTION_VARIANTS = {  # the options of pretrained hybrids that vLLM serves (memlm.serving.vllm.check_supported_layers)
+    "qwen3.5-options": dict(
+        layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"], sliding_window=8,
+        attention_output_gate=True, attention_qk_norm="head",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    ),
+    "olmo-options": dict(layer_types=["linear_attention", "full_attention"] * 2, attention_qk_norm="all",
+                         position_embedding_type="nope", norm_placement=["pre", "post"] * 2),
+}
+
+
+@pytest.mark.parametrize("variant", list(OPTION_VARIANTS))
+def test_offline_llm_serves_the_attention_options_with_the_tokens_of_hf_generate(variant, tmp_path):
+    model_dir = train_tiny_hybrid(tmp_path / "model", **OPTION_VARIANTS[variant])
+    result = vllm_offline(model_dir, PROMPTS, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = hf_greedy(model_dir, PROMPTS)
+    assert expected[0] == "opmnopmnopmn"  # the model learned the cycles
+    assert json.loads((tmp_path / "out.json").read_text())["texts"] == expected
+
+
 def test_the_text_memory_vllm_backend_gives_the_tokens_of_hf_generate(model_dir, tmp_path):
     """memlm.textmem's VLLMBackend on the real engine (its unit test in tests/textmem uses a stand-in module)."""
     result = vllm_offline(model_dir, PROMPTS[:2], tmp_path, "--textmem")

@@ -25,13 +25,30 @@ class UnsupportedLayerError(ValueError):
 
 
 def check_supported_layers(config) -> None:
-    """Raise :class:`UnsupportedLayerError` naming every mixer that vLLM cannot serve (before any loading)."""
+    """Raise :class:`UnsupportedLayerError` naming every mixer, and every option of the config's, that vLLM cannot
+    serve (before any loading). The attention options (``attention_output_gate``, ``attention_qk_norm``, partial
+    rotary, ``position_embedding_type="nope"``) and ``norm_placement`` are served; GatedDeltaNet's
+    ``linear_allow_neg_eigval`` and a ``linear_norm_eps`` other than ``rms_norm_eps`` are not (vLLM's Qwen3.5 GDN
+    layer, the one with a CPU path, has neither)."""
     unsupported = sorted({m for m in config.mixer_types if m not in SUPPORTED_MIXERS})
     if unsupported:
         raise UnsupportedLayerError(
             f"memlm's vLLM model cannot serve the mixers {unsupported} (mixer_types={list(config.mixer_types)}): "
             f"vLLM has no layer for them; supported: {sorted(SUPPORTED_MIXERS)}. Serve this model with "
             "transformers (model.generate) instead."
+        )
+    if "gated_deltanet" not in config.mixer_types:
+        return
+    options = {"linear_allow_neg_eigval": config.linear_allow_neg_eigval}
+    if config.linear_norm_eps not in (None, config.rms_norm_eps):
+        options["linear_norm_eps"] = config.linear_norm_eps
+    given = ", ".join(f"{name}={value!r}" for name, value in options.items() if value)
+    if given:
+        raise UnsupportedLayerError(
+            f"memlm's vLLM model cannot serve GatedDeltaNet with {given}: "
+            "vLLM's GDN layer (Qwen3.5's) has beta = sigmoid(b) and its output norm's eps is rms_norm_eps "
+            f"({config.rms_norm_eps}); allowed: linear_allow_neg_eigval=False, linear_norm_eps None or rms_norm_eps. "
+            "Serve this model with transformers (model.generate) instead."
         )
 
 

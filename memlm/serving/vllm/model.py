@@ -1,16 +1,22 @@
 """memlm's causal LM as a vLLM model (imported by vLLM only, through the plugin in this package).
 
-It reads top to bottom like vLLM's own Llama: embeddings, pre-norm decoder layers (``x + mixer(norm(x))``,
-then ``x + mlp(norm(x))``), final norm, LM head. Per layer type:
+It reads top to bottom like vLLM's own Llama: embeddings, decoder layers (pre-norm ``x + mixer(norm(x))``, then
+``x + mlp(norm(x))``; or, where ``config.norm_placement`` says ``"post"``, OLMo 2's ``x + norm(mixer(x))``, then
+``x + norm(mlp(x))``), final norm, LM head. Per layer type:
 
-* ``"full_attention"`` / ``"sliding_attention"``: vLLM's ``LlamaAttention`` (fused qkv projection, RoPE,
-  vLLM's paged ``Attention``, the window of ``config.sliding_window`` for sliding layers);
+* ``"full_attention"`` / ``"sliding_attention"``: :class:`MemLMAttention`, on vLLM's layers (fused qkv projection,
+  ``get_rope``, vLLM's paged ``Attention``, the window of ``config.sliding_window`` for sliding layers) with
+  memlm's options as vLLM's Qwen3-Next / Qwen3 / OLMo Hybrid models have them: the output gate, q/k norms per
+  head or over the whole projections, partial rotary (``get_rope`` reads ``partial_rotary_factor``) or no
+  position embedding;
 * ``"linear_attention"`` layers whose mixer is ``"gated_deltanet"``: vLLM's own GatedDeltaNet layer
   (``QwenGatedDeltaNetAttention`` in Qwen3.5's layout, which has CPU, CUDA, ROCm and XPU paths): memlm's
   GatedDeltaNet is parametrized exactly as Qwen3.5's, so only the names of the checkpoint move
   (:data:`CHECKPOINT_TO_VLLM`);
 * anything else (HGRN-2 and Based linear layers, Titans memory layers, JRT-RNN's prefix linear attention and
-  short convolutions) raises :class:`UnsupportedLayerError` before loading.
+  short convolutions), and the options vLLM's GDN layer lacks (``linear_allow_neg_eigval``, a
+  ``linear_norm_eps`` other than ``rms_norm_eps``), raise :class:`UnsupportedLayerError` before loading
+  (:func:`memlm.serving.vllm.check_supported_layers`).
 
 The state of the GDN layers (a conv window and a ``[dk, dv]`` matrix per value head) is vLLM's "mamba" state:
 the class methods below give its shapes, dtypes and copy functions, as vLLM's hybrid models do.
@@ -23,8 +29,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from vllm.config import VllmConfig
-from vllm.distributed import get_pp_group
+from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
+from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn import QwenGatedDeltaNetAttention
 from vllm.model_executor.layers.mamba.mamba_utils import (
@@ -32,9 +40,10 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
     MambaStateDtypeCalculator,
     MambaStateShapeCalculator,
 )
+from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
-from vllm.model_executor.models.llama import LlamaAttention, LlamaMLP
+from vllm.model_executor.models.llama import LlamaMLP
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     PPMissingLayer,
@@ -45,7 +54,7 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.sequence import IntermediateTensors
 
-from memlm.serving.vllm import check_supported_layers
+from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers
 
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
 
@@ -67,28 +76,112 @@ CHECKPOINT_TO_VLLM = WeightsMapper(
 )
 
 
-class MemLMDecoderLayer(nn.Module):
-    """One pre-norm block; ``forward(positions, hidden_states, residual) -> (hidden_states, residual)``
-    with vLLM's fused add-and-norm (tokens flattened: ``[num_tokens, hidden]``)."""
+class MemLMAttention(nn.Module):
+    """memlm's ``Attention`` on vLLM's layers; ``forward(positions, hidden_states [num_tokens, hidden])``.
+
+    ``config.attention_output_gate``: the q shard of ``qkv_proj`` is ``[H, 2 * D]`` per token, per head
+    ``[query | gate]``; the attention output is multiplied by ``sigmoid(gate)`` (vLLM's Qwen3-Next does the same).
+    ``config.attention_qk_norm``: ``"head"`` normalizes ``[num_tokens, H, D]`` (vLLM's Qwen3), ``"all"`` the whole
+    ``[num_tokens, H * D]`` (vLLM's OLMo Hybrid; one tensor-parallel rank only). ``position_embedding_type="nope"``:
+    no rotary embedding.
+    """
+
+    def __init__(self, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        tp_size = get_tensor_model_parallel_world_size()
+        if config.attention_qk_norm == "all" and tp_size > 1:
+            raise UnsupportedLayerError(
+                f"attention_qk_norm='all' normalizes whole projections, which memlm's vLLM model does not gather "
+                f"across tensor-parallel ranks: serve with tensor_parallel_size=1, not {tp_size}")
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads // tp_size
+        self.num_kv_heads = max(1, config.num_key_value_heads // tp_size)
+        self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.output_gate = config.attention_output_gate
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, self.head_dim, config.num_attention_heads * (2 if self.output_gate else 1),
+            config.num_key_value_heads, bias=config.attention_bias, quant_config=vllm_config.quant_config,
+            prefix=f"{prefix}.qkv_proj",
+        )
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size,
+                                        bias=config.attention_bias, quant_config=vllm_config.quant_config,
+                                        prefix=f"{prefix}.o_proj")
+        self.qk_norm_all = config.attention_qk_norm == "all"
+        if config.attention_qk_norm is None:
+            self.q_norm = self.k_norm = nn.Identity()
+        else:
+            per_head = config.attention_qk_norm == "head"
+            self.q_norm = RMSNorm(self.head_dim if per_head else self.q_size, eps=config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim if per_head else self.kv_size, eps=config.rms_norm_eps)
+        self.rotary_emb = None if config.position_embedding_type == "nope" else get_rope(
+            self.head_dim, max_position=config.max_position_embeddings, rope_parameters=config.rope_parameters,
+        )
+        layer_type = config.layer_types[extract_layer_index(prefix)]
+        self.attn = Attention(
+            self.num_heads, self.head_dim, self.head_dim**-0.5, num_kv_heads=self.num_kv_heads,
+            cache_config=vllm_config.cache_config, quant_config=vllm_config.quant_config,
+            per_layer_sliding_window=config.sliding_window if layer_type == "sliding_attention" else None,
+            prefix=f"{prefix}.attn",
+        )
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        qkv, _ = self.qkv_proj(hidden_states)
+        q, k, v = qkv.split([self.q_size * (2 if self.output_gate else 1), self.kv_size, self.kv_size], dim=-1)
+        gate = None
+        if self.output_gate:  # per head [query | gate]
+            q, gate = q.view(-1, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
+            gate = gate.reshape(-1, self.q_size)
+        q, k = self._normed(q, self.q_norm, self.q_size), self._normed(k, self.k_norm, self.kv_size)
+        if self.rotary_emb is not None:
+            q, k = self.rotary_emb(positions, q, k)
+        out = self.attn(q, k, v)
+        if gate is not None:
+            out = out * torch.sigmoid(gate)
+        return self.o_proj(out)[0]
+
+    def _normed(self, x: torch.Tensor, norm: nn.Module, width: int) -> torch.Tensor:
+        """The q/k norm of ``x [num_tokens, width]`` over all channels ("all") or each head's, as memlm's."""
+        heads = 1 if self.qk_norm_all else width // self.head_dim
+        return norm(x.reshape(-1, heads, width // heads)).reshape(-1, width)
+
+
+def build_mixer(vllm_config: VllmConfig, prefix: str) -> nn.Module:
+    """The layer's mixer: :class:`MemLMAttention`, or vLLM's GDN layer for ``"linear_attention"`` layers (whose mixer
+    is GatedDeltaNet: check_supported_layers refused the rest)."""
+    config = vllm_config.model_config.hf_config
+    if config.layer_types[extract_layer_index(prefix)] in ATTENTION_TYPES:
+        return MemLMAttention(vllm_config, prefix)
+    return QwenGatedDeltaNetAttention(config, vllm_config, prefix=prefix, gqa_interleaved_layout=False)
+
+
+class DecoderLayerBase(nn.Module):
+    """What both blocks hold: the mixer, the MLP and ``post_attention_layernorm`` (tokens flattened:
+    ``[num_tokens, hidden]``). ``forward(positions, hidden_states, residual) -> (hidden_states, residual)``: the
+    layer's input is ``hidden_states + residual`` (residual None: ``hidden_states``), its output the sum of the two
+    it returns, so that vLLM's fused add-and-norm adds them."""
 
     def __init__(self, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         config = vllm_config.model_config.hf_config
-        self.layer_type = config.layer_types[extract_layer_index(prefix)]
-        if self.layer_type in ATTENTION_TYPES:
-            self.mixer = LlamaAttention(
-                config=config, hidden_size=config.hidden_size, num_heads=config.num_attention_heads,
-                num_kv_heads=config.num_key_value_heads, max_position_embeddings=config.max_position_embeddings,
-                quant_config=vllm_config.quant_config, bias=config.attention_bias,
-                bias_o_proj=config.attention_bias, cache_config=vllm_config.cache_config, prefix=f"{prefix}.mixer",
-            )
-        else:  # "linear_attention" with GatedDeltaNet (check_supported_layers refused the rest)
-            self.mixer = QwenGatedDeltaNetAttention(config, vllm_config, prefix=f"{prefix}.mixer",
-                                                    gqa_interleaved_layout=False)
+        self.mixer = build_mixer(vllm_config, f"{prefix}.mixer")
+        self.takes_positions = isinstance(self.mixer, MemLMAttention)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, config.hidden_act,
                             quant_config=vllm_config.quant_config, prefix=f"{prefix}.mlp")
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def mix(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.mixer(positions, hidden_states) if self.takes_positions else self.mixer(hidden_states)
+
+
+class MemLMDecoderLayer(DecoderLayerBase):
+    """The pre-norm block: ``h = x + mixer(input_layernorm(x))``, returns ``(mlp(post_attention_layernorm(h)), h)``
+    with vLLM's fused add-and-norm."""
+
+    def __init__(self, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config, prefix)
+        config = vllm_config.model_config.hf_config
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,12 +189,32 @@ class MemLMDecoderLayer(nn.Module):
             residual, hidden_states = hidden_states, self.input_layernorm(hidden_states)
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        if self.layer_type in ATTENTION_TYPES:
-            hidden_states = self.mixer(positions, hidden_states)
-        else:
-            hidden_states = self.mixer(hidden_states)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        hidden_states, residual = self.post_attention_layernorm(self.mix(positions, hidden_states), residual)
         return self.mlp(hidden_states), residual
+
+
+class MemLMPostNormDecoderLayer(DecoderLayerBase):
+    """OLMo 2's block (``norm_placement`` ``"post"``): ``h = x + post_attention_layernorm(mixer(x))``, returns
+    ``(post_feedforward_layernorm(mlp(h)), h)``."""
+
+    def __init__(self, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config, prefix)
+        config = vllm_config.model_config.hf_config
+        self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
+                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            hidden_states = hidden_states + residual
+        hidden_states = hidden_states + self.post_attention_layernorm(self.mix(positions, hidden_states))
+        return self.post_feedforward_layernorm(self.mlp(hidden_states)), hidden_states
+
+
+def build_layer(vllm_config: VllmConfig, prefix: str) -> nn.Module:
+    """The decoder layer ``config.norm_placement`` names (None: all pre-norm)."""
+    config = vllm_config.model_config.hf_config
+    placement = (config.norm_placement or ["pre"] * config.num_hidden_layers)[extract_layer_index(prefix)]
+    return (MemLMPostNormDecoderLayer if placement == "post" else MemLMDecoderLayer)(vllm_config, prefix)
 
 
 class MemLMModel(nn.Module):
@@ -111,7 +224,7 @@ class MemLMModel(nn.Module):
         self.config = config
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.start_layer, self.end_layer, self.layers = make_layers(
-            config.num_hidden_layers, lambda prefix: MemLMDecoderLayer(vllm_config, prefix),
+            config.num_hidden_layers, lambda prefix: build_layer(vllm_config, prefix),
             prefix=f"{prefix}.layers",
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if get_pp_group().is_last_rank \
