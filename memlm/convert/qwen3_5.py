@@ -172,12 +172,11 @@ class Qwen3_5Importer(QwenHybridImporter):
         return config["text_config"], f"{where} (text_config)"
 
     def tied(self, checkpoint, text):
-        outer = checkpoint.config.get("tie_word_embeddings") if checkpoint.config is not text else None
-        inner = text.get("tie_word_embeddings")
-        if outer is not None and inner is not None and outer != inner:
-            raise ConversionError(f"config.json: tie_word_embeddings={outer!r} but text_config.tie_word_embeddings="
-                                  f"{inner!r}: memlm cannot tell whether the output head is tied")
-        return bool(inner if inner is not None else outer)
+        """A ``qwen3_5`` model ties its head by its own (outer) ``tie_word_embeddings``, as transformers'
+        ``Qwen3_5ForConditionalGeneration`` does; its ``text_config``'s value is not read."""
+        if checkpoint.config is text:
+            return super().tied(checkpoint, text)
+        return bool(checkpoint.config.get("tie_word_embeddings", False))
 
 
 @register_exporter("qwen3_5")

@@ -148,7 +148,7 @@ def test_a_memlm_model_with_qwen3_5_layers_exports(tmp_path):
     (dict(norm_placement=["post"] * 4), "norm_placement="),
 ])
 def test_export_refuses_what_qwen3_5_cannot_represent(tmp_path, change, message):
-    options = dict(attention_output_gate=True, attention_qk_norm="head", **change)
+    options = {"attention_output_gate": True, "attention_qk_norm": "head", **change}
     memlm.MemLMForCausalLM(memlm.MemLMConfig(vocab_size=96, hidden_size=32, num_hidden_layers=4,
                                              num_attention_heads=2, **options)).save_pretrained(tmp_path / "memlm")
     with pytest.raises(ConversionError, match=message):
