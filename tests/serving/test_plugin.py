@@ -15,6 +15,24 @@ def test_supported_hybrids_pass():
     check_supported_layers(MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1"))
     check_supported_layers(MemLMConfig(num_hidden_layers=4, layer_types=["linear_attention", "sliding_attention"] * 2,
                                        sliding_window=8))
+    check_supported_layers(MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1", attention_output_gate=True,
+                                       attention_qk_norm="head",
+                                       rope_parameters={"rope_theta": 1e4, "partial_rotary_factor": 0.25}))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(attention_qk_norm="head"), "attention_output_gate=False with attention_qk_norm='head'"),
+    (dict(attention_output_gate=True, attention_qk_norm="all"),
+     "attention_output_gate=True with attention_qk_norm='all'"),
+    (dict(attention_output_gate=True, attention_qk_norm="head", attention_bias=True), "attention_bias=True"),
+    (dict(position_embedding_type="nope"), "position_embedding_type='nope'"),
+    (dict(norm_placement=["post"] * 4), "norm_placement=['post', 'post', 'post', 'post']"),
+    (dict(linear_allow_neg_eigval=True), "linear_allow_neg_eigval=True"),
+    (dict(linear_norm_eps=1e-5), "linear_norm_eps=1e-05"),
+])
+def test_options_vllm_would_compute_differently_are_named(options, message):
+    with pytest.raises(UnsupportedLayerError, match=re.escape(message)):
+        check_supported_layers(MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1", **options))
 
 
 @pytest.mark.parametrize(("config", "message"), [

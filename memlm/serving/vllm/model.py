@@ -4,7 +4,9 @@ It reads top to bottom like vLLM's own Llama: embeddings, pre-norm decoder layer
 then ``x + mlp(norm(x))``), final norm, LM head. Per layer type:
 
 * ``"full_attention"`` / ``"sliding_attention"``: vLLM's ``LlamaAttention`` (fused qkv projection, RoPE,
-  vLLM's paged ``Attention``, the window of ``config.sliding_window`` for sliding layers);
+  vLLM's paged ``Attention``, the window of ``config.sliding_window`` for sliding layers); with Qwen3.5's
+  options (``attention_output_gate``, ``attention_qk_norm="head"``) vLLM's ``Qwen3NextAttention``, whose q/k
+  norms multiply by ``1 + w`` (memlm's by ``w'``: loaded as ``w = w' - 1``);
 * ``"linear_attention"`` layers whose mixer is ``"gated_deltanet"``: vLLM's own GatedDeltaNet layer
   (``QwenGatedDeltaNetAttention`` in Qwen3.5's layout, which has CPU, CUDA, ROCm and XPU paths): memlm's
   GatedDeltaNet is parametrized exactly as Qwen3.5's, so only the names of the checkpoint move
@@ -35,6 +37,7 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.model_executor.models.llama import LlamaAttention, LlamaMLP
+from vllm.model_executor.models.qwen3_next import Qwen3NextAttention
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     PPMissingLayer,
@@ -48,6 +51,8 @@ from vllm.sequence import IntermediateTensors
 from memlm.serving.vllm import check_supported_layers
 
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
+# vLLM's Qwen3NextAttention norms q and k with GemmaRMSNorm, x_hat * (1 + w): these memlm weights are loaded as w' - 1
+ZERO_CENTRED_IN_VLLM = (".mixer.q_norm.weight", ".mixer.k_norm.weight")
 
 # memlm checkpoint name -> vLLM parameter (and shard): fused q|k|v and gate|up as in vLLM's Llama, the GDN
 # projections fused as in vLLM's Qwen3.5 (in_proj_qkvz = [q, k, v, z], in_proj_ba = [b, a]).
@@ -75,7 +80,11 @@ class MemLMDecoderLayer(nn.Module):
         super().__init__()
         config = vllm_config.model_config.hf_config
         self.layer_type = config.layer_types[extract_layer_index(prefix)]
-        if self.layer_type in ATTENTION_TYPES:
+        if self.layer_type in ATTENTION_TYPES and config.attention_output_gate:  # Qwen3.5's attention
+            self.mixer = Qwen3NextAttention(config, model_config=vllm_config.model_config,
+                                            cache_config=vllm_config.cache_config,
+                                            quant_config=vllm_config.quant_config, prefix=f"{prefix}.mixer")
+        elif self.layer_type in ATTENTION_TYPES:
             self.mixer = LlamaAttention(
                 config=config, hidden_size=config.hidden_size, num_heads=config.num_attention_heads,
                 num_kv_heads=config.num_key_value_heads, max_position_embeddings=config.max_position_embeddings,
@@ -175,6 +184,7 @@ class MemLMForCausalLM(nn.Module, HasInnerState, IsHybrid):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         ignore = ["lm_head."] if self.config.tie_word_embeddings else None  # tied: the embedding is loaded
+        weights = ((name, weight - 1 if name.endswith(ZERO_CENTRED_IN_VLLM) else weight) for name, weight in weights)
         return AutoWeightsLoader(self, ignore_unexpected_prefixes=ignore).load_weights(weights,
                                                                                        mapper=CHECKPOINT_TO_VLLM)
 
