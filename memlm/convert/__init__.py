@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
 
 from memlm.convert import memlm_format, qwen3_5, qwen3_next  # noqa: F401  (registers the importers, exporters)
 from memlm.convert.checkpoint import Checkpoint
@@ -127,12 +128,13 @@ def _load_model(source, checkpoint, importer, config, drop, torch_dtype) -> MemL
                               f"dropped silently): {left[:8]}{' ...' if len(left) > 8 else ''}")
     if config.tie_word_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model = MemLMForCausalLM(config)
+    # built as transformers builds a model in a dtype: parameters in `dtype`, RoPE's frequencies in fp32
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ConversionError(f"{source}: the converted weights do not fit the model: {error}") from error
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def _stored_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:

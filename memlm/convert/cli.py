@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from memlm.convert.registry import DROP_FLAGS, EXPORTERS
@@ -24,14 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + "; ".join(f"{flag}: {what}" for flag, what in DROP_FLAGS.items()))
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of SRC")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="dtype of the written weights (default: the dtype SRC stores most of its weights in)")
 
 
 def run(args: argparse.Namespace, write=print) -> int:
+    import torch
+
     from memlm.convert import ConversionError, convert
 
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
     try:
         conversion = convert(args.source, args.destination, to=args.to, drop=args.drop, overwrite=args.overwrite,
-                             revision=args.revision)
+                             revision=args.revision, torch_dtype=dtype)
     except ConversionError as error:
         raise SystemExit(f"memlm convert: {error}") from None
     write(conversion.summary())

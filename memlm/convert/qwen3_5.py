@@ -216,7 +216,7 @@ class Qwen3_5Exporter(Exporter):
             tie_word_embeddings=config.tie_word_embeddings,
         )
         target.architectures = [self.architecture]
-        return target.to_dict()
+        return target.to_diff_dict()  # what save_pretrained writes: the fields that differ from the defaults
 
     def weights(self, config: MemLMConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}

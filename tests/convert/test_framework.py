@@ -154,3 +154,5 @@ def test_cli_converts_and_prints_a_summary(source, tmp_path, capsys):
     assert "memlm -> memlm: 4 layers" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="memlm convert: destination .* not empty"):
         main(["convert", str(source), str(tmp_path / "out")])
+    assert main(["convert", str(source), str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
