@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM, Qwen3_5ForCausalLM, Qwen3_5ForCon
 
 import memlm
 from memlm.convert import ConversionError, convert, from_pretrained
+from memlm.convert.checkpoint import Checkpoint
+from memlm.convert.registry import importer_for
 from tests.convert.sources import QWEN_TEXT, TOKENIZER_FILES, qwen3_5_text, qwen3_5_vision_language, qwen3_next
 
 # two rows, the first left-padded by 3 (pad id 0)
@@ -198,3 +200,31 @@ def test_a_source_tensor_memlm_has_no_place_for_is_refused(qwen_dir, tmp_path):
     with pytest.raises(ConversionError, match="source tensor 'model.layers.1.linear_attn.A_log' is missing"):
         convert(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_fields_of_the_hubs_qwen3_5_configs_are_all_read(tmp_path):
+    """A config.json with every field the hub's Qwen3.5 vision-language configs carry (Qwen/Qwen3.5-0.8B's
+    layout: 24 layers, 3:1, 8 heads of 256, 16 GatedDeltaNet heads of 128, tied embeddings, an MTP layer), read
+    before any tensor (the weights file here is not safetensors)."""
+    text = dict(
+        attn_output_gate=True, dtype="bfloat16", eos_token_id=248044, full_attention_interval=4, head_dim=256,
+        hidden_act="silu", hidden_size=1024, initializer_range=0.02, intermediate_size=3584,
+        layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 6, linear_conv_kernel_dim=4,
+        linear_key_head_dim=128, linear_num_key_heads=16, linear_num_value_heads=16, linear_value_head_dim=128,
+        mamba_ssm_dtype="float32", max_position_embeddings=262144, model_type="qwen3_5_text",
+        mtp_num_hidden_layers=1, mtp_use_dedicated_embeddings=False, num_attention_heads=8, num_hidden_layers=24,
+        num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=True, use_cache=True, vocab_size=248320,
+        rope_parameters={"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
+                         "rope_theta": 10000000, "partial_rotary_factor": 0.25},
+        attention_bias=False, attention_dropout=0.0,
+    )
+    source = write_config(tmp_path / "src", architectures=["Qwen3_5ForConditionalGeneration"], model_type="qwen3_5",
+                          text_config=text, vision_config={"depth": 12, "hidden_size": 768}, image_token_id=248056,
+                          video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054,
+                          tie_word_embeddings=True, transformers_version="4.57.0.dev0")
+    checkpoint = Checkpoint.open(source)
+    config = importer_for(checkpoint.config, str(source)).config(checkpoint, frozenset({"vision", "mtp"}))
+    assert config.mixer_types == (["gated_deltanet"] * 3 + ["full_attention"]) * 6
+    assert (config.head_dim, config.num_key_value_heads, config.linear_num_value_heads) == (256, 2, 16)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25}
+    assert config.tie_word_embeddings and config.eos_token_id == 248044
