@@ -84,9 +84,12 @@ def hf_greedy(path: Path, prompts: list[str]) -> list[str]:
     return texts
 
 
-def vllm_offline(path: Path, prompts: list[str], tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
+def vllm_offline(path: Path, prompts: list[str], tmp_path: Path, *options: str, plugins: bool = True
+                 ) -> subprocess.CompletedProcess:
+    """vllm_runner.py in a subprocess; ``plugins=False`` loads no vLLM plugin (``VLLM_PLUGINS=""``: not memlm's)."""
+    env = ENV if plugins else {**ENV, "VLLM_PLUGINS": ""}
     return subprocess.run([sys.executable, str(RUNNER), *options, str(path), str(tmp_path / "out.json"), *prompts],
-                          capture_output=True, text=True, timeout=900, env=ENV)
+                          capture_output=True, text=True, timeout=900, env=env)
 
 
 def test_offline_llm_gives_the_tokens_of_hf_generate(model_dir, tmp_path):
@@ -162,6 +165,53 @@ def test_vllm_serve_answers_completions_with_the_same_tokens(model_dir, tmp_path
         server.terminate()
         server.wait(timeout=60)
         log.close()
+
+
+# Qwen3.5's layers in memlm: 3 GatedDeltaNet : 1 attention with the output gate, per-head q/k norms, partial RoPE
+QWEN3_5_LAYERS = dict(hybrid_ratio="3:1", attention_output_gate=True, attention_qk_norm="head",
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
+
+
+@pytest.fixture(scope="module")
+def qwen3_5_dir(tmp_path_factory):
+    """A trained memlm model with Qwen3.5's layers, exported (memlm convert --to qwen3_5): a Qwen3.5 checkpoint."""
+    from memlm.convert import convert
+
+    trained = train_tiny_hybrid(tmp_path_factory.mktemp("memlm_qwen3_5_layers"), **QWEN3_5_LAYERS)
+    exported = tmp_path_factory.mktemp("exported") / "qwen3_5"
+    convert(trained, exported, to="qwen3_5")
+    return exported
+
+
+def usable_torchvision() -> bool:
+    """vLLM's qwen3_5 model module imports transformers' Qwen2-VL image processor, which imports torchvision; PyPI's
+    torchvision is a CUDA build that fails to load next to torch+cpu (.ci/run installs the CPU build when it can)."""
+    return subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
+
+
+def test_an_exported_checkpoint_is_served_by_vllms_own_qwen3_5_model(qwen3_5_dir, tmp_path):
+    if not usable_torchvision():
+        pytest.skip("vLLM's Qwen3_5ForCausalLM module needs torchvision (through transformers' Qwen2-VL image "
+                    "processor), and this environment has no torchvision that loads with its torch")
+    assert json.loads((qwen3_5_dir / "config.json").read_text())["architectures"] == ["Qwen3_5ForCausalLM"]
+    result = vllm_offline(qwen3_5_dir, PROMPTS, tmp_path, plugins=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = hf_greedy(qwen3_5_dir, PROMPTS)  # transformers' own Qwen3_5ForCausalLM
+    assert expected[0] == "opmnopmnopmn"
+    assert json.loads((tmp_path / "out.json").read_text())["texts"] == expected
+
+
+def test_a_converted_qwen3_5_checkpoint_is_served_through_memlms_plugin(qwen3_5_dir, tmp_path):
+    """memlm convert (import) of that Qwen3.5 checkpoint, served by memlm's vLLM model (its attention with the
+    output gate, per-head q/k norms and partial rotary)."""
+    from memlm.convert import convert
+
+    convert(qwen3_5_dir, tmp_path / "memlm")
+    result = vllm_offline(tmp_path / "memlm", PROMPTS, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = hf_greedy(tmp_path / "memlm", PROMPTS)
+    assert expected == hf_greedy(qwen3_5_dir, PROMPTS)
+    assert json.loads((tmp_path / "out.json").read_text())["texts"] == expected
 
 
 def test_an_unsupported_layer_type_is_a_clear_error(tmp_path):
