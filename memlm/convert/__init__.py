@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from memlm.convert import memlm_format  # noqa: F401  (registers the importers)
+from memlm.convert import fla, memlm_format, olmo_hybrid  # noqa: F401  (registers the importers)
 from memlm.convert.checkpoint import Checkpoint
 from memlm.convert.registry import (
     DROP_FLAGS,
