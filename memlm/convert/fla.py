@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 
 import torch
+
 from memlm.convert.checkpoint import Checkpoint
 from memlm.convert.common import take
 from memlm.convert.registry import ConversionError, Importer, register_importer
-
 from memlm.models.configuration_memlm import MemLMConfig, config_keys
 
 # Keys of fla's model configs that change nothing in a forward pass (kernel choices, fusions, training losses,

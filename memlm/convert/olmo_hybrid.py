@@ -27,11 +27,11 @@ the attention's ``{q,k,v,o}_proj``, ``q_norm``, ``k_norm`` and the MLP keep thei
 from __future__ import annotations
 
 import torch
+
 from memlm.convert.checkpoint import Checkpoint
 from memlm.convert.common import rope_parameters, take
-from memlm.convert.registry import ConversionError, Importer, register_importer
-
 from memlm.convert.fla import build_config, check_keys, embeddings_and_head, gated_deltanet_weights, refuse
+from memlm.convert.registry import ConversionError, Importer, register_importer
 from memlm.models.configuration_memlm import MemLMConfig
 
 # OlmoHybridConfig's fields; the GatedDeltaNet initialization ranges (linear_a_log_*, linear_dt_*) and
