@@ -30,9 +30,11 @@ missing lower bounds, an attention layer 0 before HGRN-2 layers, and any config 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
+from transformers import PreTrainedConfig
 
 from memlm.convert.checkpoint import Checkpoint
 from memlm.convert.common import take
@@ -56,7 +58,8 @@ ATTENTION_KEYS = frozenset({"layers", "num_heads", "num_kv_heads", "qkv_bias", "
 def check_keys(source: dict, known: frozenset[str], where: str) -> None:
     """Refuse a source config key that is neither ``known`` to the importer nor one transformers writes into every
     config (``architectures``, ``torch_dtype``, ...): it may change the model in a way the importer would miss."""
-    unknown = sorted(set(source) - known - config_keys()[1])
+    generic = {field.name for field in dataclasses.fields(PreTrainedConfig)} | config_keys()[1]
+    unknown = sorted(set(source) - known - generic)
     if unknown:
         raise ConversionError(f"{where}: config keys {unknown} are unknown to memlm's {source.get('model_type')} "
                               f"importer; it reads {sorted(known)}")
