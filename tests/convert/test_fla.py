@@ -160,11 +160,19 @@ def fla_attention(x, w, p, spec):
 
 def olmo_gated_deltanet(config: dict, w: dict, p: str) -> torch.nn.Module:
     """transformers' OLMo Hybrid GatedDeltaNet (fla's layer) with the fla layer's weights; its output norm's eps is
-    1e-5, the tests' ``norm_eps``."""
+    1e-5, the tests' ``norm_eps``. fla's grouped value heads (``num_v_heads = G * num_heads``: value head ``j`` reads
+    q/k head ``j // G``, fla's kernels) become ``num_v_heads`` q/k heads, each q/k head's projection and conv rows
+    repeated ``G`` times."""
     assert config["norm_eps"] == 1e-5
+    v_heads = config["num_v_heads"] or config["num_heads"]
+    group = v_heads // config["num_heads"]
+
+    def repeat_heads(weight):
+        return weight.reshape(config["num_heads"], -1, *weight.shape[1:]).repeat_interleave(group, 0).flatten(0, 1)
+
     olmo = transformers.OlmoHybridConfig(
         vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        linear_num_key_heads=config["num_heads"], linear_num_value_heads=config["num_v_heads"] or config["num_heads"],
+        linear_num_key_heads=v_heads, linear_num_value_heads=v_heads,
         linear_key_head_dim=config["head_dim"], linear_value_head_dim=int(config["head_dim"] * config["expand_v"]),
         linear_conv_kernel_dim=config["conv_size"], linear_allow_neg_eigval=config["allow_neg_eigval"],
         layer_types=["linear_attention", "full_attention"], pad_token_id=0,
@@ -173,7 +181,9 @@ def olmo_gated_deltanet(config: dict, w: dict, p: str) -> torch.nn.Module:
     names = ["q_proj", "k_proj", "v_proj", "a_proj", "b_proj", "g_proj", "o_proj", "o_norm"]
     state = {f"{n}.weight": w[f"{p}{n}.weight"] for n in names}
     state.update(A_log=w[p + "A_log"], dt_bias=w[p + "dt_bias"])
-    state["conv1d.weight"] = torch.cat([w[f"{p}{n}_conv1d.weight"] for n in "qkv"])
+    state.update({f"{n}_proj.weight": repeat_heads(w[f"{p}{n}_proj.weight"]) for n in "qk"})
+    conv = [repeat_heads(w[p + "q_conv1d.weight"]), repeat_heads(w[p + "k_conv1d.weight"]), w[p + "v_conv1d.weight"]]
+    state["conv1d.weight"] = torch.cat(conv)
     layer.load_state_dict(state)
     return layer.eval()
 
@@ -232,6 +242,7 @@ VARIANTS = {
     "gdn_hybrid": gdn_config(4, attn={"layers": [1, 3], "num_heads": 4, "num_kv_heads": 2, "qkv_bias": True,
                                       "window_size": None, "rope_theta": 10000.0}, intermediate_size=96,
                              allow_neg_eigval=False),
+    "gdn_grouped_values": gdn_config(2, attn={"layers": [1], "num_heads": 2}, num_v_heads=4, expand_v=1.0),
     "gdn_hybrid_window": gdn_config(4, attn={"layers": [2], "num_heads": 2, "window_size": 5, "rope_theta": 500.0}),
     "hgrn2": hgrn2_config(),
     "hgrn2_hybrid": hgrn2_config(4, attn={"layers": [2], "num_heads": 4, "num_kv_heads": 4, "qkv_bias": False,
