@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-PER_LAYER_FIELDS = ("layer_types", "mixer_types")
+PER_LAYER_FIELDS = ("layer_types", "mixer_types", "norm_placement")
 
 
 def decoder_of(model: nn.Module) -> nn.Module:

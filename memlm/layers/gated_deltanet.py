@@ -3,9 +3,11 @@
     q, k, v = SiLU(ShortConv([W_q x, W_k x, W_v x]))          one depthwise conv over q|k|v
     q, k    = q / ||q||, k / ||k||
     g_t     = -exp(A_log) * softplus(W_a x_t + dt_bias)         log decay, per head
-    beta_t  = sigmoid(W_b x_t)                                  write strength, per head
+    beta_t  = sigmoid(W_b x_t)                                  write strength, per head, in [0, 1]
+            (2 * sigmoid(W_b x_t), in [0, 2], with linear_allow_neg_eigval: fla's allow_neg_eigval, OLMo Hybrid)
     o       = gated_delta_rule(q, k, v, g, beta)                memlm.ops, equation (1)-(2)
-    y       = W_out(RMSNorm(o) * SiLU(W_z x))                   per-head gated norm
+    y       = W_out(RMSNorm(o) * SiLU(W_z x))                   per-head gated norm, eps linear_norm_eps
+                                                                (default rms_norm_eps; OLMo Hybrid: 1e-5)
 
 Weight names (``in_proj_qkv``, ``in_proj_z``, ``in_proj_b``, ``in_proj_a``, ``conv1d``, ``A_log``,
 ``dt_bias``, ``norm``, ``out_proj``) follow Qwen3.5 so checkpoints map onto vLLM's GDN layer.
@@ -61,7 +63,9 @@ class GatedDeltaNet(RecurrentMixer):
         self.conv = ShortConvolution(2 * self.key_dim + self.value_dim, config.linear_conv_kernel_dim)
         self.A_log = nn.Parameter(torch.zeros(self.num_v_heads))
         self.dt_bias = nn.Parameter(torch.zeros(self.num_v_heads))
-        self.norm = GatedRMSNorm(self.head_v_dim, eps=config.rms_norm_eps)
+        self.beta_scale = 2.0 if config.linear_allow_neg_eigval else 1.0  # beta in [0, 2]: I - beta k k^T may flip
+        norm_eps = config.rms_norm_eps if config.linear_norm_eps is None else config.linear_norm_eps
+        self.norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps)
         self.out_proj = nn.Linear(self.value_dim, hidden, bias=False)
         self.init_mixer_weights()
 
@@ -88,7 +92,7 @@ class GatedDeltaNet(RecurrentMixer):
             group = self.num_v_heads // self.num_k_heads
             q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
 
-        beta = self.in_proj_b(hidden_states).float().sigmoid()
+        beta = self.in_proj_b(hidden_states).float().sigmoid() * self.beta_scale
         g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(hidden_states).float() + self.dt_bias.float())
         if mask is not None:
             beta, g = beta * mask[..., None], g * mask[..., None]

@@ -18,7 +18,8 @@ class MixerInputs:
         attention_masks: per attention layer type, the mask transformers' builders made for it (None: causal,
             or the layer reads the sequence in blocks).
         position_ids: ``[B or 1, T]``.
-        position_embeddings: rotary ``(cos, sin)``, each ``[B or 1, T, head_dim]``.
+        position_embeddings: rotary ``(cos, sin)``, each ``[B or 1, T, rotary_dim]`` (``head_dim`` unless
+            partial), or None (``position_embedding_type="nope"``: no position embedding).
         cache: transformers' ``DynamicCache(config=...)`` or None.
         cu_seqlens: ``[N + 1]`` offsets of packed documents in the ``[B, T]`` rows read one after the other,
             or None.
@@ -34,7 +35,7 @@ class MixerInputs:
     attention_mask: torch.Tensor | None
     attention_masks: dict[str, object]
     position_ids: torch.Tensor
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
     cache: object | None = None
     cu_seqlens: torch.Tensor | None = None
     prefix_mask: torch.Tensor | None = None
@@ -46,6 +47,8 @@ class MixerInputs:
     def as_one_sequence(self, batch: int) -> MixerInputs:
         """The inputs of ``batch`` packed rows read as one row ``[1, B * T]``: rotary embeddings and the prefix
         mask follow the tokens (the documents stay apart through ``cu_seqlens``)."""
-        cos, sin = (t.expand(batch, -1, -1).reshape(1, -1, t.shape[-1]) for t in self.position_embeddings)
+        position_embeddings = None if self.position_embeddings is None else tuple(
+            t.expand(batch, -1, -1).reshape(1, -1, t.shape[-1]) for t in self.position_embeddings
+        )
         prefix_mask = None if self.prefix_mask is None else self.prefix_mask.reshape(1, -1)
-        return dataclasses.replace(self, position_embeddings=(cos, sin), prefix_mask=prefix_mask)
+        return dataclasses.replace(self, position_embeddings=position_embeddings, prefix_mask=prefix_mask)

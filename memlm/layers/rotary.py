@@ -1,4 +1,9 @@
-"""Rotary position embeddings (RoPE), with transformers' scaled variants (linear, dynamic, yarn, llama3, ...)."""
+"""Rotary position embeddings (RoPE), with transformers' scaled variants (linear, dynamic, yarn, llama3, ...).
+
+Partial rotary (``rope_parameters["partial_rotary_factor"] = f``, as Qwen3.5 and Qwen3-Next): only the first
+``d = int(head_dim * f)`` channels of each head rotate, the other ``head_dim - d`` pass through unchanged; cos/sin
+are ``d`` wide. transformers' scaled initializers (``ROPE_INIT_FUNCTIONS``) read the same factor themselves.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 
 
 class RotaryEmbedding(nn.Module):
-    """``position_ids [B, T] -> (cos, sin)``, each ``[B, T, head_dim]``, shared by all attention layers."""
+    """``position_ids [B, T] -> (cos, sin)``, each ``[B, T, rotary_dim]`` (:func:`rotary_channels`; ``head_dim``
+    unless partial), shared by all attention layers."""
 
     def __init__(self, config):
         super().__init__()
@@ -25,9 +31,10 @@ class RotaryEmbedding(nn.Module):
 
     @staticmethod
     def compute_default_rope_parameters(config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
-        """Inverse frequencies ``theta^(-2i/d)`` of the original RoPE, and an attention scaling of 1."""
+        """Inverse frequencies ``theta^(-2i/d)``, ``d = rotary_channels(config)``, of the original RoPE, and an
+        attention scaling of 1."""
         base = config.rope_parameters["rope_theta"]
-        dim = config.head_dim
+        dim = rotary_channels(config)
         return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)), 1.0
 
     @torch.no_grad()
@@ -39,11 +46,21 @@ class RotaryEmbedding(nn.Module):
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
+def rotary_channels(config) -> int:
+    """The channels of each attention head that RoPE rotates: the first ``int(head_dim * partial_rotary_factor)``
+    (all ``head_dim`` by default; the factor lives in ``config.rope_parameters``, where transformers keeps it)."""
+    parameters = config.rope_parameters if isinstance(config.rope_parameters, dict) else {}
+    return int(config.head_dim * parameters.get("partial_rotary_factor", 1.0))
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [B, H, T, D]`` by position: ``x * cos + rotate_half(x) * sin``."""
-    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+    """Rotate ``x [B, H, T, D]`` by position, ``cos``/``sin`` ``[B, T, d]`` with ``d <= D``: the first ``d``
+    channels become ``x * cos + rotate_half(x) * sin``, the last ``D - d`` pass through (partial rotary)."""
+    rotary_dim = cos.shape[-1]
+    rotated = x[..., :rotary_dim] * cos.unsqueeze(1) + rotate_half(x[..., :rotary_dim]) * sin.unsqueeze(1)
+    return rotated if rotary_dim == x.shape[-1] else torch.cat((rotated, x[..., rotary_dim:]), dim=-1)

@@ -19,8 +19,14 @@ from memlm.layers.registry import (
     RECURRENT_LAYER_TYPES,
     linear_mixers,
 )
+from memlm.layers.rotary import rotary_channels
 from memlm.models.auto_code import AUTO_MAP, write_auto_module
 from memlm.models.layer_pattern import hybrid_layer_types
+
+QK_NORMS = (None, "head", "all")
+POSITION_EMBEDDINGS = ("rope", "nope")
+NORM_PLACEMENTS = ("pre", "post")
+ROTARY_MIXERS = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context")  # the mixers whose attention rotates
 
 
 class MemLMConfig(PreTrainedConfig):
@@ -55,6 +61,36 @@ class MemLMConfig(PreTrainedConfig):
         linear_key_head_dim: key dimension per head, the HGRN-2 state expansion (default ``head_dim``).
         linear_value_head_dim: value dimension per head (default ``head_dim``).
         linear_conv_kernel_dim: GatedDeltaNet short convolution width (default 4; also the memory's conv).
+
+    Options of pretrained hybrids (per model, all off by default; the defaults are memlm's own model):
+        attention_output_gate (`bool`): Qwen3.5 / Qwen3-Next's gated attention. ``q_proj`` outputs
+            ``2 * num_attention_heads * head_dim``, read as ``[B, T, H, 2 * head_dim]``: per head the query (first
+            ``head_dim``) and a gate (last ``head_dim``); the attention output ``[B, T, H * head_dim]`` is multiplied
+            by ``sigmoid(gate)`` before ``o_proj``.
+        attention_qk_norm (`str` or None): ``"head"``: RMSNorm of width ``head_dim`` on each head of q and k before
+            RoPE (Qwen3, Qwen3.5, fla's ``qk_norm``), modules ``q_norm`` / ``k_norm``; ``"all"``: RMSNorm over the whole
+            projection (``q_proj``'s ``H * head_dim``, ``k_proj``'s ``Hkv * head_dim``) before the split into heads
+            (OLMo 2/3, OLMo Hybrid). Both use ``rms_norm_eps``. memlm's norms multiply by ``weight``: Qwen3.5's
+            norms, which multiply by ``1 + weight``, are converted at import (stored as ``1 + weight``), so there is
+            no offset option.
+        ``rope_parameters["partial_rotary_factor"]`` (`float` in (0, 1], default 1; a top-level
+            ``partial_rotary_factor`` is moved there by transformers): RoPE rotates only the first
+            ``int(head_dim * factor)`` channels of each head (which must be even) and passes the rest through
+            (Qwen3.5: 0.25).
+        position_embedding_type (`str`): ``"rope"`` or ``"nope"``: attention layers get no position embedding at all
+            and the model builds no rotary embedding (OLMo Hybrid's released checkpoints; Granite-4.0-H's field).
+        norm_placement (`list[str]` or None): per layer ``"pre"`` (``h = x + mixer(input_layernorm(x))``, then
+            ``h + mlp(post_attention_layernorm(h))``) or ``"post"`` (OLMo 2's: ``h = x +
+            post_attention_layernorm(mixer(x))``, then ``h + post_feedforward_layernorm(mlp(h))``, no input norm).
+            None means all ``"pre"``, and an all-``"pre"`` list is stored as None. OLMo Hybrid: ``"post"`` for its
+            attention layers, ``"pre"`` for its GatedDeltaNet layers.
+        linear_allow_neg_eigval (`bool`): GatedDeltaNet's ``beta = 2 * sigmoid(b)``, in ``[0, 2]`` (fla's
+            ``allow_neg_eigval``, OLMo Hybrid), so ``I - beta k k^T`` may have a negative eigenvalue.
+        linear_norm_eps (`float` or None): eps of GatedDeltaNet's gated output norm (None: ``rms_norm_eps``;
+            OLMo Hybrid: 1e-5).
+        The attention options apply to the ``"full_attention"`` / ``"sliding_attention"`` layers; the attention
+        inside the ``"memory_as_gate"`` / ``"memory_as_context"`` layers has none of them (a config combining them
+        is refused), but follows the partial rotary factor.
 
     Titans / Miras memory (layer types ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``):
         memory_preset: ``"titans"``, ``"moneta"``, ``"yaad"`` or ``"memora"`` (see docs/guides/titans.md).
@@ -98,6 +134,10 @@ class MemLMConfig(PreTrainedConfig):
     rope_parameters: dict | None = None
     attention_bias: bool = False
     attention_dropout: float = 0.0
+    attention_output_gate: bool = False
+    attention_qk_norm: str | None = None
+    position_embedding_type: str = "rope"
+    norm_placement: list[str] | None = None
     sliding_window: int | None = None
     layer_types: list[str] | None = None
     mixer_types: list[str] | None = None
@@ -107,6 +147,8 @@ class MemLMConfig(PreTrainedConfig):
     linear_key_head_dim: int | None = None
     linear_value_head_dim: int | None = None
     linear_conv_kernel_dim: int = 4
+    linear_allow_neg_eigval: bool = False
+    linear_norm_eps: float | None = None
     memory_preset: str = "titans"
     memory_rule: dict | None = None
     memory_chunk_size: int = 64
@@ -169,6 +211,7 @@ class MemLMConfig(PreTrainedConfig):
                 setattr(self, name, default)
         self._validate_layers()
         self._validate_numerics()
+        self._validate_block_options()
         self._validate_memory()
         self._validate_prefix_lm()
         super().__post_init__(**kwargs)
@@ -262,18 +305,57 @@ class MemLMConfig(PreTrainedConfig):
         if pad is not None and not (_is_int(pad) and 0 <= pad < self.vocab_size):
             raise ValueError(f"pad_token_id={pad!r} is not allowed: None or a token id in [0, vocab_size="
                              f"{self.vocab_size})")
-        rotary_mixers = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context")  # their attention has RoPE
-        if self.head_dim % 2 and any(m in rotary_mixers for m in self.mixer_types):
-            raise ValueError(f"head_dim={self.head_dim} is not allowed: the attention layers' rotary embedding "
-                             "rotates pairs of channels, so head_dim must be even")
+
+    def _validate_block_options(self) -> None:
+        """The per-model options of the attention layers, the decoder blocks and GatedDeltaNet."""
+        for name in ("attention_output_gate", "linear_allow_neg_eigval"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: true or false")
+        for name, allowed in (("attention_qk_norm", QK_NORMS), ("position_embedding_type", POSITION_EMBEDDINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: one of {list(allowed)}")
+        eps = self.linear_norm_eps
+        if eps is not None and not (_is_number(eps) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"linear_norm_eps={eps!r} is not allowed: None (rms_norm_eps) or a finite number > 0")
+        placement = self.norm_placement
+        if placement is not None:
+            if not isinstance(placement, list | tuple) or len(placement) != self.num_hidden_layers:
+                raise ValueError(f"norm_placement={placement!r} is not allowed: None (all 'pre') or a list of "
+                                 f"num_hidden_layers={self.num_hidden_layers} entries, each one of {NORM_PLACEMENTS}")
+            for i, value in enumerate(placement):
+                if value not in NORM_PLACEMENTS:
+                    raise ValueError(f"norm_placement[{i}]={value!r} is not allowed: one of {NORM_PLACEMENTS}")
+            self.norm_placement = None if set(placement) == {"pre"} else list(placement)  # None: today's configs
+        # the attention inside Titans' memory layers (memlm.layers.window_attention) has RoPE and none of these
+        memory_attention = sorted({m for m in self.mixer_types if m in ("memory_as_gate", "memory_as_context")})
+        options = {name: getattr(self, name) for name, default in (
+            ("attention_output_gate", False), ("attention_qk_norm", None), ("position_embedding_type", "rope"),
+        ) if getattr(self, name) != default}
+        if memory_attention and options:
+            raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in options.items())} is not allowed with the memory "
+                             f"layers {memory_attention}: these options apply to the full_attention and "
+                             "sliding_attention layers, and the memory layers' own attention has none of them")
 
     def _validate_rope(self) -> None:
-        """``rope_theta`` (given alone or in ``rope_parameters``; transformers moves it there) must be > 0."""
+        """With ``position_embedding_type="rope"``: ``rope_theta`` (given alone or in ``rope_parameters``;
+        transformers moves it there) must be > 0, ``partial_rotary_factor`` in (0, 1], and the rotary dimension
+        ``int(head_dim * partial_rotary_factor)`` even where a layer rotates (RoPE rotates pairs of channels)."""
+        if self.position_embedding_type == "nope":
+            return
         parameters = self.rope_parameters if isinstance(self.rope_parameters, dict) else {}
         theta = parameters.get("rope_theta")
         if not (_is_number(theta) and math.isfinite(theta) and theta > 0):
             raise ValueError(f"rope_theta={theta!r} is not allowed: the RoPE base, a finite number > 0 "
                              "(e.g. 10000)")
+        factor = parameters.get("partial_rotary_factor", 1.0)
+        if not (_is_number(factor) and 0 < factor <= 1):
+            raise ValueError(f"partial_rotary_factor={factor!r} (in rope_parameters) is not allowed: the fraction of "
+                             "each head's channels that RoPE rotates, a number in (0, 1]")
+        rotary_dim = rotary_channels(self)
+        if (rotary_dim % 2 or rotary_dim == 0) and any(m in ROTARY_MIXERS for m in self.mixer_types):
+            raise ValueError(f"head_dim={self.head_dim} is not allowed: the rotary embedding rotates pairs of "
+                             f"channels, so int(head_dim * partial_rotary_factor) (= {rotary_dim} with "
+                             f"partial_rotary_factor={factor!r}) must be even and > 0")
 
     def _validate_memory(self) -> None:
         """Memory fields are checked whether or not a memory layer is present (a config must stay loadable)."""

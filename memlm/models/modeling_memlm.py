@@ -48,7 +48,8 @@ def resolve_cache_argument(cache, past_key_values):
 
 
 class MemLMDecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``. ``[B, T, hidden]`` in and out."""
+    """Pre-norm block (``norm_placement`` "pre", the default): ``h = x + mixer(input_layernorm(x))``, then
+    ``h + mlp(post_attention_layernorm(h))``. ``[B, T, hidden]`` in and out."""
 
     def __init__(self, config: MemLMConfig, layer_idx: int):
         super().__init__()
@@ -62,12 +63,32 @@ class MemLMDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
+class MemLMPostNormDecoderLayer(GradientCheckpointingLayer):
+    """OLMo 2's block (``norm_placement`` "post"; module names of transformers' ``Olmo3DecoderLayer``):
+    ``h = x + post_attention_layernorm(mixer(x))``, then ``h + post_feedforward_layernorm(mlp(h))``.
+    ``[B, T, hidden]`` in and out."""
+
+    def __init__(self, config: MemLMConfig, layer_idx: int):
+        super().__init__()
+        self.mixer = build_mixer(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
+        hidden_states = hidden_states + self.post_attention_layernorm(self.mixer(hidden_states, inputs))
+        return hidden_states + self.post_feedforward_layernorm(self.mlp(hidden_states))
+
+
+DECODER_LAYERS = {"pre": MemLMDecoderLayer, "post": MemLMPostNormDecoderLayer}  # by config.norm_placement
+
+
 class MemLMPreTrainedModel(PreTrainedModel):
     config_class = MemLMConfig
     config: MemLMConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MemLMDecoderLayer"]
+    _no_split_modules = ["MemLMDecoderLayer", "MemLMPostNormDecoderLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -88,9 +109,11 @@ class MemLMModel(MemLMPreTrainedModel):
     def __init__(self, config: MemLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(MemLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        placement = config.norm_placement or ["pre"] * config.num_hidden_layers
+        self.layers = nn.ModuleList(DECODER_LAYERS[placement[i]](config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config)
+        # position_embedding_type "nope": no rotary embedding; the attention layers get position_embeddings=None
+        self.rotary_emb = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
         # HGRN-2's lower bounds, one row per HGRN-2 layer; each layer reads its own row inside its forward
         num_hgrn2 = len(config.layers_of_mixer("hgrn2"))
         forget_dim = config.linear_num_key_heads * config.linear_key_head_dim
@@ -176,7 +199,7 @@ class MemLMModel(MemLMPreTrainedModel):
             attention_masks=attention_masks(self.config, inputs_embeds, attention_mask, cache, position_ids,
                                             skip=("sliding_attention",) if sliding_in_blocks else ()),
             position_ids=position_ids,
-            position_embeddings=self.rotary_emb(inputs_embeds, position_ids),
+            position_embeddings=None if self.rotary_emb is None else self.rotary_emb(inputs_embeds, position_ids),
             cache=cache,
             cu_seqlens=cu_seq_lens_q,
             prefix_mask=prefix_mask,
