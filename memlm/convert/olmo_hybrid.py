@@ -44,6 +44,13 @@ KNOWN_KEYS = frozenset({
     "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim", "linear_a_log_min", "linear_a_log_max",
     "linear_dt_min", "linear_dt_max", "linear_dt_init_floor", "linear_conv_kernel_dim", "linear_allow_neg_eigval",
 })
+# OlmoHybridConfig's defaults, for a config.json that leaves a field out (transformers writes them all)
+DEFAULTS = {
+    "vocab_size": 100352, "hidden_size": 3840, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 30, "max_position_embeddings": 65536, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    "attention_bias": False, "attention_dropout": 0.0, "linear_conv_kernel_dim": 4, "linear_allow_neg_eigval": True,
+    "pad_token_id": 100277, "bos_token_id": None, "eos_token_id": 100257,
+}
 OUTPUT_NORM_EPS = 1e-5  # OlmoHybridGatedDeltaNet's o_norm (fla's FusedRMSNormGated default), whatever rms_norm_eps is
 # OLMo-core's names in the hub's checkpoints -> transformers' module names
 RENAMED_NORMS = {"attention_layer_norm": "input_layernorm", "feedforward_layer_norm": "post_attention_layernorm"}
@@ -70,18 +77,21 @@ class OlmoHybridImporter(Importer):
         act = source.get("hidden_act", "silu")
         if act != "silu":  # it is also the GatedDeltaNet conv's activation, which memlm fixes to SiLU
             raise refuse(where, "hidden_act", act, "'silu'")
-        hidden, heads = source.get("hidden_size"), source.get("num_attention_heads")
+        fields = {name: source.get(name, default) for name, default in DEFAULTS.items()}
+        hidden, heads = fields["hidden_size"], fields["num_attention_heads"]
+        if not (isinstance(hidden, int) and isinstance(heads, int) and heads > 0):
+            raise refuse(where, "num_attention_heads", heads, "a positive integer (and hidden_size an integer)")
+        # OlmoHybridConfig's derived defaults
+        key_heads = source.get("linear_num_key_heads") or heads
+        key_dim = source.get("linear_key_head_dim") or int(0.75 * hidden / key_heads)
+        fields.update(
+            num_key_value_heads=source.get("num_key_value_heads") or heads, linear_num_key_heads=key_heads,
+            linear_num_value_heads=source.get("linear_num_value_heads") or heads, linear_key_head_dim=key_dim,
+            linear_value_head_dim=source.get("linear_value_head_dim") or 2 * key_dim,
+        )
         rope = olmo_rope(source, where)
-        fields = {name: source[name] for name in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "attention_bias",
-            "attention_dropout", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
-            "linear_value_head_dim", "linear_conv_kernel_dim", "linear_allow_neg_eigval", "pad_token_id",
-            "bos_token_id", "eos_token_id",
-        ) if name in source}
         return build_config(
-            where, **fields, hidden_act="silu",
-            head_dim=hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 else None,
+            where, **fields, hidden_act="silu", head_dim=hidden // heads,
             mixer_types=["gated_deltanet" if t == "linear_attention" else "full_attention" for t in layer_types],
             norm_placement=["pre" if t == "linear_attention" else "post" for t in layer_types],
             attention_qk_norm="all", linear_norm_eps=OUTPUT_NORM_EPS,

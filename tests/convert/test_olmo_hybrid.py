@@ -109,3 +109,24 @@ def test_bad_sources_are_refused_before_writing(tmp_path, field, value, named):
     with pytest.raises(ConversionError, match=named):
         convert(tmp_path / "olmo", tmp_path / "memlm")
     assert not (tmp_path / "memlm").exists()
+
+
+def test_fields_left_out_take_olmo_hybrids_defaults(tmp_path):
+    """A config.json without some fields means OlmoHybridConfig's defaults (here the value head width
+    ``2 * linear_key_head_dim`` and the GatedDeltaNet's beta in [0, 2]), not memlm's."""
+    reference = tiny_olmo_hybrid(tmp_path / "olmo", rope=True)
+    path = tmp_path / "olmo" / "config.json"
+    config = json.loads(path.read_text())
+    for field in ("linear_value_head_dim", "linear_allow_neg_eigval", "num_key_value_heads"):
+        del config[field]
+    config["num_key_value_heads"] = None
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="do not fit"):  # num_key_value_heads null: OLMo's default, 4 heads
+        from_pretrained(tmp_path / "olmo")
+    config["num_key_value_heads"] = 2
+    path.write_text(json.dumps(config))
+    model = from_pretrained(tmp_path / "olmo")
+    assert model.config.linear_value_head_dim == 32 and model.config.linear_allow_neg_eigval is True
+    ids = torch.randint(2, 97, (1, 10))
+    with torch.no_grad():
+        assert relative_error(model(ids).logits, reference(ids).logits) < 1e-4
