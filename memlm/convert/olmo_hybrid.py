@@ -99,7 +99,7 @@ class OlmoHybridImporter(Importer):
         )
 
     def weights(self, checkpoint: Checkpoint, config: MemLMConfig, tensors: dict) -> dict[str, torch.Tensor]:
-        for name in [n for n in tensors if n.split(".")[-2] in RENAMED_NORMS]:
+        for name in [n for n in tensors if n.count(".") and n.split(".")[-2] in RENAMED_NORMS]:
             parts = name.split(".")
             renamed = ".".join([*parts[:-2], RENAMED_NORMS[parts[-2]], parts[-1]])
             if renamed in tensors:
