@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from memlm.convert import fla, memlm_format, olmo_hybrid  # noqa: F401  (registers the importers)
+from memlm.convert import fla, memlm_format, olmo_hybrid, qwen3_5, qwen3_next  # noqa: F401  (registers importers, exporters)
 from memlm.convert.checkpoint import Checkpoint
 from memlm.convert.registry import (
     DROP_FLAGS,
@@ -147,6 +147,7 @@ def _stored_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
 def _write_export(directory: Path, exporter: Exporter, target_config: dict, model: MemLMForCausalLM) -> None:
     """The export format's ``config.json`` and ``model.safetensors`` (and the model's generation config)."""
     state = exporter.weights(model.config, model.state_dict())
+    target_config = {**target_config, "dtype": str(model.dtype).removeprefix("torch.")}
     save_file({name: tensor.contiguous() for name, tensor in state.items()}, directory / "model.safetensors",
               metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(target_config, indent=2, sort_keys=True) + "\n")

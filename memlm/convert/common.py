@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
+from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from memlm.convert.registry import ConversionError
+from memlm.models.configuration_memlm import config_keys
+
+
+@functools.cache
+def transformers_keys() -> frozenset[str]:
+    """The keys any transformers ``config.json`` may hold (``PreTrainedConfig``'s fields, generation parameters,
+    ``architectures``, ``dtype``, ...): an importer takes them without reading them."""
+    return config_keys()[1] | {field.name for field in dataclasses.fields(PreTrainedConfig)}
 
 
 def take(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -39,17 +51,23 @@ def split_groups(weight: torch.Tensor, groups: int, sizes: list[int]) -> list[to
 
 
 def rope_parameters(source: dict, where: str) -> dict:
-    """The source's RoPE parameters (``rope_parameters``, or the older ``rope_theta`` / ``rope_scaling``), with a
-    rope type memlm's :class:`~memlm.layers.rotary.RotaryEmbedding` knows (``"default"`` or one of
-    transformers' ``ROPE_INIT_FUNCTIONS``); else ConversionError naming the field."""
+    """The source's RoPE parameters (``rope_parameters``, or the older ``rope_theta`` / ``rope_scaling``), checked
+    with :func:`check_rope_type`; ConversionError when there is no ``rope_theta``."""
     parameters = dict(source.get("rope_parameters") or source.get("rope_scaling") or {})
     if "rope_theta" not in parameters and "rope_theta" in source:
         parameters["rope_theta"] = source["rope_theta"]
-    rope_type = parameters.setdefault("rope_type", parameters.pop("type", "default"))
+    parameters.setdefault("rope_type", parameters.pop("type", "default"))
+    check_rope_type(parameters, where)
+    if "rope_theta" not in parameters:
+        raise ConversionError(f"{where}: no rope_theta (in rope_parameters or at the top level)")
+    return parameters
+
+
+def check_rope_type(parameters: dict, where: str) -> None:
+    """A rope type memlm's :class:`~memlm.layers.rotary.RotaryEmbedding` knows (``"default"`` or one of
+    transformers' ``ROPE_INIT_FUNCTIONS``); else ConversionError naming the field."""
+    rope_type = parameters.get("rope_type", "default")
     allowed = ["default", *sorted(ROPE_INIT_FUNCTIONS)]
     if rope_type not in allowed:
         raise ConversionError(f"{where}: rope_parameters.rope_type={rope_type!r} is unknown to memlm; allowed: "
                               f"{allowed}")
-    if "rope_theta" not in parameters:
-        raise ConversionError(f"{where}: no rope_theta (in rope_parameters or at the top level)")
-    return parameters

@@ -30,16 +30,14 @@ missing lower bounds, an attention layer 0 before HGRN-2 layers, and any config 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
-from transformers import PreTrainedConfig
 
 from memlm.convert.checkpoint import Checkpoint
-from memlm.convert.common import take
+from memlm.convert.common import take, transformers_keys
 from memlm.convert.registry import ConversionError, Importer, register_importer
-from memlm.models.configuration_memlm import MemLMConfig, config_keys
+from memlm.models.configuration_memlm import MemLMConfig
 
 # Keys of fla's model configs that change nothing in a forward pass (kernel choices, fusions, training losses,
 # initialization, the cache switch).
@@ -58,8 +56,7 @@ ATTENTION_KEYS = frozenset({"layers", "num_heads", "num_kv_heads", "qkv_bias", "
 def check_keys(source: dict, known: frozenset[str], where: str) -> None:
     """Refuse a source config key that is neither ``known`` to the importer nor one transformers writes into every
     config (``architectures``, ``torch_dtype``, ...): it may change the model in a way the importer would miss."""
-    generic = {field.name for field in dataclasses.fields(PreTrainedConfig)} | config_keys()[1]
-    unknown = sorted(set(source) - known - generic)
+    unknown = sorted(key for key in set(source) - known if key not in transformers_keys())
     if unknown:
         raise ConversionError(f"{where}: config keys {unknown} are unknown to memlm's {source.get('model_type')} "
                               f"importer; it reads {sorted(known)}")
