@@ -41,6 +41,14 @@ Sections:
    ``--decode-steps`` steps after 2 warm-up steps, the cache growing by one token per step. Cache bytes
    = sum of ``numel * element_size`` over all tensors the cache holds right after the fill (keys and
    values; conv and recurrent states). Target: hybrid cache at 32k <= 30% of all-attention.
+4. Pretrained. A Qwen3.5 of Qwen/Qwen3.5-0.8B's widths (hidden 1024, 8 attention heads of 256 with 2 kv heads,
+   16 GatedDeltaNet key/value heads of 128, MLP 3584) but 4 layers (3 GatedDeltaNet + 1 attention) and a
+   32000-token vocabulary, built with random weights by transformers' ``Qwen3_5ForCausalLM`` (its torch path:
+   no fla installed), saved, and converted by ``memlm.convert.from_pretrained``; both run the same input, sdpa
+   attention. Training: forward + backward of the next-token loss on ``[1, T]`` (tokens/s = T / median time).
+   Generation: ``generate`` of 32 greedy tokens (``min_new_tokens`` 32) from a ``[1, T]`` prompt, prefill and
+   decode, ms in total. Ratio = transformers time / memlm time (> 1: memlm is faster). The logits of both
+   are compared once (max abs difference relative to the logits' largest magnitude).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,10 +71,12 @@ import torch
 import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
+from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
 
 import memlm
 from memlm import MemLMConfig, MemLMForCausalLM
+from memlm.convert import from_pretrained
 from memlm.layers import Attention, GatedDeltaNet
 from memlm.layers.rotary import RotaryEmbedding
 from memlm.ops import chunk_gated_delta_rule
@@ -74,8 +85,9 @@ from memlm.ops.common.fla import use_fla
 # transformers' pure-PyTorch chunked gated delta rule, without the hub-kernel / fla dispatch wrapper.
 transformers_chunk_gated_delta_rule = inspect.unwrap(torch_chunk_gated_delta_rule)
 
-FULL_SIZES = {"op": [1024, 4096, 16384], "layer": [1024, 4096, 8192, 16384], "decode": [1024, 8192, 32768]}
-QUICK_SIZES = {"op": [256, 512], "layer": [256, 512], "decode": [256, 512]}
+FULL_SIZES = {"op": [1024, 4096, 16384], "layer": [1024, 4096, 8192, 16384], "decode": [1024, 8192, 32768],
+              "pretrained": [512, 2048]}
+QUICK_SIZES = {"op": [256, 512], "layer": [256, 512], "decode": [256, 512], "pretrained": [64]}
 BASELINE_SINGLE_RUN_T = 16384  # op section: transformers gets 1 timed run, no warm-up, at T >= this
 HEADS, HEAD_DIM, HIDDEN = 4, 128, 512
 CHUNK = 64
@@ -361,6 +373,86 @@ def bench_decode(contexts: list[int], device: torch.device, steps: int) -> dict:
         "hybrid": hybrid.config.layer_types, "attention": full.config.layer_types}}
 
 
+# ------------------------------------------------------------------------------------- 4. pretrained
+
+# Qwen/Qwen3.5-0.8B's widths, with 4 of its 24 layers and a 32000-token vocabulary (its own is 248320)
+QWEN3_5_WIDTHS = dict(
+    hidden_size=1024, num_attention_heads=8, num_key_value_heads=2, head_dim=256, linear_num_key_heads=16,
+    linear_num_value_heads=16, linear_key_head_dim=128, linear_value_head_dim=128, intermediate_size=3584,
+    num_hidden_layers=4, vocab_size=32000,
+)
+GENERATED_TOKENS = 32
+
+
+def converted_qwen3_5(device: torch.device) -> tuple[torch.nn.Module, MemLMForCausalLM]:
+    """transformers' ``Qwen3_5ForCausalLM`` with random weights, and memlm's conversion of its saved checkpoint."""
+    torch.manual_seed(0)
+    reference = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**QWEN3_5_WIDTHS, attn_implementation="sdpa"))
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        ours = from_pretrained(directory)
+    ours.config._attn_implementation = "sdpa"
+    return reference.to(device), ours.to(device)
+
+
+def training_step(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], None]:
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+
+    return step
+
+
+def generation(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], torch.Tensor]:
+    @torch.no_grad()
+    def run():
+        return model.generate(ids, max_new_tokens=GENERATED_TOKENS, min_new_tokens=GENERATED_TOKENS, do_sample=False)
+
+    return run
+
+
+def bench_pretrained(sizes: list[int], device: torch.device, repeats: int) -> dict:
+    reference, ours = converted_qwen3_5(device)
+    rows = []
+    bar = progress(len(sizes), "pretrained")
+    for seq_len in sizes:
+        generator = torch.Generator().manual_seed(seq_len)
+        ids = torch.randint(0, QWEN3_5_WIDTHS["vocab_size"], (1, seq_len), generator=generator).to(device)
+        with torch.no_grad():
+            ref_logits, our_logits = reference.eval()(ids).logits, ours.eval()(ids).logits
+        difference = ((ref_logits - our_logits).abs().max() / ref_logits.abs().max()).item()
+        reference.train(), ours.train()
+        trained = measure({"memlm": (training_step(ours, ids), repeats, 1),
+                           "transformers": (training_step(reference, ids), repeats, 1)}, device)
+        reference.eval(), ours.eval()
+        generated = measure({"memlm": (generation(ours, ids), repeats, 1),
+                             "transformers": (generation(reference, ids), repeats, 1)}, device)
+        same_tokens = torch.equal(generated["memlm"].result, generated["transformers"].result)
+        bar.update()
+        rows.append({
+            "T": seq_len, "relative_logit_difference": difference, "same_generated_tokens": same_tokens,
+            "train_memlm_ms": trained["memlm"].median_ms, "train_transformers_ms": trained["transformers"].median_ms,
+            "train_memlm_tokens_per_s": seq_len / trained["memlm"].median_ms * 1e3,
+            "train_transformers_tokens_per_s": seq_len / trained["transformers"].median_ms * 1e3,
+            "train_ratio": trained["transformers"].median_ms / trained["memlm"].median_ms,
+            "generate_memlm_ms": generated["memlm"].median_ms,
+            "generate_transformers_ms": generated["transformers"].median_ms,
+            "generate_ratio": generated["transformers"].median_ms / generated["memlm"].median_ms,
+        })
+    bar.close()
+    table = format_table(
+        ["T", "train tok/s memlm", "train tok/s transformers", "train ratio", "generate ms memlm",
+         "generate ms transformers", "generate ratio", "logit diff", "same tokens"],
+        [[str(r["T"]), f"{r['train_memlm_tokens_per_s']:.0f}", f"{r['train_transformers_tokens_per_s']:.0f}",
+          f"{r['train_ratio']:.2f}", f"{r['generate_memlm_ms']:.0f}", f"{r['generate_transformers_ms']:.0f}",
+          f"{r['generate_ratio']:.2f}", f"{r['relative_logit_difference']:.1e}", str(r["same_generated_tokens"])]
+         for r in rows],
+    )
+    notes = [f"generate: a [1, T] prompt, {GENERATED_TOKENS} greedy tokens (prefill + decode); ratios are "
+             "transformers / memlm (> 1: memlm faster); logit diff = max |difference| / max |logit|"]
+    return {"rows": rows, "notes": notes, "table": table, "widths": QWEN3_5_WIDTHS}
+
+
 # ------------------------------------------------------------------------------------------- driver
 
 
@@ -423,7 +515,8 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=None, help="timed decode steps (default 10, quick 5)")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s on 2 CPU cores)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode"], default=["op", "layer", "decode"])
+    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode", "pretrained"],
+                        default=["op", "layer", "decode", "pretrained"])
     parser.add_argument("--json", metavar="PATH", help="also write every result and timing to this JSON file")
     args = parser.parse_args()
 
@@ -461,6 +554,9 @@ def main() -> None:
         ("decode", "3. Decoding: 3:1 hybrid vs all-attention MemLMForCausalLM, 8 layers, hidden 512, "
                    "4 heads x 128, vocab 32000, B=1",
          lambda: bench_decode(sizes["decode"], device, steps)),
+        ("pretrained", "4. Pretrained: a converted Qwen3.5 (Qwen3.5-0.8B widths, 4 layers, vocab 32000) in memlm vs "
+                       "transformers' Qwen3_5ForCausalLM, B=1",
+         lambda: bench_pretrained(sizes["pretrained"], device, args.repeats)),
     ]
     for name, title, run in sections:
         if name not in args.sections:
@@ -479,9 +575,12 @@ def main() -> None:
     ratio_16384 = headline(results, "T", "ratio", 16384, "layer")
     cache_32k = headline(results, "context", "cache_ratio", 32768, "decode")
     layer_rows = [r for r in results.get("layer", {}).get("rows", []) if r["T"] >= 8192]
+    pretrained_rows = results.get("pretrained", {}).get("rows", [])
     claims = {
         "gdn_faster_than_sdpa_at_T_ge_8192": all(r["ratio"] < 1 for r in layer_rows) if layer_rows else None,
         "hybrid_cache_at_32k_le_30pct": None if cache_32k is None else cache_32k <= 0.30,
+        "converted_qwen3_5_at_least_as_fast": all(min(r["train_ratio"], r["generate_ratio"]) >= 1
+                                                  for r in pretrained_rows) if pretrained_rows else None,
     }
     results["summary"] = {"op_speedup_T4096": speedup_4096, "layer_ratio_T8192": ratio_8192,
                           "layer_ratio_T16384": ratio_16384, "cache_ratio_32k": cache_32k, "claims": claims}
@@ -494,9 +593,13 @@ def main() -> None:
     print(f"\nclaim 'GDN layer faster than causal SDPA at T >= 8192': "
           f"{verdict(claims['gdn_faster_than_sdpa_at_T_ge_8192'])}")
     print(f"claim '3:1 hybrid cache at 32k <= 30% of all-attention': {verdict(claims['hybrid_cache_at_32k_le_30pct'])}")
+    print("claim 'converted Qwen3.5 trains and generates at least as fast in memlm as in transformers': "
+          f"{verdict(claims['converted_qwen3_5_at_least_as_fast'])}")
     print(f"SUMMARY: op speed-up vs transformers at T=4096 {fmt(speedup_4096, '.2f')} | "
           f"GDN/SDPA layer time at T=8192 {fmt(ratio_8192, '.2f')}, T=16384 {fmt(ratio_16384, '.2f')} | "
-          f"hybrid/attention cache at 32k {fmt(cache_32k, '.3f')}")
+          f"hybrid/attention cache at 32k {fmt(cache_32k, '.3f')} | converted Qwen3.5 transformers/memlm time: "
+          f"train {fmt(pretrained_rows[-1]['train_ratio'] if pretrained_rows else None, '.2f')}, generate "
+          f"{fmt(pretrained_rows[-1]['generate_ratio'] if pretrained_rows else None, '.2f')}")
     print(f"total {meta['seconds']:.0f} s | load average at end {meta['loadavg_end']}")
     if args.json:
         with open(args.json, "w") as f:
