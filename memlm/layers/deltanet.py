@@ -21,40 +21,28 @@ import torch
 from torch import nn
 
 from memlm.layers.gated_deltanet import l2_normalize
+from memlm.layers.gla import FlaHeads
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.linear_cache import previous_recurrent_state, run_rule
 from memlm.layers.norm import GatedRMSNorm, RMSNorm
-from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
 from memlm.ops.gated_delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 
 
 @register_mixer("deltanet", "linear_attention", "conv state + recurrent state [B, H, dk, dv]", linear=True)
-class DeltaNet(RecurrentMixer):
+class DeltaNet(FlaHeads):
     """``hidden_states [B, T, hidden] -> [B, T, hidden]``."""
 
     def __init__(self, config, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.num_heads = config.linear_num_key_heads
-        self.head_k_dim = config.linear_key_head_dim
-        self.head_v_dim = config.linear_value_head_dim
-        self.key_dim = self.num_heads * self.head_k_dim
-        self.value_dim = self.num_heads * self.head_v_dim
-        hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.value_dim, bias=False)
-        self.b_proj = nn.Linear(hidden, self.num_heads, bias=False)
+        super().__init__(config, layer_idx)
+        self.b_proj = nn.Linear(config.hidden_size, self.num_heads, bias=False)
         self.conv = ShortConvolution(2 * self.key_dim + self.value_dim, config.linear_conv_kernel_dim)
         self.beta_scale = 2.0 if config.linear_allow_neg_eigval else 1.0
-        norm_eps = config.rms_norm_eps if config.linear_norm_eps is None else config.linear_norm_eps
         self.use_gate = config.deltanet_use_gate
         if self.use_gate:
-            self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
-        self.o_norm = (GatedRMSNorm if self.use_gate else RMSNorm)(self.head_v_dim, eps=norm_eps)
-        self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
+            self.g_proj = nn.Linear(config.hidden_size, self.value_dim, bias=False)
+        self.o_norm = (GatedRMSNorm if self.use_gate else RMSNorm)(self.head_v_dim, eps=self.norm_eps)
 
     def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
@@ -74,13 +62,8 @@ class DeltaNet(RecurrentMixer):
             beta = beta * mask[..., None]
         g = torch.zeros_like(beta)  # no decay
 
-        rule = recurrent_gated_delta_rule if recurrent_state is not None and seq_len == 1 else chunk_gated_delta_rule
-        o, final_state = rule(
-            q, k, v, g, beta, initial_state=recurrent_state, output_final_state=cache is not None,
-            cu_seqlens=cu_seqlens,
-        )
-        if cache is not None:
-            store_recurrent_state(cache, self.layer_idx, final_state)
+        o = run_rule(chunk_gated_delta_rule, recurrent_gated_delta_rule, (q, k, v, g, beta), recurrent_state, cache,
+                     self.layer_idx, cu_seqlens)
 
         o = self.o_norm(o, self.g_proj(hidden_states).view(shape)) if self.use_gate else self.o_norm(o)
         return self.o_proj(o.reshape(batch, seq_len, self.value_dim))

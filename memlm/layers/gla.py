@@ -20,16 +20,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.linear_cache import previous_recurrent_state, run_rule
 from memlm.layers.norm import GatedRMSNorm
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.ops.gla import chunk_gla, recurrent_gla
 
 
-@register_mixer("gla", "linear_attention", "recurrent state [B, H, dk, dv]", linear=True)
-class GatedLinearAttention(RecurrentMixer):
-    """``hidden_states [B, T, hidden] -> [B, T, hidden]``."""
+class FlaHeads(RecurrentMixer):
+    """What fla's GLA and DeltaNet layers share: ``linear_num_key_heads`` heads of key width ``linear_key_head_dim``
+    and value width ``linear_value_head_dim``, the bias-free ``q_proj``, ``k_proj`` (``hidden -> H * dk``),
+    ``v_proj`` (``hidden -> H * dv``) and ``o_proj`` (``H * dv -> hidden``), and the output norm's eps."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -39,19 +40,27 @@ class GatedLinearAttention(RecurrentMixer):
         self.head_v_dim = config.linear_value_head_dim
         self.key_dim = self.num_heads * self.head_k_dim
         self.value_dim = self.num_heads * self.head_v_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.value_dim, bias=False)
+        self.o_proj = nn.Linear(self.value_dim, config.hidden_size, bias=False)
+        self.norm_eps = config.rms_norm_eps if config.linear_norm_eps is None else config.linear_norm_eps
+
+
+@register_mixer("gla", "linear_attention", "recurrent state [B, H, dk, dv]", linear=True)
+class GatedLinearAttention(FlaHeads):
+    """``hidden_states [B, T, hidden] -> [B, T, hidden]``."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.value_dim, bias=False)
         self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
         self.gk_proj = nn.Sequential(
             nn.Linear(hidden, config.gla_gate_low_rank_dim, bias=False),
             nn.Linear(config.gla_gate_low_rank_dim, self.key_dim, bias=True),
         )
         self.gate_logit_normalizer = config.gla_gate_logit_normalizer
-        norm_eps = config.rms_norm_eps if config.linear_norm_eps is None else config.linear_norm_eps
-        self.g_norm_swish_gate = GatedRMSNorm(self.head_v_dim, eps=norm_eps)
-        self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
+        self.g_norm_swish_gate = GatedRMSNorm(self.head_v_dim, eps=self.norm_eps)
 
     def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
@@ -69,12 +78,7 @@ class GatedLinearAttention(RecurrentMixer):
             g = g * mask[..., None]
         g = g.view(shape)
 
-        rule = recurrent_gla if recurrent_state is not None and seq_len == 1 else chunk_gla
-        o, final_state = rule(
-            q, k, v, g, initial_state=recurrent_state, output_final_state=cache is not None, cu_seqlens=cu_seqlens
-        )
-        if cache is not None:
-            store_recurrent_state(cache, self.layer_idx, final_state)
+        o = run_rule(chunk_gla, recurrent_gla, (q, k, v, g), recurrent_state, cache, self.layer_idx, cu_seqlens)
 
         gate = self.g_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_v_dim)
         return self.o_proj(self.g_norm_swish_gate(o, gate).reshape(batch, seq_len, self.value_dim))
