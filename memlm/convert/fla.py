@@ -363,12 +363,14 @@ class FlaGLAImporter(FlaImporter):
     rank-16 ``gk_proj`` (both constants of fla's model), swish output gate on the per-head RMSNorm (``norm_eps``;
     ``g_norm_swish_gate`` when ``fuse_norm``, else ``g_norm``: the same function). Refused: grouped k/v heads
     (``num_kv_heads``), a feature map, short convs, no output gate, ``clamp_min``, and the pre-0.6 gate switches
-    ``use_gk=false`` / ``use_gv=true`` (fla 0.6 reads neither)."""
+    ``use_gk=false`` / ``use_gv=true`` (fla 0.6 reads neither; older fla's ``share_conv_kernel`` is accepted, inert
+    without short convs)."""
 
     mixer = "gla"
     mixer_keys = frozenset({
         "expand_k", "expand_v", "num_heads", "num_kv_heads", "feature_map", "use_short_conv", "conv_size",
         "use_output_gate", "clamp_min", "elementwise_affine", "use_gk", "use_gv",
+        "share_conv_kernel",  # older fla's conv layout switch: inert without short convs, which GLA must not have
     })
 
     def mixer_fields(self, source: dict, where: str) -> dict:
@@ -400,17 +402,18 @@ class FlaDeltaNetImporter(FlaImporter):
     q/k, beta ``sigmoid(b_proj(x))`` (``2 sigmoid`` with ``allow_neg_eigval``), per-head output RMSNorm (``norm_eps``),
     gated by ``SiLU(g_proj(x))`` with ``use_gate``. ``use_output_norm`` is read by no layer of fla 0.6 (``o_norm`` is
     always there) and is ignored. Refused: no short conv, no beta, ``qk_activation`` other than ``silu``,
-    ``qk_norm`` other than ``l2``."""
+    ``qk_norm`` other than ``l2``, older fla's ``share_conv_kernel=true`` (one conv over the hidden states)."""
 
     mixer = "deltanet"
     mixer_keys = frozenset({
         "expand_k", "expand_v", "use_gate", "use_short_conv", "allow_neg_eigval", "conv_size", "use_beta",
-        "use_output_norm", "num_heads", "qk_norm", "qk_activation",
+        "use_output_norm", "num_heads", "qk_norm", "qk_activation", "share_conv_kernel",
     })
 
     def mixer_fields(self, source: dict, where: str) -> dict:
+        # older fla's share_conv_kernel=true is one conv over the hidden states (h_conv1d), not fla 0.6's three
         refuse_unless(source, where, {"use_short_conv": True, "use_beta": True, "qk_activation": "silu",
-                                      "qk_norm": "l2"}, "memlm's DeltaNet")
+                                      "qk_norm": "l2", "share_conv_kernel": False}, "memlm's DeltaNet")
         for field in ("use_gate", "allow_neg_eigval"):
             if not isinstance(source.get(field, False), bool):
                 raise refuse(where, field, source[field], "true or false")

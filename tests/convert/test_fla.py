@@ -347,7 +347,8 @@ VARIANTS = {
     "gla": gla_config(),
     "gla_hybrid": gla_config(4, attn={"layers": [1], "num_heads": 4, "num_kv_heads": 2}, fuse_norm=False,
                              expand_k=1.0, num_heads=2),
-    "gla_no_affine": gla_config(2, attn={"layers": [1], "num_heads": 4}, elementwise_affine=False),
+    "gla_no_affine": gla_config(2, attn={"layers": [1], "num_heads": 4}, elementwise_affine=False,
+                                share_conv_kernel=True),  # older fla's key, inert without short convs
     "delta_net": deltanet_config(),
     "delta_net_hybrid": deltanet_config(4, attn={"layers": [3], "num_heads": 4, "window_size": 6}, use_gate=True,
                                         allow_neg_eigval=True, expand_v=2.0, num_heads=2, norm_eps=1e-5),
@@ -433,6 +434,7 @@ BAD = {
     "delta_net_no_beta": (deltanet_config(use_beta=False), "use_beta=False"),
     "delta_net_relu": (deltanet_config(qk_activation="relu"), "qk_activation='relu'"),
     "delta_net_sum_norm": (deltanet_config(qk_norm="sum"), "qk_norm='sum'"),
+    "delta_net_shared_conv": (deltanet_config(share_conv_kernel=True), "share_conv_kernel=True"),
 }
 
 
