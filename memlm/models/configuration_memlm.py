@@ -43,7 +43,8 @@ class MemLMConfig(PreTrainedConfig):
             If omitted it is built from ``hybrid_ratio``.
         mixer_types (`list[str]`): per layer, the registered mixer (:mod:`memlm.layers.registry`):
             ``"full_attention"``, ``"sliding_attention"``, the linear mixers ``"gated_deltanet"``, ``"hgrn2"``,
-            ``"based"``, the Titans memories ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
+            ``"gla"``, ``"deltanet"``, ``"based"``, the Titans memories ``"memory"``, ``"memory_as_gate"``,
+            ``"memory_as_context"``, JRT-RNN's
             ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer type is fixed by the registry. If
             omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
             ``linear_attn_type``, ``"conv"`` layers ``"conv"``. The config stores each mixer's registry type
@@ -52,8 +53,8 @@ class MemLMConfig(PreTrainedConfig):
             configs before ``mixer_types`` existed) is read as that mixer with its layer type.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
         linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers whose mixer is not given:
-            ``"gated_deltanet"``, ``"hgrn2"`` or ``"based"`` (Based linear attention; its feature dimension is
-            ``linear_key_head_dim``, 16 in the paper).
+            ``"gated_deltanet"``, ``"hgrn2"``, ``"gla"``, ``"deltanet"`` or ``"based"`` (Based linear attention;
+            its feature dimension is ``linear_key_head_dim``, 16 in the paper): any registered linear mixer.
 
     Linear mixers (each defaults from the attention fields, so a config with only standard fields builds):
         linear_num_key_heads: q/k heads (default ``num_attention_heads``).
@@ -88,6 +89,16 @@ class MemLMConfig(PreTrainedConfig):
             ``allow_neg_eigval``, OLMo Hybrid), so ``I - beta k k^T`` may have a negative eigenvalue.
         linear_norm_eps (`float` or None): eps of GatedDeltaNet's gated output norm (None: ``rms_norm_eps``;
             OLMo Hybrid: 1e-5).
+
+    GLA and DeltaNet (``"gla"``, ``"deltanet"``: fla's layers; ``linear_num_key_heads`` heads of key width
+        ``linear_key_head_dim`` and value width ``linear_value_head_dim``, ``linear_num_value_heads`` unused;
+        output norm eps ``linear_norm_eps``; DeltaNet's conv ``linear_conv_kernel_dim`` and beta
+        ``linear_allow_neg_eigval``):
+        gla_gate_low_rank_dim (`int`): rank of GLA's decay projection ``gk_proj`` (fla: 16).
+        gla_gate_logit_normalizer (`float`): GLA's ``g = logsigmoid(gk_proj(x)) / gla_gate_logit_normalizer``
+            (fla: 16).
+        deltanet_use_gate (`bool`): DeltaNet's output ``RMSNorm(o) * SiLU(g_proj(x))`` instead of ``RMSNorm(o)``
+            (fla's ``use_gate``, default false).
         The attention options apply to the ``"full_attention"`` / ``"sliding_attention"`` layers; the attention
         inside the ``"memory_as_gate"`` / ``"memory_as_context"`` layers has none of them (a config combining them
         is refused), but follows the partial rotary factor.
@@ -149,6 +160,9 @@ class MemLMConfig(PreTrainedConfig):
     linear_conv_kernel_dim: int = 4
     linear_allow_neg_eigval: bool = False
     linear_norm_eps: float | None = None
+    gla_gate_low_rank_dim: int = 16
+    gla_gate_logit_normalizer: float = 16.0
+    deltanet_use_gate: bool = False
     memory_preset: str = "titans"
     memory_rule: dict | None = None
     memory_chunk_size: int = 64
@@ -308,12 +322,16 @@ class MemLMConfig(PreTrainedConfig):
 
     def _validate_block_options(self) -> None:
         """The per-model options of the attention layers, the decoder blocks and GatedDeltaNet."""
-        for name in ("attention_output_gate", "linear_allow_neg_eigval"):
+        for name in ("attention_output_gate", "linear_allow_neg_eigval", "deltanet_use_gate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: true or false")
         for name, allowed in (("attention_qk_norm", QK_NORMS), ("position_embedding_type", POSITION_EMBEDDINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: one of {list(allowed)}")
+        _check_positive(self, "gla_gate_low_rank_dim")
+        normalizer = self.gla_gate_logit_normalizer
+        if not (_is_number(normalizer) and math.isfinite(normalizer) and normalizer > 0):
+            raise ValueError(f"gla_gate_logit_normalizer={normalizer!r} is not allowed: a finite number > 0 (fla: 16)")
         eps = self.linear_norm_eps
         if eps is not None and not (_is_number(eps) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"linear_norm_eps={eps!r} is not allowed: None (rms_norm_eps) or a finite number > 0")
