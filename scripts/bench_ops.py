@@ -26,12 +26,14 @@ Sections:
    gradients of both are compared (max abs difference) so both compute the same thing.
    transformers' backward at T=16384 takes ~15 s per call on 2 CPU cores, so there it gets one timed
    run and no warm-up (its warm-ups at smaller T already ran in this process).
-2. Layer. ``memlm.layers.GatedDeltaNet(config, 0)`` (projections, short conv, gates, the op, gated norm,
-   output projection) against ``memlm.layers.Attention(config, 1)`` with ``_attn_implementation="sdpa"``
-   and ``attention_mask=None``, which runs ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``
-   with RoPE and its q/k/v/o projections. hidden 512, 4 heads of 128 for both (4 kv heads), B=1,
-   forward + backward of ``y.sum()`` including the parameter gradients. Ratio = GDN ms / SDPA ms
-   (< 1: GDN is faster). Target: GDN faster than causal SDPA at T >= 8192.
+2. Layer. Every linear mixer of ``LAYER_MIXERS`` (GatedDeltaNet, GLA, DeltaNet, and KDA / Mamba-2 where
+   registered), built by ``memlm.layers.build_mixer`` as layer 0 of a config whose ``mixer_types`` is
+   ``[mixer, "full_attention"]`` (projections, short convs, gates, the op, norms, output projection), against
+   ``memlm.layers.Attention`` (layer 1) with ``_attn_implementation="sdpa"`` and no mask, which runs
+   ``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` with RoPE and its q/k/v/o projections. All read
+   the same ``MixerInputs`` (no mask, no cache). hidden 512, 4 heads of 128 (4 kv heads), B=1, forward +
+   backward of ``y.sum()`` including the parameter gradients, every mixer and SDPA timed alternately. Ratio =
+   mixer ms / SDPA ms (< 1: the mixer is faster). Target: GDN faster than causal SDPA at T >= 8192.
 3. Decoding. Per-token latency and cache size of a 3:1 hybrid (6 GatedDeltaNet + 2 attention layers)
    against an all-attention model (8 attention layers), both ``MemLMForCausalLM`` with hidden 512,
    8 layers, 4 heads of 128, 4 kv heads, vocab 32000. The cache is not prefilled through the model:
@@ -77,7 +79,8 @@ from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated
 import memlm
 from memlm import MemLMConfig, MemLMForCausalLM
 from memlm.convert import from_pretrained
-from memlm.layers import Attention, GatedDeltaNet
+from memlm.layers import MIXERS, Attention, build_mixer
+from memlm.layers.inputs import MixerInputs
 from memlm.layers.rotary import RotaryEmbedding
 from memlm.ops import chunk_gated_delta_rule
 from memlm.ops.common.fla import use_fla
@@ -221,9 +224,12 @@ def bench_op(sizes: list[int], device: torch.device, repeats: int) -> dict:
 # ------------------------------------------------------------------------------------------ 2. layer
 
 
-def layer_config() -> MemLMConfig:
+LAYER_MIXERS = ("gated_deltanet", "gla", "deltanet", "kda", "mamba2")
+
+
+def layer_config(mixer: str) -> MemLMConfig:
     config = MemLMConfig(
-        hidden_size=HIDDEN, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+        hidden_size=HIDDEN, num_hidden_layers=2, mixer_types=[mixer, "full_attention"],
         num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=HEAD_DIM,
         linear_num_key_heads=HEADS, linear_key_head_dim=HEAD_DIM, linear_value_head_dim=HEAD_DIM,
     )
@@ -231,47 +237,51 @@ def layer_config() -> MemLMConfig:
     return config
 
 
-def layer_step(module: torch.nn.Module, x: torch.Tensor, position_embeddings) -> Callable[[], None]:
+def layer_step(module: torch.nn.Module, x: torch.Tensor, inputs: MixerInputs) -> Callable[[], None]:
     leaf = x.detach().clone().requires_grad_()
 
     def step():
         module.zero_grad(set_to_none=True)
         leaf.grad = None
-        y = module(leaf, attention_mask=None, position_embeddings=position_embeddings)
-        y.sum().backward()
+        module(leaf, inputs).sum().backward()
 
     return step
 
 
 def bench_layer(sizes: list[int], device: torch.device, repeats: int) -> dict:
-    config = layer_config()
+    mixers = [name for name in LAYER_MIXERS if name in MIXERS]
     torch.manual_seed(0)
-    gdn = GatedDeltaNet(config, 0).to(device)
-    attn = Attention(config, 1).to(device)
+    modules = {name: build_mixer(layer_config(name), 0).to(device) for name in mixers}
+    config = layer_config(mixers[0])
+    modules["sdpa"] = Attention(config, 1).to(device)
     rotary = RotaryEmbedding(config).to(device)
     rows = []
     bar = progress(len(sizes), "layer")
     for seq_len in sizes:
         x = torch.randn(1, seq_len, HIDDEN, generator=torch.Generator().manual_seed(seq_len)).to(device)
-        position_embeddings = rotary(x, torch.arange(seq_len, device=device)[None])
-        timed = measure({"gdn": (layer_step(gdn, x, position_embeddings), repeats, 1),
-                         "sdpa": (layer_step(attn, x, position_embeddings), repeats, 1)}, device)
-        ours, base = timed["gdn"], timed["sdpa"]
-        rows.append({
-            "T": seq_len, "gdn_ms": ours.median_ms, "gdn_times_ms": ours.times_ms,
-            "sdpa_ms": base.median_ms, "sdpa_times_ms": base.times_ms, "ratio": ours.median_ms / base.median_ms,
-        })
-        del x, position_embeddings, timed
+        positions = torch.arange(seq_len, device=device)[None]
+        inputs = MixerInputs(attention_mask=None, attention_masks={"full_attention": None}, position_ids=positions,
+                             position_embeddings=rotary(x, positions))
+        timed = measure({name: (layer_step(module, x, inputs), repeats, 1) for name, module in modules.items()},
+                        device)
+        sdpa_ms = timed["sdpa"].median_ms
+        row = {"T": seq_len, "sdpa_ms": sdpa_ms, "sdpa_times_ms": timed["sdpa"].times_ms,
+               "ms": {name: timed[name].median_ms for name in mixers},
+               "times_ms": {name: timed[name].times_ms for name in mixers},
+               "ratios": {name: timed[name].median_ms / sdpa_ms for name in mixers}}
+        row["ratio"] = row["ratios"].get("gated_deltanet")
+        rows.append(row)
+        del x, inputs, timed
         gc.collect()
         bar.update()
     bar.close()
     table = format_table(
-        ["T", "GDN ms", "SDPA ms", "ratio GDN/SDPA"],
-        [[str(r["T"]), f"{r['gdn_ms']:.1f}", f"{r['sdpa_ms']:.1f}", f"{r['ratio']:.2f}"] for r in rows],
+        ["T", "SDPA ms", *(f"{name} ms (ratio)" for name in mixers)],
+        [[str(r["T"]), f"{r['sdpa_ms']:.1f}", *(f"{r['ms'][n]:.1f} ({r['ratios'][n]:.2f})" for n in mixers)]
+         for r in rows],
     )
-    return {"rows": rows, "notes": [], "table": table,
-            "params": {"gdn": sum(p.numel() for p in gdn.parameters()),
-                       "sdpa": sum(p.numel() for p in attn.parameters())}}
+    return {"rows": rows, "notes": ["ratio = mixer ms / SDPA ms (< 1: the mixer is faster)"], "table": table,
+            "params": {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}}
 
 
 # ----------------------------------------------------------------------------------------- 3. decode
@@ -548,7 +558,7 @@ def main() -> None:
         ("op", "1. Op: chunk_gated_delta_rule fwd+bwd, B=1 H=4 dk=dv=128 chunk=64 "
                "(memlm vs transformers torch_chunk_gated_delta_rule)",
          lambda: bench_op(sizes["op"], device, args.repeats)),
-        ("layer", "2. Layer: GatedDeltaNet vs causal SDPA attention (memlm Attention, sdpa, is_causal), "
+        ("layer", "2. Layer: each linear mixer vs causal SDPA attention (memlm Attention, sdpa, is_causal), "
                   "fwd+bwd, hidden 512, 4 heads x 128, B=1",
          lambda: bench_layer(sizes["layer"], device, args.repeats)),
         ("decode", "3. Decoding: 3:1 hybrid vs all-attention MemLMForCausalLM, 8 layers, hidden 512, "
