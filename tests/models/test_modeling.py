@@ -21,6 +21,8 @@ VARIANTS = {
     "gdn-3:1": dict(linear_attn_type="gated_deltanet", hybrid_ratio="3:1"),
     "hgrn2-3:1": dict(linear_attn_type="hgrn2", hybrid_ratio="3:1"),
     "based-3:1": dict(linear_attn_type="based", hybrid_ratio="3:1", linear_key_head_dim=8),
+    "mamba2-3:1": dict(linear_attn_type="mamba2", hybrid_ratio="3:1", mamba_head_dim=8, mamba_d_state=6,
+                       mamba_n_groups=2),
     "gdn-all-linear": dict(hybrid_ratio="1:0"),
     "all-attention": dict(hybrid_ratio="0:1"),
     "gdn-gqa-sliding": dict(
@@ -170,7 +172,7 @@ def test_gradient_checkpointing_gives_same_gradients(variant):
         torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1", "jrt-rnn"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1", "jrt-rnn", "mamba2-3:1"])
 def test_packed_documents_match_separate_forwards(variant):
     model = tiny_model(**VARIANTS[variant])
     docs = [torch.randint(1, 61, (1, n)) for n in (13, 70, 5)]
