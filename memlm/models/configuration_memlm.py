@@ -364,6 +364,7 @@ class MemLMConfig(PreTrainedConfig):
         memory_attention = sorted({m for m in self.mixer_types if m in ("memory_as_gate", "memory_as_context")})
         options = {name: getattr(self, name) for name, default in (
             ("attention_output_gate", False), ("attention_qk_norm", None), ("position_embedding_type", "rope"),
+            ("attention_multiplier", None),
         ) if getattr(self, name) != default}
         if memory_attention and options:
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in options.items())} is not allowed with the memory "
@@ -432,8 +433,9 @@ class MemLMConfig(PreTrainedConfig):
             raise ValueError(f"mask_token_id must be a token id in [0, vocab_size={self.vocab_size}), got {token!r}")
 
     def _validate_mamba(self) -> None:
-        """The Mamba-2 fields (checked whether or not a ``"mamba2"`` layer is present: a config must stay loadable).
-        ``mamba_num_heads`` defaults to ``mamba_expand * hidden_size / mamba_head_dim``."""
+        """The Mamba-2 fields (checked whether or not a ``"mamba2"`` layer is present: a config must stay loadable;
+        the widths must agree only with one). ``mamba_num_heads`` defaults to ``mamba_expand * hidden_size /
+        mamba_head_dim``."""
         expand = self.mamba_expand
         if not (_is_number(expand) and expand > 0):
             raise ValueError(f"mamba_expand={expand!r} is not allowed: a number > 0 (the inner width is "
@@ -442,9 +444,10 @@ class MemLMConfig(PreTrainedConfig):
         _check_positive(self, "mamba_head_dim", "mamba_d_state", "mamba_n_groups", "mamba_conv_kernel",
                         "mamba_chunk_size")
         if self.mamba_num_heads is None:
-            self.mamba_num_heads = inner // self.mamba_head_dim
+            self.mamba_num_heads = max(1, inner // self.mamba_head_dim)
         _check_positive(self, "mamba_num_heads")
-        if self.mamba_num_heads * self.mamba_head_dim != inner:
+        # the default head count need not fill the inner width of a model without Mamba-2 layers
+        if "mamba2" in self.mixer_types and self.mamba_num_heads * self.mamba_head_dim != inner:
             raise ValueError(f"mamba_num_heads={self.mamba_num_heads} x mamba_head_dim={self.mamba_head_dim} must be "
                              f"int(mamba_expand * hidden_size) = {inner}")
         if self.mamba_num_heads % self.mamba_n_groups:

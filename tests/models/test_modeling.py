@@ -45,6 +45,11 @@ VARIANTS = {
         head_dim=16, num_key_value_heads=2, attention_output_gate=True, attention_qk_norm="head",
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
     ),
+    "granite-options": dict(
+        layer_types=["linear_attention", "full_attention"] * 2, linear_attn_type="mamba2", mamba_head_dim=8,
+        mamba_d_state=6, position_embedding_type="nope", embedding_multiplier=2.0, residual_multiplier=0.5,
+        attention_multiplier=0.1, logits_scaling=3.0,
+    ),
     "olmo-hybrid-options": dict(
         layer_types=["linear_attention", "full_attention"] * 2, num_key_value_heads=2, attention_qk_norm="all",
         position_embedding_type="nope", norm_placement=["pre", "post"] * 2, linear_allow_neg_eigval=True,
