@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import memlm  # noqa: F401  (registers memlm with the Auto classes)
 from memlm.convert import ConversionError, convert, from_pretrained
-from tests.convert.sources import randomize
+from tests.convert.sources import assert_matches_transformers, randomize, relative_error
 
 COMMON = dict(
     vocab_size=97, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -44,36 +44,12 @@ def tiny_bamba(directory, **overrides):
 SOURCES = {"granite": tiny_granite, "bamba": tiny_bamba}
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
 @pytest.mark.parametrize("family", list(SOURCES))
 def test_converted_model_matches_transformers(tmp_path, family):
     reference = SOURCES[family](tmp_path / "source")
     model = from_pretrained(tmp_path / "source")
     assert model.config.mixer_types == ["mamba2", "full_attention"] * 2
-    ids = torch.randint(2, 97, (2, 11))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0  # left padding
-    ids[1, :4] = 0
-    with torch.no_grad():
-        expected = reference(ids, attention_mask=mask).logits
-        actual = model(ids, attention_mask=mask).logits
-    real = mask.bool()
-    assert relative_error(actual[real], expected[real]) < 1e-4
-
-    generate = dict(attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0,
-                    return_dict_in_generate=True, output_logits=True)
-    theirs = reference.generate(ids, **generate)
-    ours = model.generate(ids, **generate)
-    assert ours.sequences.shape[1] == ids.shape[1] + 20
-    assert torch.equal(ours.sequences, theirs.sequences)
-    for step, (mine, other) in enumerate(zip(ours.logits, theirs.logits, strict=True)):  # cached decoding steps
-        assert relative_error(mine, other) < 1e-4, step
-    uncached = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0,
-                              use_cache=False)
-    assert torch.equal(uncached, ours.sequences)
+    assert_matches_transformers(model, reference, 97)
 
 
 def test_granite_fields_and_auto_classes(tmp_path):
