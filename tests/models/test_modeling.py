@@ -163,7 +163,7 @@ def test_tied_embeddings_share_weights(tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "mamba2-3:1"])
 def test_gradient_checkpointing_gives_same_gradients(variant):
     model = tiny_model(**VARIANTS[variant]).train()
     ids = torch.randint(1, 61, (2, 30))
@@ -193,7 +193,7 @@ def test_packed_documents_match_separate_forwards(variant):
             start += doc.shape[1]
 
 
-@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag"])
+@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag", "granite-options"])
 def test_packed_rows_match_documents_alone(variant):
     """Training batches: [B, T] rows of packed documents, offsets over the rows read one after the other."""
     model = tiny_model(**VARIANTS[variant])
