@@ -13,8 +13,9 @@ This is linear attention with a scalar decay: queries ``C``, keys ``dt * B``, va
     Y  = (C * exp(G)) S + ((C (dt B)^T) * Gamma) X + D X                                                      (4)
     S' = exp(G_C) S + (dt B * exp(G_C - G))^T X                                                               (5)
 
-Only (5) runs sequentially over chunks (:func:`memlm.ops.common.scan.scan_chunks`); every exponent is <= 0, so
-strong decay cannot overflow. :func:`chunk_ssd` (training, prefill) computes (4)-(5), :func:`recurrent_ssd`
+``C B^T`` is formed once per group of heads sharing B and C. Only (5) runs sequentially over chunks
+(:func:`memlm.ops.common.scan.scan_chunks`); every exponent is <= 0, so strong decay cannot overflow.
+:func:`chunk_ssd` (training, prefill) computes (4)-(5), :func:`recurrent_ssd`
 (decoding) and :func:`naive_ssd` (the reference) compute (1)-(3) token by token. The state is laid out
 ``[N, H, d_state, head_dim]`` (keys first, as every memlm op); transformers' Mamba-2 cache holds its transpose.
 """
@@ -29,9 +30,8 @@ from memlm.ops.common.recurrent import recurrent_scan
 from memlm.ops.common.scan import scan_chunks
 
 
-def _as_linear_attention(op: str, x, dt, A, B, C, D, initial_state, cu_seqlens):
-    """Validate the arguments of ``op`` (ValueError naming the bad one) and return the linear-attention form
-    ``(q = C, k = dt * B, g = dt * A)``, with B and C repeated from groups to heads, all ``[B, T, H, ...]``."""
+def _checked_group(op: str, x, dt, A, B, C, D, initial_state, cu_seqlens) -> int:
+    """Validate the arguments of ``op`` (ValueError naming the bad one) and return the heads per group."""
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be [B, T, H, head_dim], got shape {tuple(x.shape)}")
     batch, seq_len, heads, _ = x.shape
@@ -44,11 +44,9 @@ def _as_linear_attention(op: str, x, dt, A, B, C, D, initial_state, cu_seqlens):
         raise ValueError(f"{op}: A must have shape ({heads},) (one per head), got {tuple(A.shape)}")
     if D is not None and tuple(D.shape) != (heads,):
         raise ValueError(f"{op}: D must be None or have shape ({heads},), got {tuple(D.shape)}")
-    group = heads // B.shape[2]
-    q, k = C.repeat_interleave(group, dim=2), B.repeat_interleave(group, dim=2)
-    check_linear_inputs(op, q, k, x, {"dt": (dt, (batch, seq_len, heads))}, initial_state, cu_seqlens)
-    dt = dt.float()
-    return q, k.float() * dt[..., None], dt * A.float()
+    per_head = B.new_zeros(()).expand(batch, seq_len, heads, B.shape[-1])  # the shape B and C take per head
+    check_linear_inputs(op, per_head, per_head, x, {"dt": (dt, (batch, seq_len, heads))}, initial_state, cu_seqlens)
+    return heads // B.shape[2]
 
 
 def _skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
@@ -87,17 +85,23 @@ def chunk_ssd(
     Returns:
         ``y`` ``[B, T, H, head_dim]`` in x's dtype, and ``final_state`` ``[N, H, d_state, head_dim]`` (fp32) or None.
     """
-    q, k, g = _as_linear_attention("chunk_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+    group = _checked_group("chunk_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
     layout = ChunkLayout(x.shape[0], x.shape[1], chunk_size, cu_seqlens, x.device)
-    q_c, k_c, v_c = to_chunks(q, layout), to_chunks(k, layout), to_chunks(x, layout)
-    log_decay = to_chunks(g, layout).cumsum(-1)  # G, [B, H, N, C]
+    c_c, b_c = to_chunks(C, layout), to_chunks(B, layout)  # per group, [B, G, N, C, d_state]
+    v_c, dt_c = to_chunks(x, layout), to_chunks(dt, layout)  # per head, [B, H, N, C, head_dim] and [B, H, N, C]
+    log_decay = (dt_c * A.float()[:, None, None]).cumsum(-1)  # G, [B, H, N, C]
     size = layout.chunk_size
     upper = torch.ones(size, size, dtype=torch.bool, device=x.device).triu(1)
     gamma = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
-    k_to_end = (k_c * (log_decay[..., -1:] - log_decay).exp()[..., None]).transpose(-1, -2)
+    # (C (dt B)^T) * Gamma, with C B^T formed once per group and dt applied per head
+    scores = (c_c @ b_c.transpose(-1, -2)).repeat_interleave(group, dim=1) * gamma * dt_c[..., None, :]
+    weights_to_end = dt_c * (log_decay[..., -1:] - log_decay).exp()
+    k_to_end = (b_c.repeat_interleave(group, dim=1) * weights_to_end[..., None]).transpose(-1, -2)
     chunk_decay = log_decay[..., -1].exp()[..., None, None]
     states, _, final_state = scan_chunks(v_c, None, k_to_end, chunk_decay, initial_state, layout)  # (5)
-    y = (q_c * log_decay.exp()[..., None]) @ states + ((q_c @ k_c.transpose(-1, -2)) * gamma) @ v_c  # (4)
+    grouped = states.unflatten(1, (-1, group))  # [B, G, H / G, N, d_state, head_dim]
+    carried = (c_c[:, :, None] @ grouped).flatten(1, 2) * log_decay.exp()[..., None]
+    y = carried + scores @ v_c  # (4)
     return _skip(from_chunks(y, layout), x, D), final_state if output_final_state else None
 
 
@@ -126,7 +130,10 @@ def naive_ssd(
 
     Same arguments and returns as :func:`recurrent_ssd`.
     """
-    q, k, g = _as_linear_attention("naive_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+    group = _checked_group("naive_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+    dt = dt.float()
+    q, k = C.repeat_interleave(group, dim=2), B.float().repeat_interleave(group, dim=2) * dt[..., None]
+    g = dt * A.float()
 
     def step(state, k_t, x_t, g_t):
         return state * g_t.exp()[..., None, None] + k_t[..., None] * x_t[..., None, :]  # (1)-(2)
