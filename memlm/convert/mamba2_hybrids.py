@@ -7,7 +7,8 @@ layers (``"full_attention"``), each followed by a SwiGLU MLP; their Mamba-2 laye
 channels with ``rms_norm_eps``, ``out_proj``), read by memlm's :class:`~memlm.layers.mamba2.Mamba2` with the
 ``mamba_*`` fields of the same names (``mamba_n_heads`` -> ``mamba_num_heads``, ``mamba_d_head`` ->
 ``mamba_head_dim``, ``mamba_d_conv`` -> ``mamba_conv_kernel``, ``time_step_limit`` -> ``mamba_time_step_limit``,
-(0, inf) read as None: no clamp).
+(0, inf) read as None: no clamp). ``mamba_chunk_size`` is the chunk of their kernels: the result does not depend
+on it, and memlm keeps its own (64, faster for its torch path than their 256).
 
 Granite-4.0-H (``models/granitemoehybrid``):
     layer types from ``layer_types`` / ``layers_block_type`` (``"mamba"`` / ``"linear_attention"``, ``"attention"`` /
@@ -77,7 +78,7 @@ def mamba_fields(source: dict, defaults: dict, where: str) -> dict:
     return dict(
         mamba_num_heads=heads, mamba_head_dim=head_dim, mamba_expand=expand, mamba_d_state=get["mamba_d_state"],
         mamba_n_groups=get["mamba_n_groups"], mamba_conv_kernel=get["mamba_d_conv"],
-        mamba_chunk_size=get["mamba_chunk_size"], mamba_conv_bias=get["mamba_conv_bias"],
+        mamba_conv_bias=get["mamba_conv_bias"],
         mamba_proj_bias=get["mamba_proj_bias"], mamba_time_step_limit=None if limit is None else list(limit),
     )
 
