@@ -7,6 +7,7 @@ from memlm.layers.gated_conv import ShortGatedConvolution
 from memlm.layers.gated_deltanet import GatedDeltaNet
 from memlm.layers.gla import GatedLinearAttention
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
+from memlm.layers.mamba2 import Mamba2
 from memlm.layers.memory_cache import MemoryCacheLayer
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.neural_memory import NeuralMemory
@@ -26,6 +27,7 @@ __all__ = [
     "GatedDeltaNet",
     "GatedLinearAttention",
     "GatedRMSNorm",
+    "Mamba2",
     "MemoryAsContext",
     "MemoryAsGate",
     "MemoryCacheLayer",

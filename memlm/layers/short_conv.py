@@ -17,11 +17,12 @@ class ShortConvolution(nn.Module):
     ``cu_seqlens``, no document sees the tokens of the one before it.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True):
+    def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True, bias: bool = False):
         super().__init__()
         self.kernel_size = kernel_size
         self.activation = nn.SiLU() if activation else nn.Identity()
-        self.conv1d = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=False)
+        self.conv1d = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1,
+                                bias=bias)
 
     def forward(
         self,
@@ -50,7 +51,7 @@ class ShortConvolution(nn.Module):
         return self.activation(out).transpose(1, 2).to(x.dtype), window[..., window.shape[-1] - (self.kernel_size - 1):]
 
     def _causal_conv(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
-        """``y_t = sum_lag w[K-1-lag] * x_{t-lag}`` on ``[B, C, L]``, as K shifted multiply-adds.
+        """``y_t = sum_lag w[K-1-lag] * x_{t-lag} (+ b)`` on ``[B, C, L]``, as K shifted multiply-adds.
 
         With ``cu_seqlens`` (a packed row), a tap never reaches before its document's start. Written
         out rather than through ``F.conv1d``: as fast for K = 4, and far cheaper for one decoding token.
@@ -66,4 +67,4 @@ class ShortConvolution(nn.Module):
             if cu_seqlens is not None:
                 tap = tap * (positions - lag >= doc_start).to(x.dtype)
             out = out + tap
-        return out
+        return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]

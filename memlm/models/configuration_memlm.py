@@ -43,8 +43,8 @@ class MemLMConfig(PreTrainedConfig):
             If omitted it is built from ``hybrid_ratio``.
         mixer_types (`list[str]`): per layer, the registered mixer (:mod:`memlm.layers.registry`):
             ``"full_attention"``, ``"sliding_attention"``, the linear mixers ``"gated_deltanet"``, ``"hgrn2"``,
-            ``"gla"``, ``"deltanet"``, ``"based"``, the Titans memories ``"memory"``, ``"memory_as_gate"``,
-            ``"memory_as_context"``, JRT-RNN's
+            ``"gla"``, ``"deltanet"``, ``"based"``, ``"mamba2"``, the Titans memories ``"memory"``,
+            ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
             ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer type is fixed by the registry. If
             omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
             ``linear_attn_type``, ``"conv"`` layers ``"conv"``. The config stores each mixer's registry type
@@ -89,6 +89,13 @@ class MemLMConfig(PreTrainedConfig):
             ``allow_neg_eigval``, OLMo Hybrid), so ``I - beta k k^T`` may have a negative eigenvalue.
         linear_norm_eps (`float` or None): eps of GatedDeltaNet's gated output norm (None: ``rms_norm_eps``;
             OLMo Hybrid: 1e-5).
+        embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling (Granite's; defaults 1, 1,
+            None, 1): the embeddings are multiplied by ``embedding_multiplier``; every mixer's and MLP's output by
+            ``residual_multiplier`` before it is added to the residual stream; attention scores by
+            ``attention_multiplier`` (None: ``head_dim ** -0.5``); the logits are divided by ``logits_scaling``.
+        The attention options apply to the ``"full_attention"`` / ``"sliding_attention"`` layers; the attention
+        inside the ``"memory_as_gate"`` / ``"memory_as_context"`` layers has none of them (a config combining them
+        is refused), but follows the partial rotary factor.
 
     GLA and DeltaNet (``"gla"``, ``"deltanet"``: fla's layers; ``linear_num_key_heads`` heads of key width
         ``linear_key_head_dim`` and value width ``linear_value_head_dim``, ``linear_num_value_heads`` unused;
@@ -99,9 +106,18 @@ class MemLMConfig(PreTrainedConfig):
             (fla: 16).
         deltanet_use_gate (`bool`): DeltaNet's output ``RMSNorm(o) * SiLU(g_proj(x))`` instead of ``RMSNorm(o)``
             (fla's ``use_gate``, default false).
-        The attention options apply to the ``"full_attention"`` / ``"sliding_attention"`` layers; the attention
-        inside the ``"memory_as_gate"`` / ``"memory_as_context"`` layers has none of them (a config combining them
-        is refused), but follows the partial rotary factor.
+
+    Mamba-2 (mixer ``"mamba2"``, a ``"linear_attention"`` layer; names as transformers' Mamba-2 / Granite-4.0-H):
+        mamba_head_dim: channels per head (default ``head_dim``).
+        mamba_expand: the inner width is ``int(mamba_expand * hidden_size)`` (default 2).
+        mamba_num_heads: heads (default inner width / ``mamba_head_dim``; heads x head_dim must be the inner width).
+        mamba_d_state: state size per head, B/C width (default ``head_dim``).
+        mamba_n_groups: groups sharing B and C (default 1; divides the heads).
+        mamba_conv_kernel: depthwise conv width over x|B|C (default 4); mamba_conv_bias: its bias (default True).
+        mamba_chunk_size: tokens per chunk of the SSD scan (default 64; the result does not depend on it).
+        mamba_time_step_limit: ``[min, max]`` clamp of ``dt`` after softplus, or None (default: no clamp).
+        mamba_proj_bias: biases of ``in_proj`` / ``out_proj`` (default False).
+        mamba_norm_eps: eps of the gated output norm (None: ``rms_norm_eps``).
 
     Titans / Miras memory (layer types ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``):
         memory_preset: ``"titans"``, ``"moneta"``, ``"yaad"`` or ``"memora"`` (see docs/guides/titans.md).
@@ -163,6 +179,21 @@ class MemLMConfig(PreTrainedConfig):
     gla_gate_low_rank_dim: int = 16
     gla_gate_logit_normalizer: float = 16.0
     deltanet_use_gate: bool = False
+    mamba_num_heads: int | None = None
+    mamba_head_dim: int | None = None
+    mamba_expand: int | float = 2
+    mamba_d_state: int | None = None
+    mamba_n_groups: int = 1
+    mamba_conv_kernel: int = 4
+    mamba_chunk_size: int = 64
+    mamba_time_step_limit: list[float] | None = None
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+    mamba_norm_eps: float | None = None
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
     memory_preset: str = "titans"
     memory_rule: dict | None = None
     memory_chunk_size: int = 64
@@ -219,7 +250,7 @@ class MemLMConfig(PreTrainedConfig):
         for name, default in (
             ("linear_num_value_heads", self.linear_num_key_heads), ("linear_key_head_dim", self.head_dim),
             ("linear_value_head_dim", self.head_dim), ("memory_num_heads", self.num_attention_heads),
-            ("memory_head_dim", self.head_dim),
+            ("memory_head_dim", self.head_dim), ("mamba_head_dim", self.head_dim), ("mamba_d_state", self.head_dim),
         ):
             if getattr(self, name) is None:
                 setattr(self, name, default)
@@ -228,6 +259,8 @@ class MemLMConfig(PreTrainedConfig):
         self._validate_block_options()
         self._validate_memory()
         self._validate_prefix_lm()
+        self._validate_mamba()
+        self._validate_multipliers()
         super().__post_init__(**kwargs)
         self._validate_rope()
         self.auto_map = dict(AUTO_MAP)  # tools that never import memlm load it with trust_remote_code=True
@@ -348,6 +381,7 @@ class MemLMConfig(PreTrainedConfig):
         memory_attention = sorted({m for m in self.mixer_types if m in ("memory_as_gate", "memory_as_context")})
         options = {name: getattr(self, name) for name, default in (
             ("attention_output_gate", False), ("attention_qk_norm", None), ("position_embedding_type", "rope"),
+            ("attention_multiplier", None),
         ) if getattr(self, name) != default}
         if memory_attention and options:
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in options.items())} is not allowed with the memory "
@@ -414,6 +448,50 @@ class MemLMConfig(PreTrainedConfig):
         token = self.mask_token_id
         if token is not None and not (_is_int(token) and 0 <= token < self.vocab_size):
             raise ValueError(f"mask_token_id must be a token id in [0, vocab_size={self.vocab_size}), got {token!r}")
+
+    def _validate_mamba(self) -> None:
+        """The Mamba-2 fields (checked whether or not a ``"mamba2"`` layer is present: a config must stay loadable;
+        the widths must agree only with one). ``mamba_num_heads`` defaults to ``mamba_expand * hidden_size /
+        mamba_head_dim``."""
+        expand = self.mamba_expand
+        if not (_is_number(expand) and expand > 0):
+            raise ValueError(f"mamba_expand={expand!r} is not allowed: a number > 0 (the inner width is "
+                             "mamba_expand * hidden_size)")
+        inner = int(expand * self.hidden_size)
+        _check_positive(self, "mamba_head_dim", "mamba_d_state", "mamba_n_groups", "mamba_conv_kernel",
+                        "mamba_chunk_size")
+        if self.mamba_num_heads is None:
+            self.mamba_num_heads = max(1, inner // self.mamba_head_dim)
+        _check_positive(self, "mamba_num_heads")
+        # the default head count need not fill the inner width of a model without Mamba-2 layers
+        if "mamba2" in self.mixer_types and self.mamba_num_heads * self.mamba_head_dim != inner:
+            raise ValueError(f"mamba_num_heads={self.mamba_num_heads} x mamba_head_dim={self.mamba_head_dim} must be "
+                             f"int(mamba_expand * hidden_size) = {inner}")
+        if self.mamba_num_heads % self.mamba_n_groups:
+            raise ValueError(f"mamba_n_groups={self.mamba_n_groups} is not allowed: it must divide "
+                             f"mamba_num_heads={self.mamba_num_heads}")
+        limit = self.mamba_time_step_limit
+        if limit is not None:
+            if not (isinstance(limit, list | tuple) and len(limit) == 2 and all(_is_number(v) for v in limit)
+                    and 0 <= limit[0] <= limit[1]):
+                raise ValueError(f"mamba_time_step_limit={limit!r} is not allowed: None (no clamp) or [min, max] "
+                                 "with 0 <= min <= max")
+            self.mamba_time_step_limit = [float(v) for v in limit]
+        for name in ("mamba_conv_bias", "mamba_proj_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: true or false")
+        eps = self.mamba_norm_eps
+        if eps is not None and not (_is_number(eps) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"mamba_norm_eps={eps!r} is not allowed: None (rms_norm_eps) or a finite number > 0")
+
+    def _validate_multipliers(self) -> None:
+        """Granite's multipliers: finite numbers > 0 (``attention_multiplier`` may be None: ``head_dim ** -0.5``)."""
+        for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"):
+            value = getattr(self, name)
+            if name == "attention_multiplier" and value is None:
+                continue
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value!r} is not allowed: a finite number > 0")
 
     @property
     def reads_prefix(self) -> bool:

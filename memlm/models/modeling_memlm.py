@@ -48,8 +48,9 @@ def resolve_cache_argument(cache, past_key_values):
 
 
 class MemLMDecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm block (``norm_placement`` "pre", the default): ``h = x + mixer(input_layernorm(x))``, then
-    ``h + mlp(post_attention_layernorm(h))``. ``[B, T, hidden]`` in and out."""
+    """Pre-norm block (``norm_placement`` "pre", the default): ``h = x + r * mixer(input_layernorm(x))``, then
+    ``h + r * mlp(post_attention_layernorm(h))`` (``r = residual_multiplier``, 1 but in Granite).
+    ``[B, T, hidden]`` in and out."""
 
     def __init__(self, config: MemLMConfig, layer_idx: int):
         super().__init__()
@@ -57,16 +58,18 @@ class MemLMDecoderLayer(GradientCheckpointingLayer):
         self.mixer = build_mixer(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.residual_multiplier = config.residual_multiplier
 
     def forward(self, hidden_states: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
-        hidden_states = hidden_states + self.mixer(self.input_layernorm(hidden_states), inputs)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        r = self.residual_multiplier
+        hidden_states = hidden_states + self.mixer(self.input_layernorm(hidden_states), inputs) * r
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)) * r
 
 
 class MemLMPostNormDecoderLayer(GradientCheckpointingLayer):
     """OLMo 2's block (``norm_placement`` "post"; module names of transformers' ``Olmo3DecoderLayer``):
-    ``h = x + post_attention_layernorm(mixer(x))``, then ``h + post_feedforward_layernorm(mlp(h))``.
-    ``[B, T, hidden]`` in and out."""
+    ``h = x + r * post_attention_layernorm(mixer(x))``, then ``h + r * post_feedforward_layernorm(mlp(h))``
+    (``r = residual_multiplier``). ``[B, T, hidden]`` in and out."""
 
     def __init__(self, config: MemLMConfig, layer_idx: int):
         super().__init__()
@@ -74,10 +77,12 @@ class MemLMPostNormDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
         self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.residual_multiplier = config.residual_multiplier
 
     def forward(self, hidden_states: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
-        hidden_states = hidden_states + self.post_attention_layernorm(self.mixer(hidden_states, inputs))
-        return hidden_states + self.post_feedforward_layernorm(self.mlp(hidden_states))
+        r = self.residual_multiplier
+        hidden_states = hidden_states + self.post_attention_layernorm(self.mixer(hidden_states, inputs)) * r
+        return hidden_states + self.post_feedforward_layernorm(self.mlp(hidden_states)) * r
 
 
 DECODER_LAYERS = {"pre": MemLMDecoderLayer, "post": MemLMPostNormDecoderLayer}  # by config.norm_placement
@@ -179,6 +184,7 @@ class MemLMModel(MemLMPreTrainedModel):
             use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds * self.config.embedding_multiplier  # Granite's; 1 otherwise
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         elif not use_cache:
@@ -301,7 +307,7 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep])
+        logits = self.lm_head(hidden_states[:, keep]) / self.config.logits_scaling  # Granite's; 1 otherwise
         loss = None
         if labels is not None and self.config.prefix_lm_objective:
             if prefix_length is None or logits.shape[1] != labels.shape[1]:

@@ -15,10 +15,12 @@ from memlm.ops.prefix_linear_attention import (
     recurrent_prefix_linear_attention,
 )
 from memlm.ops.sliding_window_attention import chunk_sliding_window_attention, naive_sliding_window_attention
+from memlm.ops.ssd import chunk_ssd, naive_ssd, recurrent_ssd
 
 __all__ = [
     "chunk_based", "chunk_gated_delta_rule", "chunk_gla", "chunk_neural_memory", "chunk_prefix_linear_attention",
     "chunk_sliding_window_attention", "naive_based", "naive_gated_delta_rule", "naive_gla", "naive_neural_memory",
     "naive_prefix_linear_attention", "naive_sliding_window_attention", "recurrent_based", "recurrent_gated_delta_rule",
     "recurrent_gla", "recurrent_neural_memory", "recurrent_prefix_linear_attention", "taylor_feature_map",
+    "chunk_ssd", "naive_ssd", "recurrent_ssd",
 ]

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import memlm  # noqa: F401  (registers memlm with the Auto classes)
 from memlm.convert import ConversionError, convert, from_pretrained
+from tests.convert.sources import assert_matches_transformers, relative_error
 
 pytestmark = pytest.mark.skipif(not hasattr(transformers, "OlmoHybridForCausalLM"),
                                 reason="this transformers has no OLMo Hybrid (models/olmo_hybrid)")
@@ -37,10 +38,6 @@ def tiny_olmo_hybrid(directory, rope: bool, **overrides):
     return model
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
 @pytest.mark.parametrize("rope", [True, False], ids=["rope", "nope"])
 def test_converted_model_matches_transformers(tmp_path, rope):
     reference = tiny_olmo_hybrid(tmp_path / "olmo", rope)
@@ -48,28 +45,7 @@ def test_converted_model_matches_transformers(tmp_path, rope):
     assert model.config.position_embedding_type == ("rope" if rope else "nope")
     assert model.config.mixer_types == ["gated_deltanet", "full_attention", "gated_deltanet", "full_attention"]
 
-    ids = torch.randint(2, 97, (2, 11))
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0  # left padding
-    ids[1, :4] = 0
-    with torch.no_grad():
-        expected = reference(ids, attention_mask=mask).logits
-        actual = model(ids, attention_mask=mask).logits
-    real = mask.bool()
-    assert relative_error(actual[real], expected[real]) < 1e-4
-
-    generate = dict(attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0,
-                    return_dict_in_generate=True, output_logits=True)
-    theirs = reference.generate(ids, **generate)
-    ours = model.generate(ids, **generate)
-    assert ours.sequences.shape[1] == ids.shape[1] + 20
-    assert torch.equal(ours.sequences, theirs.sequences)
-    # every cached decoding step's logits (the first is the prefill) against transformers' cached steps
-    for step, (mine, other) in enumerate(zip(ours.logits, theirs.logits, strict=True)):
-        assert relative_error(mine, other) < 1e-4, step
-    uncached = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0,
-                              use_cache=False)
-    assert torch.equal(uncached, ours.sequences)
+    assert_matches_transformers(model, reference, 97)
 
 
 def test_convert_writes_a_checkpoint_the_auto_classes_load(tmp_path):

@@ -23,6 +23,8 @@ VARIANTS = {
     "based-3:1": dict(linear_attn_type="based", hybrid_ratio="3:1", linear_key_head_dim=8),
     "gla-3:1": dict(linear_attn_type="gla", hybrid_ratio="3:1", gla_gate_low_rank_dim=4),
     "deltanet-3:1": dict(linear_attn_type="deltanet", hybrid_ratio="3:1"),
+    "mamba2-3:1": dict(linear_attn_type="mamba2", hybrid_ratio="3:1", mamba_head_dim=8, mamba_d_state=6,
+                       mamba_n_groups=2),
     "gdn-all-linear": dict(hybrid_ratio="1:0"),
     "all-attention": dict(hybrid_ratio="0:1"),
     "gdn-gqa-sliding": dict(
@@ -44,6 +46,11 @@ VARIANTS = {
         layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"], sliding_window=5,
         head_dim=16, num_key_value_heads=2, attention_output_gate=True, attention_qk_norm="head",
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    ),
+    "granite-options": dict(
+        layer_types=["linear_attention", "full_attention"] * 2, linear_attn_type="mamba2", mamba_head_dim=8,
+        mamba_d_state=6, position_embedding_type="nope", embedding_multiplier=2.0, residual_multiplier=0.5,
+        attention_multiplier=0.1, logits_scaling=3.0,
     ),
     "olmo-hybrid-options": dict(
         layer_types=["linear_attention", "full_attention"] * 2, num_key_value_heads=2, attention_qk_norm="all",
@@ -158,7 +165,7 @@ def test_tied_embeddings_share_weights(tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "mamba2-3:1"])
 def test_gradient_checkpointing_gives_same_gradients(variant):
     model = tiny_model(**VARIANTS[variant]).train()
     ids = torch.randint(1, 61, (2, 30))
@@ -172,7 +179,8 @@ def test_gradient_checkpointing_gives_same_gradients(variant):
         torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1", "jrt-rnn", "gla-3:1", "deltanet-3:1"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1", "jrt-rnn", "gla-3:1", "deltanet-3:1",
+                                     "mamba2-3:1"])
 def test_packed_documents_match_separate_forwards(variant):
     model = tiny_model(**VARIANTS[variant])
     docs = [torch.randint(1, 61, (1, n)) for n in (13, 70, 5)]
@@ -188,7 +196,7 @@ def test_packed_documents_match_separate_forwards(variant):
             start += doc.shape[1]
 
 
-@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag"])
+@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag", "granite-options"])
 def test_packed_rows_match_documents_alone(variant):
     """Training batches: [B, T] rows of packed documents, offsets over the rows read one after the other."""
     model = tiny_model(**VARIANTS[variant])

@@ -32,6 +32,9 @@ def test_supported_hybrids_pass():
     (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="gla"), "cannot serve the mixers ['gla']"),
     (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="deltanet", deltanet_use_gate=True),
      "cannot serve the mixers ['deltanet']"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="mamba2"), "cannot serve the mixers ['mamba2']"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", embedding_multiplier=2.0, attention_multiplier=0.1),
+     "cannot serve Granite's multipliers {'embedding_multiplier': 2.0, 'attention_multiplier': 0.1}"),
 ])
 def test_unsupported_layers_are_named(config, message):
     with pytest.raises(UnsupportedLayerError, match=re.escape(message)):

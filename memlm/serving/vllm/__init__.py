@@ -37,6 +37,15 @@ def check_supported_layers(config) -> None:
             f"vLLM has no layer for them; supported: {sorted(SUPPORTED_MIXERS)}. Serve this model with "
             "transformers (model.generate) instead."
         )
+    multipliers = {name: getattr(config, name) for name, default in (
+        ("embedding_multiplier", 1.0), ("residual_multiplier", 1.0), ("attention_multiplier", None),
+        ("logits_scaling", 1.0)) if getattr(config, name) != default}
+    if multipliers:
+        raise UnsupportedLayerError(
+            f"memlm's vLLM model cannot serve Granite's multipliers {multipliers}: its layers have none; allowed: "
+            "the defaults (1.0, and attention_multiplier None). Serve this model with transformers "
+            "(model.generate) instead."
+        )
     if "gated_deltanet" not in config.mixer_types:
         return
     options = {"linear_allow_neg_eigval": config.linear_allow_neg_eigval}

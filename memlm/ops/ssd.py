@@ -1,0 +1,143 @@
+"""Mamba-2's state-space duality (SSD, Dao & Gu, arXiv 2405.21060), chunkwise and token by token.
+
+Per head ``h`` (of ``H``; B and C are shared by the ``H / G`` heads of each of ``G`` groups), with a state ``h_t``
+of shape ``[d_state, head_dim]`` and a scalar decay per head and token:
+
+    a_t = exp(dt_t * A)                       A < 0, dt_t >= 0 (the layer's softplus(dt + dt_bias), clamped)  (1)
+    h_t = a_t h_{t-1} + dt_t B_t x_t^T                                                                        (2)
+    y_t = h_t^T C_t + D x_t                                                                                   (3)
+
+This is linear attention with a scalar decay: queries ``C``, keys ``dt * B``, values ``x``, log decay
+``g = dt * A``. Inside a chunk with ``G_i = g_1 + ... + g_i`` and ``Gamma_ij = exp(G_i - G_j)`` (j <= i, else 0):
+
+    Y  = (C * exp(G)) S + ((C (dt B)^T) * Gamma) X + D X                                                      (4)
+    S' = exp(G_C) S + (dt B * exp(G_C - G))^T X                                                               (5)
+
+``C B^T`` is formed once per group of heads sharing B and C. Only (5) runs sequentially over chunks
+(:func:`memlm.ops.common.scan.scan_chunks`); every exponent is <= 0, so strong decay cannot overflow.
+:func:`chunk_ssd` (training, prefill) computes (4)-(5), :func:`recurrent_ssd`
+(decoding) and :func:`naive_ssd` (the reference) compute (1)-(3) token by token. The state is laid out
+``[N, H, d_state, head_dim]`` (keys first, as every memlm op); transformers' Mamba-2 cache holds its transpose.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memlm.ops.common.checks import check_linear_inputs
+from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.recurrent import recurrent_scan
+from memlm.ops.common.scan import scan_chunks
+
+
+def _checked_group(op: str, x, dt, A, B, C, D, initial_state, cu_seqlens) -> int:
+    """Validate the arguments of ``op`` (ValueError naming the bad one) and return the heads per group."""
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be [B, T, H, head_dim], got shape {tuple(x.shape)}")
+    batch, seq_len, heads, _ = x.shape
+    if B.dim() != 4 or B.shape[:2] != x.shape[:2] or B.shape[2] == 0 or heads % B.shape[2]:
+        raise ValueError(f"{op}: B must be [B, T, G, d_state] with B, T = {tuple(x.shape[:2])} and G dividing "
+                         f"H = {heads}, got {tuple(B.shape)}")
+    if C.shape != B.shape:
+        raise ValueError(f"{op}: C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}")
+    if tuple(A.shape) != (heads,):
+        raise ValueError(f"{op}: A must have shape ({heads},) (one per head), got {tuple(A.shape)}")
+    if D is not None and tuple(D.shape) != (heads,):
+        raise ValueError(f"{op}: D must be None or have shape ({heads},), got {tuple(D.shape)}")
+    per_head = B.new_zeros(()).expand(batch, seq_len, heads, B.shape[-1])  # the shape B and C take per head
+    check_linear_inputs(op, per_head, per_head, x, {"dt": (dt, (batch, seq_len, heads))}, initial_state, cu_seqlens)
+    return heads // B.shape[2]
+
+
+def _skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+    """``y + D x`` (equation (3)'s skip) in fp32, returned in x's dtype."""
+    y = y.float() if D is None else y.float() + D.float()[:, None] * x.float()
+    return y.to(x.dtype)
+
+
+def chunk_ssd(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The SSD scan over a whole sequence, chunk by chunk (training and prefill): per chunk, (4)-(5),
+
+        Y = (C * exp(G)) S + ((C (dt B)^T) * Gamma) X + D X,   S' = exp(G_C) S + (dt B * exp(G_C - G))^T X
+
+    Args:
+        x: ``[B, T, H, head_dim]``.
+        dt: ``[B, T, H]`` time steps (>= 0; the layer applies softplus, ``dt_bias`` and the limits).
+        A: ``[H]`` (< 0; the layer's ``-exp(A_log)``).
+        B, C: ``[B, T, G, d_state]``, G dividing H (head h reads group ``h // (H / G)``).
+        D: ``[H]`` skip weights, or None.
+        initial_state: ``[N, H, d_state, head_dim]``, N = B, or the number of documents with ``cu_seqlens``.
+        output_final_state: also return the state after the last token of each sequence.
+        cu_seqlens: ``[N + 1]`` offsets of packed documents in a batch of one row.
+        chunk_size: tokens per chunk.
+
+    Returns:
+        ``y`` ``[B, T, H, head_dim]`` in x's dtype, and ``final_state`` ``[N, H, d_state, head_dim]`` (fp32) or None.
+    """
+    group = _checked_group("chunk_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+    layout = ChunkLayout(x.shape[0], x.shape[1], chunk_size, cu_seqlens, x.device)
+    c_c, b_c = to_chunks(C, layout), to_chunks(B, layout)  # per group, [B, G, N, C, d_state]
+    v_c, dt_c = to_chunks(x, layout), to_chunks(dt, layout)  # per head, [B, H, N, C, head_dim] and [B, H, N, C]
+    log_decay = (dt_c * A.float()[:, None, None]).cumsum(-1)  # G, [B, H, N, C]
+    size = layout.chunk_size
+    upper = torch.ones(size, size, dtype=torch.bool, device=x.device).triu(1)
+    gamma = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
+    # (C (dt B)^T) * Gamma, with C B^T formed once per group and dt applied per head
+    scores = (c_c @ b_c.transpose(-1, -2)).repeat_interleave(group, dim=1) * gamma * dt_c[..., None, :]
+    weights_to_end = dt_c * (log_decay[..., -1:] - log_decay).exp()
+    k_to_end = (b_c.repeat_interleave(group, dim=1) * weights_to_end[..., None]).transpose(-1, -2)
+    chunk_decay = log_decay[..., -1].exp()[..., None, None]
+    states, _, final_state = scan_chunks(v_c, None, k_to_end, chunk_decay, initial_state, layout)  # (5)
+    grouped = states.unflatten(1, (-1, group))  # [B, G, H / G, N, d_state, head_dim]
+    carried = (c_c[:, :, None] @ grouped).flatten(1, 2) * log_decay.exp()[..., None]
+    y = carried + scores @ v_c  # (4)
+    return _skip(from_chunks(y, layout), x, D), final_state if output_final_state else None
+
+
+def recurrent_ssd(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The SSD recurrence token by token (decoding), equations (1)-(3):
+
+        h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T,   y_t = h_t^T C_t + D x_t
+
+    Same arguments and returns as :func:`chunk_ssd` (without ``chunk_size``); one token is one step.
+    """
+    return naive_ssd(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens)
+
+
+def naive_ssd(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference: equations (1)-(3) token by token in fp32 torch,
+
+        h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T,   y_t = h_t^T C_t + D x_t
+
+    Same arguments and returns as :func:`recurrent_ssd`.
+    """
+    group = _checked_group("naive_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+    dt = dt.float()
+    q, k = C.repeat_interleave(group, dim=2), B.float().repeat_interleave(group, dim=2) * dt[..., None]
+    g = dt * A.float()
+
+    def step(state, k_t, x_t, g_t):
+        return state * g_t.exp()[..., None, None] + k_t[..., None] * x_t[..., None, :]  # (1)-(2)
+
+    y, final_state = recurrent_scan(step, q, (k, x, g), x.shape[-1], 1.0, initial_state, output_final_state,
+                                    cu_seqlens)
+    return _skip(y, x, D), final_state
