@@ -5,6 +5,7 @@ from memlm.layers.based import BasedLinearAttention
 from memlm.layers.gated_conv import ShortGatedConvolution
 from memlm.layers.gated_deltanet import GatedDeltaNet
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
+from memlm.layers.kda import KimiDeltaAttention
 from memlm.layers.memory_cache import MemoryCacheLayer
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.neural_memory import NeuralMemory
@@ -22,6 +23,7 @@ __all__ = [
     "ForgetLowerBounds",
     "GatedDeltaNet",
     "GatedRMSNorm",
+    "KimiDeltaAttention",
     "MemoryAsContext",
     "MemoryAsGate",
     "MemoryCacheLayer",

@@ -20,6 +20,7 @@ def skip_where_transformers_generate_is_broken(model, left_padded=False):
 VARIANTS = {
     "gdn-3:1": dict(linear_attn_type="gated_deltanet", hybrid_ratio="3:1"),
     "hgrn2-3:1": dict(linear_attn_type="hgrn2", hybrid_ratio="3:1"),
+    "kda-3:1": dict(linear_attn_type="kda", hybrid_ratio="3:1", linear_num_value_heads=8, linear_value_head_dim=4),
     "based-3:1": dict(linear_attn_type="based", hybrid_ratio="3:1", linear_key_head_dim=8),
     "gdn-all-linear": dict(hybrid_ratio="1:0"),
     "all-attention": dict(hybrid_ratio="0:1"),
@@ -156,7 +157,7 @@ def test_tied_embeddings_share_weights(tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "kda-3:1"])
 def test_gradient_checkpointing_gives_same_gradients(variant):
     model = tiny_model(**VARIANTS[variant]).train()
     ids = torch.randint(1, 61, (2, 30))
@@ -170,7 +171,7 @@ def test_gradient_checkpointing_gives_same_gradients(variant):
         torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1", "jrt-rnn"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "kda-3:1", "based-3:1", "jrt-rnn"])
 def test_packed_documents_match_separate_forwards(variant):
     model = tiny_model(**VARIANTS[variant])
     docs = [torch.randint(1, 61, (1, n)) for n in (13, 70, 5)]
