@@ -7,6 +7,7 @@ from memlm.layers.gated_deltanet import GatedDeltaNet
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
 from memlm.layers.kda import KimiDeltaAttention
 from memlm.layers.memory_cache import MemoryCacheLayer
+from memlm.layers.mla import MultiHeadLatentAttention
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.neural_memory import NeuralMemory
 from memlm.layers.norm import GatedRMSNorm, RMSNorm
@@ -28,6 +29,7 @@ __all__ = [
     "MemoryAsGate",
     "MemoryCacheLayer",
     "MemoryLayer",
+    "MultiHeadLatentAttention",
     "NeuralMemory",
     "PrefixLinearAttention",
     "RMSNorm",

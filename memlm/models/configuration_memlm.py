@@ -26,7 +26,8 @@ from memlm.models.layer_pattern import hybrid_layer_types
 QK_NORMS = (None, "head", "all")
 POSITION_EMBEDDINGS = ("rope", "nope")
 NORM_PLACEMENTS = ("pre", "post")
-ROTARY_MIXERS = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context")  # the mixers whose attention rotates
+# the mixers whose attention rotates
+ROTARY_MIXERS = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context", "mla")
 
 
 class MemLMConfig(PreTrainedConfig):
@@ -88,6 +89,18 @@ class MemLMConfig(PreTrainedConfig):
             ``allow_neg_eigval``, OLMo Hybrid), so ``I - beta k k^T`` may have a negative eigenvalue.
         linear_norm_eps (`float` or None): eps of GatedDeltaNet's gated output norm (None: ``rms_norm_eps``;
             OLMo Hybrid: 1e-5).
+        ``"kda"`` layers (Kimi Delta Attention) read the ``linear_*`` head fields and ``linear_conv_kernel_dim``;
+        the ranks of their forget and output gates are ``linear_value_head_dim`` (Kimi Linear's ``head_dim``).
+
+    Multi-head Latent Attention (``"mla"`` layers, a ``"full_attention"`` mixer; DeepSeek-V2/V3, Kimi Linear):
+        mla_q_lora_rank (`int` or None): rank of the query's low-rank path ``q_b_proj(norm(q_a_proj(x)))``
+            (None, the default: one ``q_proj``).
+        mla_kv_lora_rank: width of the compressed key/value latent the cache keeps (default ``4 * head_dim``).
+        mla_qk_nope_head_dim / mla_v_head_dim: per-head key channels without RoPE and value width (default
+            ``head_dim``).
+        mla_qk_rope_head_dim: key/query channels with RoPE, one key part shared by all heads (default
+            ``head_dim``; with ``position_embedding_type="rope"`` it must equal the rotary width).
+        The attention options (output gate, q/k norm) do not apply to ``"mla"`` layers.
         The attention options apply to the ``"full_attention"`` / ``"sliding_attention"`` layers; the attention
         inside the ``"memory_as_gate"`` / ``"memory_as_context"`` layers has none of them (a config combining them
         is refused), but follows the partial rotary factor.
@@ -149,6 +162,11 @@ class MemLMConfig(PreTrainedConfig):
     linear_conv_kernel_dim: int = 4
     linear_allow_neg_eigval: bool = False
     linear_norm_eps: float | None = None
+    mla_q_lora_rank: int | None = None
+    mla_kv_lora_rank: int | None = None
+    mla_qk_nope_head_dim: int | None = None
+    mla_qk_rope_head_dim: int | None = None
+    mla_v_head_dim: int | None = None
     memory_preset: str = "titans"
     memory_rule: dict | None = None
     memory_chunk_size: int = 64
@@ -205,7 +223,9 @@ class MemLMConfig(PreTrainedConfig):
         for name, default in (
             ("linear_num_value_heads", self.linear_num_key_heads), ("linear_key_head_dim", self.head_dim),
             ("linear_value_head_dim", self.head_dim), ("memory_num_heads", self.num_attention_heads),
-            ("memory_head_dim", self.head_dim),
+            ("memory_head_dim", self.head_dim), ("mla_kv_lora_rank", 4 * self.head_dim),
+            ("mla_qk_nope_head_dim", self.head_dim), ("mla_qk_rope_head_dim", self.head_dim),
+            ("mla_v_head_dim", self.head_dim),
         ):
             if getattr(self, name) is None:
                 setattr(self, name, default)
@@ -266,7 +286,10 @@ class MemLMConfig(PreTrainedConfig):
         _check_positive(
             self, "head_dim", "intermediate_size", "num_key_value_heads", "linear_num_key_heads",
             "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim",
+            "mla_kv_lora_rank", "mla_qk_nope_head_dim", "mla_qk_rope_head_dim", "mla_v_head_dim",
         )
+        if self.mla_q_lora_rank is not None:
+            _check_positive(self, "mla_q_lora_rank")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}: "
@@ -331,6 +354,11 @@ class MemLMConfig(PreTrainedConfig):
         options = {name: getattr(self, name) for name, default in (
             ("attention_output_gate", False), ("attention_qk_norm", None), ("position_embedding_type", "rope"),
         ) if getattr(self, name) != default}
+        mla_options = {name: getattr(self, name) for name in ("attention_output_gate", "attention_qk_norm")
+                       if getattr(self, name) not in (False, None)}
+        if "mla" in self.mixer_types and mla_options:
+            raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in mla_options.items())} is not allowed with mla "
+                             "layers: Multi-head Latent Attention has no output gate or q/k norm")
         if memory_attention and options:
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in options.items())} is not allowed with the memory "
                              f"layers {memory_attention}: these options apply to the full_attention and "
@@ -356,6 +384,11 @@ class MemLMConfig(PreTrainedConfig):
             raise ValueError(f"head_dim={self.head_dim} is not allowed: the rotary embedding rotates pairs of "
                              f"channels, so int(head_dim * partial_rotary_factor) (= {rotary_dim} with "
                              f"partial_rotary_factor={factor!r}) must be even and > 0")
+        if "mla" in self.mixer_types and self.mla_qk_rope_head_dim != rotary_dim:
+            raise ValueError(f"mla_qk_rope_head_dim={self.mla_qk_rope_head_dim} is not allowed with RoPE: the mla "
+                             f"layers rotate their qk_rope_head_dim channels, so it must equal the rotary width "
+                             f"int(head_dim * partial_rotary_factor) = {rotary_dim} (set head_dim to it, as "
+                             "DeepSeek and Kimi configs do, or position_embedding_type='nope')")
 
     def _validate_memory(self) -> None:
         """Memory fields are checked whether or not a memory layer is present (a config must stay loadable)."""

@@ -21,6 +21,9 @@ VARIANTS = {
     "gdn-3:1": dict(linear_attn_type="gated_deltanet", hybrid_ratio="3:1"),
     "hgrn2-3:1": dict(linear_attn_type="hgrn2", hybrid_ratio="3:1"),
     "kda-3:1": dict(linear_attn_type="kda", hybrid_ratio="3:1", linear_num_value_heads=8, linear_value_head_dim=4),
+    # Kimi Linear's layers: KDA and Multi-head Latent Attention (here with RoPE on its 4 rope channels, low-rank q)
+    "kda-mla": dict(mixer_types=["kda", "mla"] * 2, head_dim=4, mla_qk_nope_head_dim=8, mla_v_head_dim=6,
+                    mla_kv_lora_rank=12, mla_q_lora_rank=10),
     "based-3:1": dict(linear_attn_type="based", hybrid_ratio="3:1", linear_key_head_dim=8),
     "gdn-all-linear": dict(hybrid_ratio="1:0"),
     "all-attention": dict(hybrid_ratio="0:1"),
@@ -187,7 +190,7 @@ def test_packed_documents_match_separate_forwards(variant):
             start += doc.shape[1]
 
 
-@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag"])
+@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag", "kda-mla"])
 def test_packed_rows_match_documents_alone(variant):
     """Training batches: [B, T] rows of packed documents, offsets over the rows read one after the other."""
     model = tiny_model(**VARIANTS[variant])
