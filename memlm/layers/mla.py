@@ -4,7 +4,7 @@ and DeepSeek-V2/V3 have it, with its compressed cache.
     q            = W_q x                       or  W_qb RMSNorm(W_qa x)            (mla_q_lora_rank set)
     [c; k_rope]  = W_kva x                     c: the kv_lora_rank-wide latent, k_rope: qk_rope_head_dim wide,
                                                one for all heads
-    c            = RMSNorm(c)                  the cache keeps c and k_rope per token (kv_lora_rank +
+    c            = RMSNorm(c)  (eps 1e-6)      the cache keeps c and k_rope per token (kv_lora_rank +
                                                qk_rope_head_dim numbers instead of 2 * H * head widths)
     [k_nope; v]  = W_kvb c                     per head, qk_nope_head_dim and v_head_dim wide
     q_h, k_h     = [q_nope; RoPE(q_rope)], [k_nope; RoPE(k_rope)]   no RoPE with position_embedding_type="nope"
@@ -59,10 +59,10 @@ class MultiHeadLatentAttention(nn.Module):
             self.q_proj = nn.Linear(hidden, query_width, bias=False)
         else:
             self.q_a_proj = nn.Linear(hidden, self.q_lora_rank, bias=bias)
-            self.q_a_layernorm = RMSNorm(self.q_lora_rank, eps=config.rms_norm_eps)
+            self.q_a_layernorm = RMSNorm(self.q_lora_rank)  # eps 1e-6, as DeepSeek-V3 and Kimi Linear
             self.q_b_proj = nn.Linear(self.q_lora_rank, query_width, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(hidden, self.kv_lora_rank + self.rope_dim, bias=bias)
-        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, eps=config.rms_norm_eps)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank)
         self.kv_b_proj = nn.Linear(self.kv_lora_rank, self.num_heads * (self.nope_dim + self.v_head_dim), bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.v_head_dim, hidden, bias=bias)
 
