@@ -43,8 +43,8 @@ class MemLMConfig(PreTrainedConfig):
             and vLLM read): ``"full_attention"``, ``"sliding_attention"``, ``"linear_attention"`` or ``"conv"``.
             If omitted it is built from ``hybrid_ratio``.
         mixer_types (`list[str]`): per layer, the registered mixer (:mod:`memlm.layers.registry`):
-            ``"full_attention"``, ``"sliding_attention"``, the linear mixers ``"gated_deltanet"``, ``"hgrn2"``,
-            ``"based"``, the Titans memories ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
+            ``"full_attention"``, ``"sliding_attention"``, ``"mla"``, the linear mixers ``"gated_deltanet"``, ``"hgrn2"``,
+            ``"based"``, ``"kda"``, the Titans memories ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
             ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer type is fixed by the registry. If
             omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
             ``linear_attn_type``, ``"conv"`` layers ``"conv"``. The config stores each mixer's registry type
@@ -53,8 +53,8 @@ class MemLMConfig(PreTrainedConfig):
             configs before ``mixer_types`` existed) is read as that mixer with its layer type.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
         linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers whose mixer is not given:
-            ``"gated_deltanet"``, ``"hgrn2"`` or ``"based"`` (Based linear attention; its feature dimension is
-            ``linear_key_head_dim``, 16 in the paper).
+            ``"gated_deltanet"``, ``"hgrn2"``, ``"kda"`` or ``"based"`` (Based linear attention; its feature
+            dimension is ``linear_key_head_dim``, 16 in the paper).
 
     Linear mixers (each defaults from the attention fields, so a config with only standard fields builds):
         linear_num_key_heads: q/k heads (default ``num_attention_heads``).
