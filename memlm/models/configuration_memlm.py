@@ -43,9 +43,10 @@ class MemLMConfig(PreTrainedConfig):
             and vLLM read): ``"full_attention"``, ``"sliding_attention"``, ``"linear_attention"`` or ``"conv"``.
             If omitted it is built from ``hybrid_ratio``.
         mixer_types (`list[str]`): per layer, the registered mixer (:mod:`memlm.layers.registry`):
-            ``"full_attention"``, ``"sliding_attention"``, ``"mla"``, the linear mixers ``"gated_deltanet"``, ``"hgrn2"``,
-            ``"based"``, ``"kda"``, the Titans memories ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
-            ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer type is fixed by the registry. If
+            ``"full_attention"``, ``"sliding_attention"``, ``"mla"``, the linear mixers ``"gated_deltanet"``,
+            ``"hgrn2"``, ``"based"``, ``"kda"``, the Titans memories ``"memory"``, ``"memory_as_gate"``,
+            ``"memory_as_context"``, JRT-RNN's ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer
+            type is fixed by the registry. If
             omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
             ``linear_attn_type``, ``"conv"`` layers ``"conv"``. The config stores each mixer's registry type
             (``"conv"`` is stored as ``"linear_attention"``: transformers' cache treats both alike, and
