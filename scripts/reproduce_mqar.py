@@ -2,7 +2,8 @@
 
 Trains one model per (architecture, number of key-value pairs, learning rate) with everything but the
 mixers identical (width, layers, steps, data, seeds; see :mod:`harness.architectures`, which also
-offers ``Based`` and ``JRT-RNN`` for ``--architectures``), evaluates MQAR accuracy on
+offers ``Based``, ``JRT-RNN`` and 3:1 hybrids of the other linear mixers, ``3:1 GLA`` and ``3:1 DeltaNet``, for
+``--architectures``), evaluates MQAR accuracy on
 held-out rows, and writes a markdown table of the best learning rate per cell (Zoology's protocol: each
 architecture at its best learning rate of the sweep), the whole sweep, and a plot::
 
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MARKERS = "os^Dv"
+MARKERS = "os^Dvp*Xh<>"  # cycled: every architecture gets a line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -140,7 +141,8 @@ def plot(args, results: dict, path: str) -> None:
 
     best = best_per_cell(results)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, marker in zip(args.architectures, MARKERS, strict=False):
+    for i, name in enumerate(args.architectures):
+        marker = MARKERS[i % len(MARKERS)]
         kvs = [kv for kv in args.kv_pairs if (name, kv) in best]
         ax.plot(kvs, [best[(name, kv)]["acc"] for kv in kvs], marker=marker, label=name)
     ax.set_xscale("log", base=2)
@@ -177,8 +179,8 @@ Setup: hidden {args.hidden_size}, intermediate {2 * args.hidden_size}, {args.lay
 seq_len {args.seq_len}, vocab {args.vocab_size}, {training_rows(args)}, {args.steps} steps of
 batch {args.batch_size}, AdamW (weight decay 0.1) with a cosine schedule at each learning rate of [{lrs}],
 seed {args.seed}; MQAR accuracy on {args.eval_examples} held-out rows. Only the mixers differ
-(`scripts/harness/architectures.py`: attention "0:1", hybrid "3:1", all-GDN "1:0"; Based and JRT-RNN with a
-sliding window of {args.window} tokens and feature dimension 16).
+(`scripts/harness/architectures.py`: attention "0:1", hybrid "3:1", all-GDN "1:0", the other linear mixers "3:1";
+Based and JRT-RNN with a sliding window of {args.window} tokens and feature dimension 16).
 
 Machine: {machine}. Total wall time {total_seconds / 60:.1f} min ({args.jobs} runs at a time).
 

@@ -1,6 +1,7 @@
-"""fla-format checkpoints (flash-linear-attention's ``gated_deltanet`` and ``hgrn2`` model types) as memlm models.
+"""fla-format checkpoints (flash-linear-attention's ``gated_deltanet``, ``hgrn2``, ``gla`` and ``delta_net`` model
+types) as memlm models.
 
-fla's models are pre-norm stacks (fla-core 0.6: ``fla/models/{gated_deltanet,hgrn2}/``)::
+fla's models are pre-norm stacks (fla-core 0.6: ``fla/models/{gated_deltanet,hgrn2,gla,delta_net}/``)::
 
     h = x + mixer(attn_norm(x)),   y = h + GatedMLP(mlp_norm(h)),   logits = lm_head(norm(y_L))
 
@@ -21,11 +22,16 @@ Name map (``model.layers.N.`` on both sides; memlm's mixer is ``mixer``)::
         o_proj -> out_proj
     HGRN-2: attn.{q,f,i}_proj, g_norm, o_proj -> mixer.{same}; model.lower_bounds -> model.forget_lower_bounds
         (re-parametrized: :func:`hgrn2_lower_bounds`)
+    GLA: attn.{q,k,v,g,o}_proj, gk_proj.{0,1}, g_norm_swish_gate (or g_norm, fuse_norm=false) -> mixer.{same}
+        (the norm as mixer.g_norm_swish_gate)
+    DeltaNet: attn.{q,k,v,b,g,o}_proj, o_norm -> mixer.{same}; attn.{q,k,v}_conv1d -> mixer.conv.conv1d (q|k|v)
 
 What memlm cannot represent raises :class:`ConversionError` naming the field: an ungated or conv-less
 GatedDeltaNet (``use_gate``, ``use_short_conv``), a sigmoid output gate, attention residuals
 (``attnres_block_size``), ``powlu`` MLPs, q/k norms in the attention (``attn.qk_norm``), HGRN-2's short convs or
-missing lower bounds, an attention layer 0 before HGRN-2 layers, and any config key this importer does not know.
+missing lower bounds, an attention layer 0 before HGRN-2 layers, GLA's grouped k/v heads, feature map, short convs,
+clamp or missing output gate, DeltaNet without short convs or beta or with another q/k activation or norm, and any
+config key this importer does not know.
 """
 
 from __future__ import annotations
@@ -316,4 +322,112 @@ class FlaHGRN2Importer(FlaImporter):
         # fla's elementwise_affine=false leaves g_norm without a weight: memlm's weight of ones is the same norm
         norm = src + "g_norm.weight"
         state[dst + "g_norm.weight"] = take(tensors, norm) if norm in tensors else torch.ones(config.hidden_size)
+        return state
+
+
+def expanded_dim(source: dict, where: str, field: str, default: float, heads) -> int:
+    """fla's ``round(hidden_size * expand)`` (``expand_k`` / ``expand_v``), refused unless it is an integer that
+    ``heads`` divides (fla asserts both)."""
+    hidden, ratio = source.get("hidden_size"), source.get(field, default)
+    dim = hidden * ratio if isinstance(hidden, int) and isinstance(ratio, int | float) else None
+    if dim is None or dim != int(dim) or not isinstance(heads, int) or heads <= 0 or int(dim) % heads:
+        raise refuse(where, field, ratio, f"a ratio making hidden_size={hidden} * {field} an integer divisible by "
+                     f"num_heads={heads}")
+    return int(dim)
+
+
+def heads_fields(source: dict, where: str, heads: int, expand_k: float, expand_v: float) -> dict:
+    """The ``linear_*`` head fields of fla's GLA / DeltaNet (``num_heads`` heads of ``hidden * expand / heads``)."""
+    key_dim = expanded_dim(source, where, "expand_k", expand_k, heads)
+    value_dim = expanded_dim(source, where, "expand_v", expand_v, heads)
+    fields = {
+        "linear_num_key_heads": heads, "linear_num_value_heads": heads, "linear_key_head_dim": key_dim // heads,
+        "linear_value_head_dim": value_dim // heads, "linear_norm_eps": source.get("norm_eps", 1e-6),
+    }
+    if source.get("attn") is None:  # no attention layer: the attention fields only need to be valid
+        fields.update(num_attention_heads=heads, head_dim=source["hidden_size"] // heads)
+    return fields
+
+
+def refuse_unless(source: dict, where: str, expected: dict[str, object], why: str) -> None:
+    """Refuse each field of ``expected`` (field -> fla's default) whose value differs: memlm builds only ``why``."""
+    for field, default in expected.items():
+        if source.get(field, default) != default:
+            raise refuse(where, field, source[field], f"{default!r} ({why})")
+
+
+@register_importer("gla")
+class FlaGLAImporter(FlaImporter):
+    """fla's ``GLAForCausalLM`` (``fla/layers/gla.py``): ``num_heads`` heads of key width ``hidden * expand_k /
+    num_heads`` and value width ``hidden * expand_v / num_heads``, decay ``logsigmoid(gk_proj(x)) / 16`` through a
+    rank-16 ``gk_proj`` (both constants of fla's model), swish output gate on the per-head RMSNorm (``norm_eps``;
+    ``g_norm_swish_gate`` when ``fuse_norm``, else ``g_norm``: the same function). Refused: grouped k/v heads
+    (``num_kv_heads``), a feature map, short convs, no output gate, ``clamp_min``, and the pre-0.6 gate switches
+    ``use_gk=false`` / ``use_gv=true`` (fla 0.6 reads neither; older fla's ``share_conv_kernel`` is accepted, inert
+    without short convs)."""
+
+    mixer = "gla"
+    mixer_keys = frozenset({
+        "expand_k", "expand_v", "num_heads", "num_kv_heads", "feature_map", "use_short_conv", "conv_size",
+        "use_output_gate", "clamp_min", "elementwise_affine", "use_gk", "use_gv",
+        "share_conv_kernel",  # older fla's conv layout switch: inert without short convs, which GLA must not have
+    })
+
+    def mixer_fields(self, source: dict, where: str) -> dict:
+        heads = source.get("num_heads", 4)
+        refuse_unless(source, where, {"feature_map": None, "use_short_conv": False, "use_output_gate": True,
+                                      "clamp_min": None, "use_gk": True, "use_gv": False}, "memlm's GLA")
+        if source.get("num_kv_heads") not in (None, heads):
+            raise refuse(where, "num_kv_heads", source["num_kv_heads"], f"null or num_heads={heads}")
+        return {**heads_fields(source, where, heads, 0.5, 1.0), "gla_gate_low_rank_dim": 16,
+                "gla_gate_logit_normalizer": 16.0}
+
+    def mixer_weights(self, tensors: dict, config: MemLMConfig, layer: int) -> dict[str, torch.Tensor]:
+        src, dst = f"model.layers.{layer}.attn.", f"model.layers.{layer}.mixer."
+        names = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight", "o_proj.weight",
+                 "gk_proj.0.weight", "gk_proj.1.weight", "gk_proj.1.bias")
+        state = {dst + name: take(tensors, src + name) for name in names}
+        # fla's elementwise_affine=false leaves the norm without a weight: memlm's weight of ones is the same norm
+        norm = next((src + n for n in ("g_norm_swish_gate.weight", "g_norm.weight") if src + n in tensors), None)
+        state[dst + "g_norm_swish_gate.weight"] = (
+            take(tensors, norm) if norm else torch.ones(config.linear_value_head_dim)
+        )
+        return state
+
+
+@register_importer("delta_net")
+class FlaDeltaNetImporter(FlaImporter):
+    """fla's ``DeltaNetForCausalLM`` (``fla/layers/delta_net.py``): ``num_heads`` heads of key width ``hidden *
+    expand_k / num_heads`` and value width ``hidden * expand_v / num_heads``, SiLU short convs on q, k, v, L2-normed
+    q/k, beta ``sigmoid(b_proj(x))`` (``2 sigmoid`` with ``allow_neg_eigval``), per-head output RMSNorm (``norm_eps``),
+    gated by ``SiLU(g_proj(x))`` with ``use_gate``. ``use_output_norm`` is read by no layer of fla 0.6 (``o_norm`` is
+    always there) and is ignored. Refused: no short conv, no beta, ``qk_activation`` other than ``silu``,
+    ``qk_norm`` other than ``l2``, older fla's ``share_conv_kernel=true`` (one conv over the hidden states)."""
+
+    mixer = "deltanet"
+    mixer_keys = frozenset({
+        "expand_k", "expand_v", "use_gate", "use_short_conv", "allow_neg_eigval", "conv_size", "use_beta",
+        "use_output_norm", "num_heads", "qk_norm", "qk_activation", "share_conv_kernel",
+    })
+
+    def mixer_fields(self, source: dict, where: str) -> dict:
+        # older fla's share_conv_kernel=true is one conv over the hidden states (h_conv1d), not fla 0.6's three
+        refuse_unless(source, where, {"use_short_conv": True, "use_beta": True, "qk_activation": "silu",
+                                      "qk_norm": "l2", "share_conv_kernel": False}, "memlm's DeltaNet")
+        for field in ("use_gate", "allow_neg_eigval"):
+            if not isinstance(source.get(field, False), bool):
+                raise refuse(where, field, source[field], "true or false")
+        return {
+            **heads_fields(source, where, source.get("num_heads", 16), 1.0, 1.0),
+            "linear_conv_kernel_dim": source.get("conv_size", 4),
+            "linear_allow_neg_eigval": source.get("allow_neg_eigval", False),
+            "deltanet_use_gate": source.get("use_gate", False),
+        }
+
+    def mixer_weights(self, tensors: dict, config: MemLMConfig, layer: int) -> dict[str, torch.Tensor]:
+        src, dst = f"model.layers.{layer}.attn.", f"model.layers.{layer}.mixer."
+        names = ["q_proj", "k_proj", "v_proj", "b_proj", "o_proj", "o_norm"] + (
+            ["g_proj"] if config.deltanet_use_gate else [])
+        state = {f"{dst}{n}.weight": take(tensors, f"{src}{n}.weight") for n in names}
+        state[dst + "conv.conv1d.weight"] = torch.cat([take(tensors, f"{src}{p}_conv1d.weight") for p in "qkv"])
         return state

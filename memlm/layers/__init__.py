@@ -2,8 +2,10 @@
 
 from memlm.layers.attention import Attention
 from memlm.layers.based import BasedLinearAttention
+from memlm.layers.deltanet import DeltaNet
 from memlm.layers.gated_conv import ShortGatedConvolution
 from memlm.layers.gated_deltanet import GatedDeltaNet
+from memlm.layers.gla import GatedLinearAttention
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
 from memlm.layers.kda import KimiDeltaAttention
 from memlm.layers.memory_cache import MemoryCacheLayer
@@ -21,8 +23,10 @@ __all__ = [
     "HGRN2",
     "Attention",
     "BasedLinearAttention",
+    "DeltaNet",
     "ForgetLowerBounds",
     "GatedDeltaNet",
+    "GatedLinearAttention",
     "GatedRMSNorm",
     "KimiDeltaAttention",
     "MemoryAsContext",

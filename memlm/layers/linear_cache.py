@@ -26,3 +26,15 @@ def store_recurrent_state(cache, layer_idx: int, state: torch.Tensor) -> None:
     """Keep ``state`` for the next call and mark the layer as started (also for layers without a conv state)."""
     cache.update_recurrent_state(state, layer_idx)
     cache.layers[layer_idx].has_previous_state[0] = True
+
+
+def run_rule(chunk_op, recurrent_op, tensors: tuple, state: torch.Tensor | None, cache, layer_idx: int,
+             cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """A linear layer's op over ``tensors`` (``q [B, T, H, dk]`` first, as the ops take them): ``recurrent_op`` for one
+    decoding token after a cached ``state`` (read with :func:`previous_recurrent_state` before anything updates the
+    cache), else ``chunk_op``; the final state is stored in ``cache``. Returns the op's output ``[B, T, H, dv]``."""
+    op = recurrent_op if state is not None and tensors[0].shape[1] == 1 else chunk_op
+    out, final_state = op(*tensors, initial_state=state, output_final_state=cache is not None, cu_seqlens=cu_seqlens)
+    if cache is not None:
+        store_recurrent_state(cache, layer_idx, final_state)
+    return out

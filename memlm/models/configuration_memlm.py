@@ -44,9 +44,9 @@ class MemLMConfig(PreTrainedConfig):
             If omitted it is built from ``hybrid_ratio``.
         mixer_types (`list[str]`): per layer, the registered mixer (:mod:`memlm.layers.registry`):
             ``"full_attention"``, ``"sliding_attention"``, ``"mla"``, the linear mixers ``"gated_deltanet"``,
-            ``"hgrn2"``, ``"based"``, ``"kda"``, the Titans memories ``"memory"``, ``"memory_as_gate"``,
-            ``"memory_as_context"``, JRT-RNN's ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer
-            type is fixed by the registry. If
+            ``"hgrn2"``, ``"gla"``, ``"deltanet"``, ``"kda"``, ``"based"``, the Titans memories ``"memory"``,
+            ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's ``"prefix_linear_attention"`` and ``"conv"``;
+            each mixer's layer type is fixed by the registry. If
             omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
             ``linear_attn_type``, ``"conv"`` layers ``"conv"``. The config stores each mixer's registry type
             (``"conv"`` is stored as ``"linear_attention"``: transformers' cache treats both alike, and
@@ -54,8 +54,9 @@ class MemLMConfig(PreTrainedConfig):
             configs before ``mixer_types`` existed) is read as that mixer with its layer type.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
         linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers whose mixer is not given:
-            ``"gated_deltanet"``, ``"hgrn2"``, ``"kda"`` or ``"based"`` (Based linear attention; its feature
-            dimension is ``linear_key_head_dim``, 16 in the paper).
+            ``"gated_deltanet"``, ``"hgrn2"``, ``"gla"``, ``"deltanet"``, ``"kda"`` or ``"based"`` (Based linear
+            attention; its feature dimension is ``linear_key_head_dim``, 16 in the paper): any registered linear
+            mixer.
 
     Linear mixers (each defaults from the attention fields, so a config with only standard fields builds):
         linear_num_key_heads: q/k heads (default ``num_attention_heads``).
@@ -90,8 +91,22 @@ class MemLMConfig(PreTrainedConfig):
             ``allow_neg_eigval``, OLMo Hybrid), so ``I - beta k k^T`` may have a negative eigenvalue.
         linear_norm_eps (`float` or None): eps of GatedDeltaNet's gated output norm (None: ``rms_norm_eps``;
             OLMo Hybrid: 1e-5).
-        ``"kda"`` layers (Kimi Delta Attention) read the ``linear_*`` head fields and ``linear_conv_kernel_dim``;
-        the ranks of their forget and output gates are ``linear_value_head_dim`` (Kimi Linear's ``head_dim``).
+
+    GLA and DeltaNet (``"gla"``, ``"deltanet"``: fla's layers; ``linear_num_key_heads`` heads of key width
+        ``linear_key_head_dim`` and value width ``linear_value_head_dim``, ``linear_num_value_heads`` unused;
+        output norm eps ``linear_norm_eps``; DeltaNet's conv ``linear_conv_kernel_dim`` and beta
+        ``linear_allow_neg_eigval``):
+        gla_gate_low_rank_dim (`int`): rank of GLA's decay projection ``gk_proj`` (fla: 16).
+        gla_gate_logit_normalizer (`float`): GLA's ``g = logsigmoid(gk_proj(x)) / gla_gate_logit_normalizer``
+            (fla: 16).
+        deltanet_use_gate (`bool`): DeltaNet's output ``RMSNorm(o) * SiLU(g_proj(x))`` instead of ``RMSNorm(o)``
+            (fla's ``use_gate``, default false).
+        The attention options apply to the ``"full_attention"`` / ``"sliding_attention"`` layers; the attention
+        inside the ``"memory_as_gate"`` / ``"memory_as_context"`` layers has none of them (a config combining them
+        is refused), but follows the partial rotary factor.
+
+    KDA (``"kda"``, Kimi Delta Attention): the ``linear_*`` head fields and ``linear_conv_kernel_dim``; the ranks
+        of its forget and output gates are ``linear_value_head_dim`` (Kimi Linear's ``head_dim``).
 
     Multi-head Latent Attention (``"mla"`` layers, a ``"full_attention"`` mixer; DeepSeek-V2/V3, Kimi Linear):
         mla_q_lora_rank (`int` or None): rank of the query's low-rank path ``q_b_proj(norm(q_a_proj(x)))``
@@ -102,9 +117,6 @@ class MemLMConfig(PreTrainedConfig):
         mla_qk_rope_head_dim: key/query channels with RoPE, one key part shared by all heads (default
             ``head_dim``; with ``position_embedding_type="rope"`` it must equal the rotary width).
         The attention options (output gate, q/k norm) do not apply to ``"mla"`` layers.
-        The attention options apply to the ``"full_attention"`` / ``"sliding_attention"`` layers; the attention
-        inside the ``"memory_as_gate"`` / ``"memory_as_context"`` layers has none of them (a config combining them
-        is refused), but follows the partial rotary factor.
 
     Titans / Miras memory (layer types ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``):
         memory_preset: ``"titans"``, ``"moneta"``, ``"yaad"`` or ``"memora"`` (see docs/guides/titans.md).
@@ -168,6 +180,9 @@ class MemLMConfig(PreTrainedConfig):
     mla_qk_nope_head_dim: int | None = None
     mla_qk_rope_head_dim: int | None = None
     mla_v_head_dim: int | None = None
+    gla_gate_low_rank_dim: int = 16
+    gla_gate_logit_normalizer: float = 16.0
+    deltanet_use_gate: bool = False
     memory_preset: str = "titans"
     memory_rule: dict | None = None
     memory_chunk_size: int = 64
@@ -332,12 +347,16 @@ class MemLMConfig(PreTrainedConfig):
 
     def _validate_block_options(self) -> None:
         """The per-model options of the attention layers, the decoder blocks and GatedDeltaNet."""
-        for name in ("attention_output_gate", "linear_allow_neg_eigval"):
+        for name in ("attention_output_gate", "linear_allow_neg_eigval", "deltanet_use_gate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: true or false")
         for name, allowed in (("attention_qk_norm", QK_NORMS), ("position_embedding_type", POSITION_EMBEDDINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: one of {list(allowed)}")
+        _check_positive(self, "gla_gate_low_rank_dim")
+        normalizer = self.gla_gate_logit_normalizer
+        if not (_is_number(normalizer) and math.isfinite(normalizer) and normalizer > 0):
+            raise ValueError(f"gla_gate_logit_normalizer={normalizer!r} is not allowed: a finite number > 0 (fla: 16)")
         eps = self.linear_norm_eps
         if eps is not None and not (_is_number(eps) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"linear_norm_eps={eps!r} is not allowed: None (rms_norm_eps) or a finite number > 0")

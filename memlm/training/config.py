@@ -39,6 +39,7 @@ DEFAULT_LORA_TARGETS = [
     "q_proj", "k_proj", "v_proj", "o_proj",  # attention (memlm and HF models)
     "in_proj_qkv", "in_proj_z", "out_proj",  # GatedDeltaNet
     "f_proj", "i_proj",  # HGRN-2 (q_proj, o_proj above)
+    "g_proj",  # GLA and DeltaNet output gates (their q/k/v/o_proj above)
     "gate_proj", "up_proj", "down_proj",  # MLP
 ]
 

@@ -6,6 +6,8 @@
 - ``attention``: full attention everywhere (``hybrid_ratio "0:1"``);
 - ``3:1 hybrid``: three GatedDeltaNet layers per full-attention layer;
 - ``all-GDN``: GatedDeltaNet everywhere;
+- ``3:1 GLA``, ``3:1 DeltaNet``: the 3:1 hybrid with another linear mixer (one entry each in :data:`_PATTERNS`:
+  any registered linear mixer, see ``memlm.layers.registry.linear_mixers``);
 - ``Based``: JRT-RNN's layer pattern with causal Based linear attention in place of prefix linear attention
   (short gated convolutions, sliding-window attention, Based), the Based paper's recipe;
 - ``JRT-RNN``: :func:`memlm.jrt_rnn_config` (prefix linear attention, trained with the prefix-LM objective);
@@ -17,8 +19,15 @@ from __future__ import annotations
 
 from memlm.models.jrt_rnn import jrt_rnn_mixer_types
 
-ARCHITECTURES = ("attention", "3:1 hybrid", "all-GDN", "Based", "JRT-RNN", "JRT-RNN (no MLM)")
-_RATIOS = {"attention": "0:1", "3:1 hybrid": "3:1", "all-GDN": "1:0"}
+# name -> (hybrid_ratio, linear_attn_type): the architectures that differ only in their layer ratio and linear mixer
+_PATTERNS = {
+    "attention": ("0:1", "gated_deltanet"),
+    "3:1 hybrid": ("3:1", "gated_deltanet"),
+    "all-GDN": ("1:0", "gated_deltanet"),
+    "3:1 GLA": ("3:1", "gla"),
+    "3:1 DeltaNet": ("3:1", "deltanet"),
+}
+ARCHITECTURES = (*_PATTERNS, "Based", "JRT-RNN", "JRT-RNN (no MLM)")
 
 
 def parse_architectures(text: str) -> list[str]:
@@ -43,8 +52,9 @@ def model_section(name: str, hidden_size: int, num_layers: int, num_heads: int, 
     """
     common = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_hidden_layers": num_layers,
               "num_attention_heads": num_heads, "max_position_embeddings": max_positions}
-    if name in _RATIOS:
-        return {"config": {**common, "hybrid_ratio": _RATIOS[name], "linear_attn_type": "gated_deltanet"}}
+    if name in _PATTERNS:
+        ratio, mixer = _PATTERNS[name]
+        return {"config": {**common, "hybrid_ratio": ratio, "linear_attn_type": mixer}}
     based = {"sliding_window": sliding_window, "linear_key_head_dim": feature_dim}
     if name == "Based":
         mixer_types = ["based" if m == "prefix_linear_attention" else m for m in jrt_rnn_mixer_types(num_layers)]

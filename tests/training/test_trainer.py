@@ -62,6 +62,17 @@ def test_text_recipe_trains_a_titans_model_on_packed_documents(tmp_path, layer_t
     assert loaded.config.mixer_types == layer_types  # mixer names given where layer types go (memlm's old format)
 
 
+@pytest.mark.parametrize("linear_attn_type", ["gla", "deltanet"])
+def test_text_recipe_trains_a_hybrid_of_another_linear_mixer(tmp_path, linear_attn_type):
+    """Any registered linear mixer is a recipe's linear_attn_type (packed documents: the mixers' cu_seqlens)."""
+    config = {**TINY_MODEL, "linear_attn_type": linear_attn_type}
+    result = train(config_from_dict(text_recipe(tmp_path, model={"config": config})))
+    assert result.summary["steps"] == 6
+    assert_starts_uniform_and_learns(losses(tmp_path / "run"), uniform=math.log(len(byte_level_tokenizer())))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert loaded.config.mixer_types == [linear_attn_type] * 3 + ["full_attention"]
+
+
 def test_passkey_recipe_reports_token_and_key_accuracy(tmp_path):
     recipe = text_recipe(
         tmp_path,

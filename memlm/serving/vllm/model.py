@@ -159,7 +159,9 @@ class DecoderLayerBase(nn.Module):
     """What both blocks hold: the mixer, the MLP and ``post_attention_layernorm`` (tokens flattened:
     ``[num_tokens, hidden]``). ``forward(positions, hidden_states, residual) -> (hidden_states, residual)``: the
     layer's input is ``hidden_states + residual`` (residual None: ``hidden_states``), its output the sum of the two
-    it returns, so that vLLM's fused add-and-norm adds them."""
+    it returns, so that vLLM's fused add-and-norm adds them. ``second_norm`` names the block's other norm."""
+
+    second_norm: str
 
     def __init__(self, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -169,6 +171,7 @@ class DecoderLayerBase(nn.Module):
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, config.hidden_act,
                             quant_config=vllm_config.quant_config, prefix=f"{prefix}.mlp")
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.add_module(self.second_norm, RMSNorm(config.hidden_size, eps=config.rms_norm_eps))
 
     def mix(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.mixer(positions, hidden_states) if self.takes_positions else self.mixer(hidden_states)
@@ -178,13 +181,12 @@ class MemLMDecoderLayer(DecoderLayerBase):
     """The pre-norm block: ``h = x + mixer(input_layernorm(x))``, returns ``(mlp(post_attention_layernorm(h)), h)``
     with vLLM's fused add-and-norm."""
 
-    def __init__(self, vllm_config: VllmConfig, prefix: str = "") -> None:
-        super().__init__(vllm_config, prefix)
-        config = vllm_config.model_config.hf_config
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    second_norm = "input_layernorm"
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual`` is None at the first layer; later, the previous layer's un-added MLP output is
+        ``hidden_states`` and vLLM's fused norm adds it to ``residual``."""
         if residual is None:
             residual, hidden_states = hidden_states, self.input_layernorm(hidden_states)
         else:
@@ -197,13 +199,11 @@ class MemLMPostNormDecoderLayer(DecoderLayerBase):
     """OLMo 2's block (``norm_placement`` ``"post"``): ``h = x + post_attention_layernorm(mixer(x))``, returns
     ``(post_feedforward_layernorm(mlp(h)), h)``."""
 
-    def __init__(self, vllm_config: VllmConfig, prefix: str = "") -> None:
-        super().__init__(vllm_config, prefix)
-        config = vllm_config.model_config.hf_config
-        self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    second_norm = "post_feedforward_layernorm"
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The previous layer's MLP output (``hidden_states``) is added to ``residual`` before the mixer reads it."""
         if residual is not None:
             hidden_states = hidden_states + residual
         hidden_states = hidden_states + self.post_attention_layernorm(self.mix(positions, hidden_states))
