@@ -4,7 +4,8 @@ Kimi Linear checkpoints are.
     q, k, v = SiLU(ShortConv([W_q x, W_k x, W_v x]))              one depthwise conv over q|k|v
     g_t     = -exp(A_log) * softplus(W_fb W_fa x_t + dt_bias)       log decay per head and key channel (low rank)
     beta_t  = sigmoid(W_b x_t)                                      write strength, per head
-    o       = kda(q, k, v, g, beta), q and k L2-normalized inside   memlm.ops.kda, equations (1)-(2)
+    q, k    = q / ||q||, k / ||k||
+    o       = kda(q, k, v, g, beta)                                 memlm.ops.kda, equations (1)-(2)
     y       = W_o(RMSNorm(o) * sigmoid(W_gb W_ga x))                per-head norm with a low-rank sigmoid gate
 
 Heads: ``linear_num_key_heads`` q/k heads of ``linear_key_head_dim``, ``linear_num_value_heads`` v heads of
@@ -27,8 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 
+from memlm.layers.gated_deltanet import l2_normalize
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.linear_cache import previous_recurrent_state, run_rule
 from memlm.layers.norm import GatedRMSNorm
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
@@ -82,8 +84,8 @@ class KimiDeltaAttention(RecurrentMixer):
         qkv = torch.cat([self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)], -1)
         qkv = self.conv(qkv, cache, self.layer_idx, cu_seqlens)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        q = q.view(batch, seq_len, self.num_k_heads, self.head_k_dim)
-        k = k.view(batch, seq_len, self.num_k_heads, self.head_k_dim)
+        q = l2_normalize(q.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
+        k = l2_normalize(k.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
         v = v.view(batch, seq_len, self.num_v_heads, self.head_v_dim)
         if self.num_v_heads != self.num_k_heads:
             group = self.num_v_heads // self.num_k_heads
@@ -96,13 +98,7 @@ class KimiDeltaAttention(RecurrentMixer):
         if mask is not None:
             beta, g = beta * mask[..., None], g * mask[..., None, None]
 
-        rule = recurrent_kda if recurrent_state is not None and seq_len == 1 else chunk_kda
-        o, final_state = rule(
-            q, k, v, g, beta, initial_state=recurrent_state, output_final_state=cache is not None,
-            cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True,
-        )
-        if cache is not None:
-            store_recurrent_state(cache, self.layer_idx, final_state)
+        o = run_rule(chunk_kda, recurrent_kda, (q, k, v, g, beta), recurrent_state, cache, self.layer_idx, cu_seqlens)
 
         z = self.g_b_proj(self.g_a_proj(hidden_states)).view(batch, seq_len, self.num_v_heads, self.head_v_dim)
         return self.o_proj(self.o_norm(o, z).reshape(batch, seq_len, self.value_dim))
