@@ -2,12 +2,13 @@
 
     python scripts/check_gpu.py --json gpu_check.json
 
-* kernels: ``chunk_gated_delta_rule``, ``recurrent_gated_delta_rule``, ``chunk_gla``, ``recurrent_gla`` on
+* kernels: ``chunk_gated_delta_rule``, ``recurrent_gated_delta_rule``, ``chunk_gla``, ``recurrent_gla``,
+  ``chunk_kda``, ``recurrent_kda`` on
   CUDA (flash-linear-attention's Triton kernels when ``fla`` is installed, memlm's torch path when not) in
   fp32 and bf16, batched with an initial state and packed with ``cu_seqlens``, T not a multiple of the
   chunk: outputs, final states and the gradients of every input against the CPU fp32 torch path;
 * the Titans memory branch (``NeuralMemory``, depth 2) on CUDA against CPU: outputs and gradients;
-* models with every layer type (GatedDeltaNet, HGRN-2, full and sliding attention, memory, MAG, MAC):
+* models with every layer type (GatedDeltaNet, HGRN-2, KDA, MLA, full and sliding attention, memory, MAG, MAC):
   CUDA logits against CPU logits in fp32, bf16 logits against fp32, and greedy ``generate`` with the
   cache against full recomputation, left-padded batch against each prompt alone.
 
@@ -30,16 +31,26 @@ from torch.nn import functional as F
 
 from memlm import MemLMConfig, MemLMForCausalLM
 from memlm.layers.neural_memory import NeuralMemory, memory_rule
-from memlm.ops import chunk_gated_delta_rule, chunk_gla, recurrent_gated_delta_rule, recurrent_gla
+from memlm.ops import (
+    chunk_gated_delta_rule,
+    chunk_gla,
+    chunk_kda,
+    recurrent_gated_delta_rule,
+    recurrent_gla,
+    recurrent_kda,
+)
 from memlm.ops.common.fla import fla_gated_backward_is_broken
 
 KERNELS = {"chunk_gated_delta_rule": chunk_gated_delta_rule, "recurrent_gated_delta_rule": recurrent_gated_delta_rule,
-           "chunk_gla": chunk_gla, "recurrent_gla": recurrent_gla}
+           "chunk_gla": chunk_gla, "recurrent_gla": recurrent_gla,
+           "chunk_kda": chunk_kda, "recurrent_kda": recurrent_kda}
+WITH_BETA = ("gated_delta_rule", "kda")  # the kernels that take a write strength beta
 LINEAR = "linear_attention"
 MODELS = {  # name: (layer_types, linear_attn_type)
     "gdn-hybrid": ([LINEAR, LINEAR, LINEAR, "full_attention"], "gated_deltanet"),
     "gdn-sliding": ([LINEAR, "sliding_attention", LINEAR, "sliding_attention"], "gated_deltanet"),
     "hgrn2-hybrid": ([LINEAR, LINEAR, LINEAR, "full_attention"], "hgrn2"),
+    "kda-mla": ([LINEAR, "mla", LINEAR, "mla"], "kda"),  # Kimi Linear's layers
     "titans": (["memory", "sliding_attention", "memory_as_gate", "memory_as_context"], "gated_deltanet"),
 }
 
@@ -50,7 +61,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def kernel_inputs(name: str, packed: bool, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """CPU fp32 inputs: q, k, v, g (and beta for the delta rule), initial state; cu_seqlens when packed."""
+    """CPU fp32 inputs: q, k, v, g (and beta for the delta rules), initial state; cu_seqlens when packed."""
     gen = torch.Generator().manual_seed(seed)
     batch, length, heads, dk, dv = (1, 200, 2, 64, 64) if packed else (2, 200, 2, 64, 64)
     cu_seqlens = torch.tensor([0, 70, 131, 200]) if packed else None
@@ -64,7 +75,7 @@ def kernel_inputs(name: str, packed: bool, seed: int = 0) -> tuple[list[torch.Te
         tensors = [q, k, v, g, beta]
     else:
         g = F.logsigmoid(torch.randn(batch, length, heads, dk, generator=gen) + 3)
-        tensors = [q, k, v, g]
+        tensors = [q, k, v, g] + ([torch.rand(batch, length, heads, generator=gen)] if "kda" in name else [])
     return tensors + [torch.randn(states, heads, dk, dv, generator=gen) * 0.1], cu_seqlens
 
 
@@ -82,7 +93,7 @@ def kernel_outputs(op, tensors, cu_seqlens, device, dtype):
 
 def check_kernels(device: str, record) -> None:
     for name, op in KERNELS.items():
-        names = ["o", "final_state", "dq", "dk", "dv", "dg"] + (["dbeta"] if "delta" in name else []) + ["dh0"]
+        names = ["o", "final_state", "dq", "dk", "dv", "dg"] + (["dbeta"] if name.endswith(WITH_BETA) else []) + ["dh0"]
         for packed in (False, True):
             tensors, cu_seqlens = kernel_inputs(name, packed)
             reference = kernel_outputs(op, tensors, cu_seqlens, "cpu", torch.float32)

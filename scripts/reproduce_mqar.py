@@ -2,9 +2,9 @@
 
 Trains one model per (architecture, number of key-value pairs, learning rate) with everything but the
 mixers identical (width, layers, steps, data, seeds; see :mod:`harness.architectures`, which also
-offers ``Based``, ``JRT-RNN`` and 3:1 hybrids of the other linear mixers, ``3:1 GLA``, ``3:1 DeltaNet`` and
-``3:1 Mamba-2``, for ``--architectures``), evaluates MQAR accuracy on held-out rows, and writes a markdown
-table of the best learning rate per cell (Zoology's protocol: each
+offers ``Based``, ``JRT-RNN`` and 3:1 hybrids of the other linear mixers, ``3:1 GLA``, ``3:1 DeltaNet``,
+``3:1 Mamba-2`` and ``3:1 KDA``, for ``--architectures``), evaluates MQAR accuracy on held-out rows, and writes a
+markdown table of the best learning rate per cell (Zoology's protocol: each
 architecture at its best learning rate of the sweep), the whole sweep, and a plot::
 
     python scripts/reproduce_mqar.py --kv-pairs 16,64 --seq-len 128 --steps 300 --lr 1e-3,3e-3 \\

@@ -22,7 +22,15 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from memlm.convert import fla, mamba2_hybrids, memlm_format, olmo_hybrid, qwen3_5, qwen3_next  # noqa: F401  (registers importers, exporters)
+from memlm.convert import (  # noqa: F401  (registers importers, exporters)
+    fla,
+    kimi_linear,
+    mamba2_hybrids,
+    memlm_format,
+    olmo_hybrid,
+    qwen3_5,
+    qwen3_next,
+)
 from memlm.convert.checkpoint import Checkpoint
 from memlm.convert.registry import (
     DROP_FLAGS,

@@ -7,8 +7,10 @@ from memlm.layers.gated_conv import ShortGatedConvolution
 from memlm.layers.gated_deltanet import GatedDeltaNet
 from memlm.layers.gla import GatedLinearAttention
 from memlm.layers.hgrn2 import HGRN2, ForgetLowerBounds
+from memlm.layers.kda import KimiDeltaAttention
 from memlm.layers.mamba2 import Mamba2
 from memlm.layers.memory_cache import MemoryCacheLayer
+from memlm.layers.mla import MultiHeadLatentAttention
 from memlm.layers.mlp import SwiGLUMLP
 from memlm.layers.neural_memory import NeuralMemory
 from memlm.layers.norm import GatedRMSNorm, RMSNorm
@@ -27,11 +29,13 @@ __all__ = [
     "GatedDeltaNet",
     "GatedLinearAttention",
     "GatedRMSNorm",
+    "KimiDeltaAttention",
     "Mamba2",
     "MemoryAsContext",
     "MemoryAsGate",
     "MemoryCacheLayer",
     "MemoryLayer",
+    "MultiHeadLatentAttention",
     "NeuralMemory",
     "PrefixLinearAttention",
     "RMSNorm",

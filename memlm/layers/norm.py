@@ -24,7 +24,16 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(RMSNorm):
-    """``y = RMSNorm(x) * SiLU(gate)`` (norm before gate, as in fla and Qwen3-Next). ``x, gate: [..., dim]``."""
+    """``y = RMSNorm(x) * SiLU(gate)`` (norm before gate, as in fla and Qwen3-Next), or ``* sigmoid(gate)`` with
+    ``activation="sigmoid"`` (Kimi Linear's KDA). ``x, gate: [..., dim]``."""
+
+    ACTIVATIONS = {"silu": F.silu, "sigmoid": torch.sigmoid}
+
+    def __init__(self, dim: int, eps: float = 1e-6, activation: str = "silu"):
+        super().__init__(dim, eps)
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"GatedRMSNorm: activation={activation!r} is not allowed: one of {list(self.ACTIVATIONS)}")
+        self.activation = self.ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        return (super().forward(x).float() * F.silu(gate.float())).to(x.dtype)
+        return (super().forward(x).float() * self.activation(gate.float())).to(x.dtype)

@@ -26,7 +26,8 @@ from memlm.models.layer_pattern import hybrid_layer_types
 QK_NORMS = (None, "head", "all")
 POSITION_EMBEDDINGS = ("rope", "nope")
 NORM_PLACEMENTS = ("pre", "post")
-ROTARY_MIXERS = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context")  # the mixers whose attention rotates
+# the mixers whose attention rotates
+ROTARY_MIXERS = (*ATTENTION_LAYER_TYPES, "memory_as_gate", "memory_as_context", "mla")
 
 
 class MemLMConfig(PreTrainedConfig):
@@ -42,10 +43,10 @@ class MemLMConfig(PreTrainedConfig):
             and vLLM read): ``"full_attention"``, ``"sliding_attention"``, ``"linear_attention"`` or ``"conv"``.
             If omitted it is built from ``hybrid_ratio``.
         mixer_types (`list[str]`): per layer, the registered mixer (:mod:`memlm.layers.registry`):
-            ``"full_attention"``, ``"sliding_attention"``, the linear mixers ``"gated_deltanet"``, ``"hgrn2"``,
-            ``"gla"``, ``"deltanet"``, ``"based"``, ``"mamba2"``, the Titans memories ``"memory"``,
-            ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's
-            ``"prefix_linear_attention"`` and ``"conv"``; each mixer's layer type is fixed by the registry. If
+            ``"full_attention"``, ``"sliding_attention"``, ``"mla"``, the linear mixers ``"gated_deltanet"``,
+            ``"hgrn2"``, ``"gla"``, ``"deltanet"``, ``"kda"``, ``"mamba2"``, ``"based"``, the Titans memories
+            ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``, JRT-RNN's ``"prefix_linear_attention"`` and
+            ``"conv"``; each mixer's layer type is fixed by the registry. If
             omitted: attention layers get their own type's mixer, ``"linear_attention"`` layers
             ``linear_attn_type``, ``"conv"`` layers ``"conv"``. The config stores each mixer's registry type
             (``"conv"`` is stored as ``"linear_attention"``: transformers' cache treats both alike, and
@@ -53,8 +54,9 @@ class MemLMConfig(PreTrainedConfig):
             configs before ``mixer_types`` existed) is read as that mixer with its layer type.
         hybrid_ratio (`str`, init argument only, default ``"3:1"``): see :func:`memlm.hybrid_layer_types`.
         linear_attn_type (`str`): the mixer of ``"linear_attention"`` layers whose mixer is not given:
-            ``"gated_deltanet"``, ``"hgrn2"``, ``"gla"``, ``"deltanet"`` or ``"based"`` (Based linear attention;
-            its feature dimension is ``linear_key_head_dim``, 16 in the paper): any registered linear mixer.
+            ``"gated_deltanet"``, ``"hgrn2"``, ``"gla"``, ``"deltanet"``, ``"kda"`` or ``"based"`` (Based linear
+            attention; its feature dimension is ``linear_key_head_dim``, 16 in the paper): any registered linear
+            mixer.
 
     Linear mixers (each defaults from the attention fields, so a config with only standard fields builds):
         linear_num_key_heads: q/k heads (default ``num_attention_heads``).
@@ -119,6 +121,19 @@ class MemLMConfig(PreTrainedConfig):
         mamba_proj_bias: biases of ``in_proj`` / ``out_proj`` (default False).
         mamba_norm_eps: eps of the gated output norm (None: ``rms_norm_eps``).
 
+    KDA (``"kda"``, Kimi Delta Attention): the ``linear_*`` head fields and ``linear_conv_kernel_dim``; the ranks
+        of its forget and output gates are ``linear_value_head_dim`` (Kimi Linear's ``head_dim``).
+
+    Multi-head Latent Attention (``"mla"`` layers, a ``"full_attention"`` mixer; DeepSeek-V2/V3, Kimi Linear):
+        mla_q_lora_rank (`int` or None): rank of the query's low-rank path ``q_b_proj(norm(q_a_proj(x)))``
+            (None, the default: one ``q_proj``).
+        mla_kv_lora_rank: width of the compressed key/value latent the cache keeps (default ``4 * head_dim``).
+        mla_qk_nope_head_dim / mla_v_head_dim: per-head key channels without RoPE and value width (default
+            ``head_dim``).
+        mla_qk_rope_head_dim: key/query channels with RoPE, one key part shared by all heads (default
+            ``head_dim``; with ``position_embedding_type="rope"`` it must equal the rotary width).
+        The attention options (output gate, q/k norm) do not apply to ``"mla"`` layers.
+
     Titans / Miras memory (layer types ``"memory"``, ``"memory_as_gate"``, ``"memory_as_context"``):
         memory_preset: ``"titans"``, ``"moneta"``, ``"yaad"`` or ``"memora"`` (see docs/guides/titans.md).
         memory_rule (`dict`): overrides of the preset's :class:`~memlm.ops.neural_memory.MemoryRule` fields,
@@ -176,6 +191,11 @@ class MemLMConfig(PreTrainedConfig):
     linear_conv_kernel_dim: int = 4
     linear_allow_neg_eigval: bool = False
     linear_norm_eps: float | None = None
+    mla_q_lora_rank: int | None = None
+    mla_kv_lora_rank: int | None = None
+    mla_qk_nope_head_dim: int | None = None
+    mla_qk_rope_head_dim: int | None = None
+    mla_v_head_dim: int | None = None
     gla_gate_low_rank_dim: int = 16
     gla_gate_logit_normalizer: float = 16.0
     deltanet_use_gate: bool = False
@@ -251,6 +271,8 @@ class MemLMConfig(PreTrainedConfig):
             ("linear_num_value_heads", self.linear_num_key_heads), ("linear_key_head_dim", self.head_dim),
             ("linear_value_head_dim", self.head_dim), ("memory_num_heads", self.num_attention_heads),
             ("memory_head_dim", self.head_dim), ("mamba_head_dim", self.head_dim), ("mamba_d_state", self.head_dim),
+            ("mla_kv_lora_rank", 4 * self.head_dim), ("mla_qk_nope_head_dim", self.head_dim),
+            ("mla_qk_rope_head_dim", self.head_dim), ("mla_v_head_dim", self.head_dim),
         ):
             if getattr(self, name) is None:
                 setattr(self, name, default)
@@ -313,7 +335,10 @@ class MemLMConfig(PreTrainedConfig):
         _check_positive(
             self, "head_dim", "intermediate_size", "num_key_value_heads", "linear_num_key_heads",
             "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim",
+            "mla_kv_lora_rank", "mla_qk_nope_head_dim", "mla_qk_rope_head_dim", "mla_v_head_dim",
         )
+        if self.mla_q_lora_rank is not None:
+            _check_positive(self, "mla_q_lora_rank")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}: "
@@ -383,6 +408,11 @@ class MemLMConfig(PreTrainedConfig):
             ("attention_output_gate", False), ("attention_qk_norm", None), ("position_embedding_type", "rope"),
             ("attention_multiplier", None),
         ) if getattr(self, name) != default}
+        mla_options = {name: getattr(self, name) for name in ("attention_output_gate", "attention_qk_norm")
+                       if getattr(self, name) not in (False, None)}
+        if "mla" in self.mixer_types and mla_options:
+            raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in mla_options.items())} is not allowed with mla "
+                             "layers: Multi-head Latent Attention has no output gate or q/k norm")
         if memory_attention and options:
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in options.items())} is not allowed with the memory "
                              f"layers {memory_attention}: these options apply to the full_attention and "
@@ -408,6 +438,11 @@ class MemLMConfig(PreTrainedConfig):
             raise ValueError(f"head_dim={self.head_dim} is not allowed: the rotary embedding rotates pairs of "
                              f"channels, so int(head_dim * partial_rotary_factor) (= {rotary_dim} with "
                              f"partial_rotary_factor={factor!r}) must be even and > 0")
+        if "mla" in self.mixer_types and self.mla_qk_rope_head_dim != rotary_dim:
+            raise ValueError(f"mla_qk_rope_head_dim={self.mla_qk_rope_head_dim} is not allowed with RoPE: the mla "
+                             f"layers rotate their qk_rope_head_dim channels, so it must equal the rotary width "
+                             f"int(head_dim * partial_rotary_factor) = {rotary_dim} (set head_dim to it, as "
+                             "DeepSeek and Kimi configs do, or position_embedding_type='nope')")
 
     def _validate_memory(self) -> None:
         """Memory fields are checked whether or not a memory layer is present (a config must stay loadable)."""

@@ -8,6 +8,7 @@ Every op takes and returns tensors laid out ``[B, T, H, D]``. Shared plumbing li
 from memlm.ops.based import chunk_based, naive_based, recurrent_based, taylor_feature_map
 from memlm.ops.gated_delta_rule import chunk_gated_delta_rule, naive_gated_delta_rule, recurrent_gated_delta_rule
 from memlm.ops.gla import chunk_gla, naive_gla, recurrent_gla
+from memlm.ops.kda import chunk_kda, naive_kda, recurrent_kda
 from memlm.ops.neural_memory import chunk_neural_memory, naive_neural_memory, recurrent_neural_memory
 from memlm.ops.prefix_linear_attention import (
     chunk_prefix_linear_attention,
@@ -23,4 +24,5 @@ __all__ = [
     "naive_prefix_linear_attention", "naive_sliding_window_attention", "recurrent_based", "recurrent_gated_delta_rule",
     "recurrent_gla", "recurrent_neural_memory", "recurrent_prefix_linear_attention", "taylor_feature_map",
     "chunk_ssd", "naive_ssd", "recurrent_ssd",
+    "chunk_kda", "naive_kda", "recurrent_kda",
 ]

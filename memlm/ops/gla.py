@@ -12,18 +12,9 @@ The chunkwise form: inside a chunk of C tokens with the per-channel cumulative l
     O    = (Q * exp(G)) S + A V                                                 (4)
     S'   = Diag(exp(G_C)) S + (K * exp(G_C - G))^T V                            (5)
 
-Only (5) runs sequentially over chunks; (3) and (4) are batched over all chunks. With strong decay
-(HGRN-2 forget gates near 1e-5, g ~ -11 per token) G falls to -700 within a chunk, so ``exp(-G)`` is
-not representable and (3) cannot be factored as ``(Q exp(G)) (K exp(-G))^T``. Instead the chunk is cut
-into sub-chunks of ``s`` tokens:
-
-- query sub-chunk ``a`` against the keys before it (j <= r, ``r`` the last position before ``a``):
-  ``A_ij = sum_c [q_ic exp(G_ic - G_rc)] [k_jc exp(G_rc - G_jc)]``, a matmul;                  (3a)
-- the diagonal sub-blocks: the pairwise ``[s, s, dk]`` product of (3), see :class:`_DiagonalBlocks`. (3b)
-
-Every exponent is <= 0: (3a) only takes keys up to ``r`` and the pairs of (3b) with j > i are set to
--inf before ``exp``, so nothing overflows, in the forward pass or in the gradients, and a factor that
-underflows to 0 only stands for a product that is smaller still.
+Only (5) runs sequentially over chunks; (3) and (4) are batched over all chunks. (3) is computed without
+ever forming ``exp(-G)`` (which strong decay, g ~ -11 per token, makes unrepresentable): sub-chunk by sub-chunk,
+every exponent <= 0 (:func:`memlm.ops.common.decay.decayed_scores`).
 
 :func:`chunk_gla` (training, prefill) computes (3)-(5), :func:`recurrent_gla` (decoding) and :func:`naive_gla`
 (the reference) compute (1)-(2) token by token; on CUDA with fla installed the first two run fla's kernels.
@@ -37,78 +28,10 @@ import torch
 
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.decay import SUB_CHUNK, decayed_scores
 from memlm.ops.common.fla import use_fla
 from memlm.ops.common.recurrent import recurrent_scan
 from memlm.ops.common.scan import scan_chunks
-
-_SUB_CHUNK = 16
-_PAIRWISE_ELEMENTS = 1 << 20  # bound on the [m, s, s, dk] temporaries of the diagonal blocks (4 MiB fp32)
-
-
-def _pairwise_decay(log_decay: torch.Tensor) -> torch.Tensor:
-    """``[m, s, dk]`` cumulative log decay -> ``[m, s, s, dk]`` ``exp(G_i - G_j)`` for j <= i, else 0."""
-    size = log_decay.shape[-2]
-    upper = torch.ones(size, size, dtype=torch.bool, device=log_decay.device).triu(1)[..., None]
-    diff = log_decay[:, :, None, :] - log_decay[:, None, :, :]
-    return diff.masked_fill_(upper, float("-inf")).exp_()
-
-
-class _DiagonalBlocks(torch.autograd.Function):
-    """Equation (3b): ``A_ij = sum_c q_ic k_jc exp(G_ic - G_jc)`` for ``j <= i`` inside each sub-chunk.
-
-    Inputs are ``[M, s, dk]`` fp32 (M = all sub-chunks of all chunks, heads and rows), the output is
-    ``[M, s, s]``. The ``[M, s, s, dk]`` decay tensor is never kept: it is built slice by slice in the
-    forward pass and rebuilt in the backward pass, where, with ``P_ijc = dA_ij exp(G_ic - G_jc)``,
-
-        dq_ic = sum_j P_ijc k_jc,   dk_jc = sum_i P_ijc q_ic,   dG = q * dq - k * dk.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, log_decay):
-        size, dk = q.shape[-2:]
-        step = max(1, _PAIRWISE_ELEMENTS // (size * size * dk))
-        out = q.new_empty(q.shape[0], size, size)
-        for start in range(0, q.shape[0], step):
-            rows = slice(start, start + step)
-            weighted = _pairwise_decay(log_decay[rows]).mul_(k[rows, None, :, :])
-            out[rows] = (weighted @ q[rows, :, :, None]).squeeze(-1)
-        ctx.save_for_backward(q, k, log_decay)
-        return out
-
-    @staticmethod
-    def backward(ctx, d_out):
-        q, k, log_decay = ctx.saved_tensors
-        size, dk = q.shape[-2:]
-        step = max(1, _PAIRWISE_ELEMENTS // (size * size * dk))
-        d_q, d_k = torch.empty_like(q), torch.empty_like(k)
-        for start in range(0, q.shape[0], step):
-            rows = slice(start, start + step)
-            weights = _pairwise_decay(log_decay[rows]).mul_(d_out[rows, :, :, None])  # P
-            d_q[rows] = (weights * k[rows, None, :, :]).sum(2)
-            d_k[rows] = weights.mul_(q[rows, :, None, :]).sum(1)
-        return d_q, d_k, q * d_q - k * d_k
-
-
-def _intra_chunk(q_c, k_c, v_c, log_decay, sub):
-    """``A V`` of equation (4) for every chunk: inputs ``[B, H, N, C, D]``, output ``[B, H, N, C, dv]``."""
-    *lead, size, dk = q_c.shape
-    dv = v_c.shape[-1]
-    blocks = size // sub
-    q_s = q_c.reshape(*lead, blocks, sub, dk)
-    k_s = k_c.reshape(*lead, blocks, sub, dk)
-    v_s = v_c.reshape(*lead, blocks, sub, dv)
-    g_s = log_decay.reshape(*lead, blocks, sub, dk)
-    flat = (x.reshape(-1, sub, dk) for x in (q_s, k_s, g_s))
-    diagonal = _DiagonalBlocks.apply(*flat).view(*lead, blocks, sub, sub)  # (3b)
-    o_s = diagonal @ v_s
-    pieces = [o_s[..., 0, :, :]]
-    for block in range(1, blocks):  # (3a): the keys before the query sub-chunk, positions [0, front)
-        front = block * sub
-        ref = log_decay[..., front - 1 : front, :]  # G_r, r = the last position before the sub-chunk
-        q_off = q_s[..., block, :, :] * (g_s[..., block, :, :] - ref).exp()
-        k_off = k_c[..., :front, :] * (ref - log_decay[..., :front, :]).exp()
-        pieces.append(o_s[..., block, :, :] + (q_off @ k_off.transpose(-1, -2)) @ v_c[..., :front, :])
-    return torch.stack(pieces, dim=-3).view(*lead, size, dv)
 
 
 def _checked_scale(op: str, q, k, v, g, scale: float | None, initial_state, cu_seqlens) -> float:
@@ -166,7 +89,8 @@ def chunk_gla(
     k_to_end = (k_c * (last - log_decay).exp()).transpose(-1, -2)
     chunk_decay = last.exp().transpose(-1, -2)  # [B, H, N, dk, 1]
     states, _, final_state = scan_chunks(v_c, None, k_to_end, chunk_decay, initial_state, layout)  # (5)
-    o = q_decayed @ states + _intra_chunk(q_c, k_c, v_c, log_decay, math.gcd(layout.chunk_size, _SUB_CHUNK))  # (4)
+    scores = decayed_scores(q_c, k_c, log_decay, math.gcd(layout.chunk_size, SUB_CHUNK))  # (3)
+    o = q_decayed @ states + scores @ v_c  # (4)
     return from_chunks(o, layout).to(q.dtype), final_state if output_final_state else None
 
 

@@ -6,8 +6,8 @@
 - ``attention``: full attention everywhere (``hybrid_ratio "0:1"``);
 - ``3:1 hybrid``: three GatedDeltaNet layers per full-attention layer;
 - ``all-GDN``: GatedDeltaNet everywhere;
-- ``3:1 GLA``, ``3:1 DeltaNet``, ``3:1 Mamba-2``: the 3:1 hybrid with another linear mixer (one entry each in
-  :data:`_PATTERNS`: any registered linear mixer, see ``memlm.layers.registry.linear_mixers``);
+- ``3:1 GLA``, ``3:1 DeltaNet``, ``3:1 Mamba-2``, ``3:1 KDA``: the 3:1 hybrid with another linear mixer (one
+  entry each in :data:`_PATTERNS`: any registered linear mixer, see ``memlm.layers.registry.linear_mixers``);
 - ``Based``: JRT-RNN's layer pattern with causal Based linear attention in place of prefix linear attention
   (short gated convolutions, sliding-window attention, Based), the Based paper's recipe;
 - ``JRT-RNN``: :func:`memlm.jrt_rnn_config` (prefix linear attention, trained with the prefix-LM objective);
@@ -27,6 +27,7 @@ _PATTERNS = {
     "3:1 GLA": ("3:1", "gla"),
     "3:1 DeltaNet": ("3:1", "deltanet"),
     "3:1 Mamba-2": ("3:1", "mamba2"),
+    "3:1 KDA": ("3:1", "kda"),
 }
 ARCHITECTURES = (*_PATTERNS, "Based", "JRT-RNN", "JRT-RNN (no MLM)")
 

@@ -20,6 +20,10 @@ def skip_where_transformers_generate_is_broken(model, left_padded=False):
 VARIANTS = {
     "gdn-3:1": dict(linear_attn_type="gated_deltanet", hybrid_ratio="3:1"),
     "hgrn2-3:1": dict(linear_attn_type="hgrn2", hybrid_ratio="3:1"),
+    "kda-3:1": dict(linear_attn_type="kda", hybrid_ratio="3:1", linear_num_value_heads=8, linear_value_head_dim=4),
+    # Kimi Linear's layers: KDA and Multi-head Latent Attention (here with RoPE on its 4 rope channels, low-rank q)
+    "kda-mla": dict(mixer_types=["kda", "mla"] * 2, head_dim=4, mla_qk_nope_head_dim=8, mla_v_head_dim=6,
+                    mla_kv_lora_rank=12, mla_q_lora_rank=10),
     "based-3:1": dict(linear_attn_type="based", hybrid_ratio="3:1", linear_key_head_dim=8),
     "gla-3:1": dict(linear_attn_type="gla", hybrid_ratio="3:1", gla_gate_low_rank_dim=4),
     "deltanet-3:1": dict(linear_attn_type="deltanet", hybrid_ratio="3:1"),
@@ -165,7 +169,7 @@ def test_tied_embeddings_share_weights(tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "mamba2-3:1"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "mamba2-3:1", "kda-3:1"])
 def test_gradient_checkpointing_gives_same_gradients(variant):
     model = tiny_model(**VARIANTS[variant]).train()
     ids = torch.randint(1, 61, (2, 30))
@@ -179,8 +183,8 @@ def test_gradient_checkpointing_gives_same_gradients(variant):
         torch.testing.assert_close(param.grad, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "based-3:1", "jrt-rnn", "gla-3:1", "deltanet-3:1",
-                                     "mamba2-3:1"])
+@pytest.mark.parametrize("variant", ["gdn-3:1", "hgrn2-3:1", "kda-3:1", "based-3:1", "jrt-rnn", "gla-3:1",
+                                     "deltanet-3:1", "mamba2-3:1"])
 def test_packed_documents_match_separate_forwards(variant):
     model = tiny_model(**VARIANTS[variant])
     docs = [torch.randint(1, 61, (1, n)) for n in (13, 70, 5)]
@@ -196,7 +200,8 @@ def test_packed_documents_match_separate_forwards(variant):
             start += doc.shape[1]
 
 
-@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag", "granite-options"])
+@pytest.mark.parametrize("variant", ["gdn-gqa-sliding", "all-attention", "titans-mal", "yaad-mag", "granite-options",
+                                     "kda-mla"])
 def test_packed_rows_match_documents_alone(variant):
     """Training batches: [B, T] rows of packed documents, offsets over the rows read one after the other."""
     model = tiny_model(**VARIANTS[variant])

@@ -14,8 +14,8 @@ NO_RECURRENT_FORM = {"sliding_window_attention"}  # decoding reads the layer's K
 
 def test_every_op_module_is_listed():
     assert OP_MODULES == [
-        "based", "gated_delta_rule", "gla", "neural_memory", "prefix_linear_attention", "sliding_window_attention",
-        "ssd",
+        "based", "gated_delta_rule", "gla", "kda", "neural_memory", "prefix_linear_attention",
+        "sliding_window_attention", "ssd",
     ]
 
 

@@ -120,8 +120,9 @@ def test_gpu_check_runs_cpu_against_cpu(tmp_path):
     result = run(str(SCRIPTS / "check_gpu.py"), "--device", "cpu", "--json", str(tmp_path / "check.json"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = json.loads((tmp_path / "check.json").read_text())["rows"]
-    assert len(rows) == 29 and all(row["passed"] for row in rows)
-    assert {"chunk_gated_delta_rule packed", "model titans generate"} <= {row["check"] for row in rows}
+    assert len(rows) == 40 and all(row["passed"] for row in rows)
+    assert {"chunk_gated_delta_rule packed", "chunk_kda packed", "model kda-mla generate",
+            "model titans generate"} <= {row["check"] for row in rows}
 
 
 @generates_without_attention

@@ -1,0 +1,129 @@
+import pytest
+import torch
+from torch.nn import functional as F
+
+from memlm.ops import chunk_kda, naive_kda, recurrent_kda
+
+NAMES = ["q", "k", "v", "g", "beta", "initial_state"]
+
+
+def make_inputs(batch, seq_len, heads=2, dk=16, dv=24, num_states=None, bias=2.0):
+    """Normalized keys (the layer's), per-channel log decays ``logsigmoid(2 z + bias)``: mild for bias = 2, about
+    -11 for bias = -11."""
+    q = torch.randn(batch, seq_len, heads, dk)
+    k = F.normalize(torch.randn(batch, seq_len, heads, dk), dim=-1)
+    v = torch.randn(batch, seq_len, heads, dv)
+    g = F.logsigmoid(2 * torch.randn(batch, seq_len, heads, dk) + bias)
+    beta = torch.rand(batch, seq_len, heads)
+    state = torch.randn(num_states or batch, heads, dk, dv)
+    return [x.requires_grad_() for x in (q, k, v, g, beta, state)]
+
+
+def run_with_grads(op, inputs, weights, **kwargs):
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    o, final = op(*inputs[:5], initial_state=inputs[5], output_final_state=True, **kwargs)
+    ((o * weights[0]).sum() + (final * weights[1]).sum()).backward()
+    return o.detach(), final.detach(), [x.grad for x in inputs]
+
+
+def assert_ops_agree(inputs, op=chunk_kda, tol=1e-4, chunk_size=None, **kwargs):
+    o, final = naive_kda(*inputs[:5], initial_state=inputs[5], output_final_state=True, **kwargs)
+    weights = (torch.randn_like(o), torch.randn_like(final))
+    chunk = run_with_grads(op, inputs, weights, **kwargs, **({} if chunk_size is None else {"chunk_size": chunk_size}))
+    reference = run_with_grads(naive_kda, inputs, weights, **kwargs)
+    torch.testing.assert_close(chunk[0], reference[0], atol=tol, rtol=tol)
+    torch.testing.assert_close(chunk[1], reference[1], atol=tol, rtol=tol)
+    for name, a, b in zip(NAMES, chunk[2], reference[2], strict=True):
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def test_chunk_matches_recurrence_values_and_gradients():
+    # T = 300 is not a multiple of the chunk (64); with an initial state.
+    assert_ops_agree(make_inputs(2, 300))
+
+
+def test_recurrent_matches_reference():
+    assert_ops_agree(make_inputs(2, 7), op=recurrent_kda, tol=1e-6)
+
+
+@pytest.mark.parametrize(("seq_len", "chunk_size"), [(1, 64), (5, 64), (64, 64), (65, 64), (100, 32)])
+def test_short_and_boundary_lengths(seq_len, chunk_size):
+    assert_ops_agree(make_inputs(1, seq_len), chunk_size=chunk_size)
+
+
+def test_qk_l2norm_in_kernel():
+    q, k, v, g, beta, state = make_inputs(1, 90)
+    with torch.no_grad():
+        k.mul_(3.0)
+    assert_ops_agree([q, k, v, g, beta, state], use_qk_l2norm_in_kernel=True)
+
+
+def test_cu_seqlens_match_recurrence_and_documents_alone():
+    cu_seqlens = torch.tensor([0, 100, 101, 250])
+    inputs = make_inputs(1, 250, num_states=3)
+    assert_ops_agree(inputs, cu_seqlens=cu_seqlens)
+    weights = torch.randn(1, 250, 2, 24), torch.randn(3, 2, 16, 24)
+    packed, finals, grads = run_with_grads(chunk_kda, inputs, weights, cu_seqlens=cu_seqlens)
+    for doc, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True)):
+        alone = [x.detach()[:, start:end] for x in inputs[:5]] + [inputs[5].detach()[doc : doc + 1]]
+        o, final, doc_grads = run_with_grads(chunk_kda, alone, (weights[0][:, start:end], weights[1][doc : doc + 1]))
+        torch.testing.assert_close(packed[:, start:end], o, atol=1e-5, rtol=0)
+        torch.testing.assert_close(finals[doc : doc + 1], final, atol=1e-5, rtol=0)
+        for name, a, b in zip(NAMES[:5], grads[:5], doc_grads[:5], strict=True):
+            torch.testing.assert_close(a[:, start:end], b, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("bias", [-11.0, -100.0])
+def test_strong_decay_matches_recurrence(bias):
+    assert_ops_agree(make_inputs(1, 200, heads=1, bias=bias))
+
+
+def test_strong_decay_long_sequence_is_finite():
+    q, k, v, g, beta, state = make_inputs(1, 16384, heads=1, dk=16, dv=16, bias=-11.0)
+    o, final = chunk_kda(q, k, v, g, beta, initial_state=state, output_final_state=True)
+    assert torch.isfinite(o).all() and torch.isfinite(final).all()
+    ((o * torch.randn_like(o)).sum() + (final * torch.randn_like(final)).sum()).backward()
+    for name, x in zip(NAMES, (q, k, v, g, beta, state), strict=True):
+        assert torch.isfinite(x.grad).all(), name
+
+
+def test_bf16_inputs_give_bf16_outputs_and_fp32_state():
+    q, k, v, g, beta, _ = (x.detach() for x in make_inputs(1, 70))
+    for op in (chunk_kda, recurrent_kda, naive_kda):
+        o, final = op(*(x.bfloat16() for x in (q, k, v, g, beta)), output_final_state=True)
+        assert o.dtype == torch.bfloat16 and final.dtype == torch.float32
+        torch.testing.assert_close(o.float(), op(q, k, v, g, beta)[0], atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(g=a["g"][..., 0]), "g must have shape"),
+        (lambda a: a.update(beta=a["beta"][..., None]), "beta must have shape"),
+        (lambda a: a.update(initial_state=torch.zeros(1, 2, 16, 16)), "initial_state must have shape"),
+        (lambda a: a.update(cu_seqlens=torch.tensor([0, 5, 4, 20])), "cu_seqlens must rise"),
+    ],
+)
+def test_bad_input_raises(change, message):
+    q, k, v, g, beta, _ = (x.detach() for x in make_inputs(1, 20))
+    args = dict(q=q, k=k, v=v, g=g, beta=beta)
+    change(args)
+    for op in (chunk_kda, recurrent_kda, naive_kda):
+        with pytest.raises(ValueError, match=message):
+            op(**args)
+
+
+@pytest.mark.parametrize("l2norm", [False, True])
+def test_matches_transformers_torch_path(l2norm):
+    kimi = pytest.importorskip("transformers.models.kimi_linear.modeling_kimi_linear",
+                               reason="this transformers has no Kimi Linear (transformers 5.16 does not)")
+    q, k, v, g, beta, state = (x.detach().double() for x in make_inputs(2, 150))
+    for ours, theirs in ((chunk_kda, kimi.chunk_kimi_delta_attention),
+                         (recurrent_kda, kimi.recurrent_kimi_delta_attention)):
+        o, final = ours(q, k, v, g, beta, initial_state=state, output_final_state=True,
+                        use_qk_l2norm_in_kernel=l2norm)
+        o_ref, final_ref = theirs(q, k, v, g, beta, initial_state=state, output_final_state=True,
+                                  use_qk_l2norm_in_kernel=l2norm)
+        torch.testing.assert_close(o.double(), o_ref.double(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(final.double(), final_ref.double(), atol=1e-5, rtol=1e-5)
