@@ -51,6 +51,13 @@ Sections:
    Generation: ``generate`` of 32 greedy tokens (``min_new_tokens`` 32) from a ``[1, T]`` prompt, prefill and
    decode, ms in total. Ratio = transformers time / memlm time (> 1: memlm is faster). The logits of both
    are compared once (max abs difference relative to the logits' largest magnitude).
+5. More ops. The ops that have a transformers torch path, forward + backward of ``o.sum()`` at B=1 (the
+   agreement of outputs and input gradients is printed as in section 1): KDA, ``memlm.ops.chunk_kda`` against
+   ``chunk_kimi_delta_attention`` (``transformers.models.kimi_linear``), H=4, dk=dv=128, ``g = logsigmoid(randn
+   + 3)`` per key channel, q/k L2-normalized in the kernel by both; Mamba-2's SSD scan, ``memlm.ops.chunk_ssd``
+   (chunk 64, ``dt = softplus(dt_raw + dt_bias)``) against ``mamba2_chunk_scan`` (``transformers.models.mamba2``,
+   the scan ``Mamba2Mixer``'s torch path calls, chunk 256 as in the released configs, ``dt_softplus=True``),
+   H=32 heads of 64, d_state 128, one group. Speed-up = transformers ms / memlm ms. Target: 2x at T=4096.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
 from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
 
 import memlm
@@ -82,15 +90,20 @@ from memlm.convert import from_pretrained
 from memlm.layers import MIXERS, Attention, build_mixer
 from memlm.layers.inputs import MixerInputs
 from memlm.layers.rotary import RotaryEmbedding
-from memlm.ops import chunk_gated_delta_rule
+from memlm.ops import chunk_gated_delta_rule, chunk_kda, chunk_ssd
 from memlm.ops.common.fla import use_fla
+
+try:  # Kimi Linear is in transformers' newer 5.x releases only (not 5.16)
+    from transformers.models.kimi_linear.modeling_kimi_linear import chunk_kimi_delta_attention
+except ImportError:
+    chunk_kimi_delta_attention = None
 
 # transformers' pure-PyTorch chunked gated delta rule, without the hub-kernel / fla dispatch wrapper.
 transformers_chunk_gated_delta_rule = inspect.unwrap(torch_chunk_gated_delta_rule)
 
 FULL_SIZES = {"op": [1024, 4096, 16384], "layer": [1024, 4096, 8192, 16384], "decode": [1024, 8192, 32768],
-              "pretrained": [512, 2048]}
-QUICK_SIZES = {"op": [256, 512], "layer": [256, 512], "decode": [256, 512], "pretrained": [64]}
+              "pretrained": [512, 2048], "ops": [4096]}
+QUICK_SIZES = {"op": [256, 512], "layer": [256, 512], "decode": [256, 512], "pretrained": [64], "ops": [512]}
 BASELINE_SINGLE_RUN_T = 16384  # op section: transformers gets 1 timed run, no warm-up, at T >= this
 HEADS, HEAD_DIM, HIDDEN = 4, 128, 512
 CHUNK = 64
@@ -463,6 +476,83 @@ def bench_pretrained(sizes: list[int], device: torch.device, repeats: int) -> di
     return {"rows": rows, "notes": notes, "table": table, "widths": QWEN3_5_WIDTHS}
 
 
+# ---------------------------------------------------------------------------------------- 5. more ops
+
+
+def kda_inputs(seq_len: int, device: torch.device) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seq_len)
+    q, k, v = (torch.randn(1, seq_len, HEADS, HEAD_DIM, generator=gen) for _ in range(3))
+    g = F.logsigmoid(torch.randn(1, seq_len, HEADS, HEAD_DIM, generator=gen) + 3)
+    beta = torch.rand(1, seq_len, HEADS, generator=gen)
+    return [t.to(device) for t in (q, k, v, g, beta)]
+
+
+def memlm_kda(q, k, v, g, beta):
+    return chunk_kda(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)[0]
+
+
+def transformers_kda(q, k, v, g, beta):
+    return chunk_kimi_delta_attention(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)[0]
+
+
+SSD_HEADS, SSD_HEAD_DIM, SSD_STATE = 32, 64, 128
+
+
+def ssd_inputs(seq_len: int, device: torch.device) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seq_len)
+    x = torch.randn(1, seq_len, SSD_HEADS, SSD_HEAD_DIM, generator=gen)
+    dt_raw = torch.randn(1, seq_len, SSD_HEADS, generator=gen)
+    dt_bias = torch.rand(SSD_HEADS, generator=gen) - 4
+    A = -torch.rand(SSD_HEADS, generator=gen).mul(15).add(1)
+    B, C = (torch.randn(1, seq_len, 1, SSD_STATE, generator=gen) for _ in range(2))
+    D = torch.randn(SSD_HEADS, generator=gen)
+    return [t.to(device) for t in (x, dt_raw, dt_bias, A, B, C, D)]
+
+
+def memlm_ssd(x, dt_raw, dt_bias, A, B, C, D):
+    return chunk_ssd(x, F.softplus(dt_raw + dt_bias), A, B, C, D, chunk_size=64)[0]
+
+
+def transformers_ssd(x, dt_raw, dt_bias, A, B, C, D):
+    return mamba2_chunk_scan(x, dt_raw, A, B, C, chunk_size=256, D=D, dt_bias=dt_bias, dt_softplus=True)
+
+
+MORE_OPS = {"kda": (kda_inputs, memlm_kda, transformers_kda), "ssd": (ssd_inputs, memlm_ssd, transformers_ssd)}
+
+
+def bench_more_ops(sizes: list[int], device: torch.device, repeats: int) -> dict:
+    rows = []
+    bar = progress(len(sizes) * len(MORE_OPS), "more ops")
+    notes = []
+    for name, (make_inputs, ours_fn, base_fn) in MORE_OPS.items():
+        if name == "kda" and chunk_kimi_delta_attention is None:
+            notes.append(f"kda: not measured (transformers {transformers.__version__} has no Kimi Linear)")
+            bar.update(len(sizes))
+            continue
+        for seq_len in sizes:
+            inputs = make_inputs(seq_len, device)
+            timed = measure({"memlm": (op_step(ours_fn, inputs), repeats, 1),
+                             "transformers": (op_step(base_fn, inputs), repeats, 1)}, device)
+            (o_ours, g_ours), (o_base, g_base) = timed["memlm"].result, timed["transformers"].result
+            rows.append({
+                "op": name, "T": seq_len, "memlm_ms": timed["memlm"].median_ms,
+                "transformers_ms": timed["transformers"].median_ms,
+                "speedup": timed["transformers"].median_ms / timed["memlm"].median_ms,
+                "max_abs_diff_o": (o_ours - o_base).abs().max().item(),
+                "max_abs_diff_grad": max((a - b).abs().max().item() for a, b in zip(g_ours, g_base, strict=True)),
+            })
+            del inputs, timed
+            gc.collect()
+            bar.update()
+    bar.close()
+    table = format_table(
+        ["op", "T", "memlm ms", "transformers ms", "speed-up", "max|do|", "max|dgrad|"],
+        [[r["op"], str(r["T"]), f"{r['memlm_ms']:.1f}", f"{r['transformers_ms']:.1f}", f"{r['speedup']:.2f}x",
+          f"{r['max_abs_diff_o']:.1e}", f"{r['max_abs_diff_grad']:.1e}"] for r in rows],
+    )
+    return {"rows": rows, "notes": notes, "table": table}
+
+
 # ------------------------------------------------------------------------------------------- driver
 
 
@@ -525,8 +615,8 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=None, help="timed decode steps (default 10, quick 5)")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s on 2 CPU cores)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode", "pretrained"],
-                        default=["op", "layer", "decode", "pretrained"])
+    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode", "pretrained", "ops"],
+                        default=["op", "layer", "decode", "pretrained", "ops"])
     parser.add_argument("--json", metavar="PATH", help="also write every result and timing to this JSON file")
     args = parser.parse_args()
 
@@ -567,6 +657,8 @@ def main() -> None:
         ("pretrained", "4. Pretrained: a converted Qwen3.5 (Qwen3.5-0.8B widths, 4 layers, vocab 32000) in memlm vs "
                        "transformers' Qwen3_5ForCausalLM, B=1",
          lambda: bench_pretrained(sizes["pretrained"], device, args.repeats)),
+        ("ops", "5. More ops: KDA and Mamba-2's SSD scan fwd+bwd, B=1 (memlm vs transformers' torch paths)",
+         lambda: bench_more_ops(sizes["ops"], device, args.repeats)),
     ]
     for name, title, run in sections:
         if name not in args.sections:
