@@ -33,38 +33,42 @@ class ShortConvolution(nn.Module):
     ) -> torch.Tensor:
         """``x: [B, T, channels] -> [B, T, channels]``."""
         seq_len = x.shape[1]
-        window = x.transpose(1, 2)  # [B, C, T]
+        window = x
         if cache is not None:
-            # Prefill: returns x (left-padded to the kernel); decoding: the stored inputs followed by x.
-            window = cache.update_conv_state(window, layer_idx, conv_kernel_size=self.kernel_size)
+            # Prefill: returns x (left-padded to the kernel); decoding: the stored inputs followed by x. transformers'
+            # conv state is [B, C, K]: channels first.
+            window = cache.update_conv_state(x.transpose(1, 2), layer_idx, conv_kernel_size=self.kernel_size)
+            window = window.transpose(1, 2).contiguous()
         out = self._causal_conv(window.to(self.conv1d.weight.dtype), cu_seqlens)
-        return self.activation(out[..., -seq_len:]).transpose(1, 2).to(x.dtype)
+        return self.activation(out[:, -seq_len:]).to(x.dtype)
 
     def with_state(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Continue from an explicit state: ``x [B, T, C]``, ``state [B, C, K-1]`` (None: zeros) ->
         ``(y [B, T, C], new state [B, C, K-1])`` (the last ``K - 1`` inputs)."""
-        window = x.transpose(1, 2)
         if state is None:
-            state = window.new_zeros(window.shape[0], window.shape[1], self.kernel_size - 1)
-        window = torch.cat([state.to(window.dtype), window], dim=-1)
-        out = self._causal_conv(window.to(self.conv1d.weight.dtype), None)[..., -x.shape[1]:]
-        return self.activation(out).transpose(1, 2).to(x.dtype), window[..., window.shape[-1] - (self.kernel_size - 1):]
+            state = x.new_zeros(x.shape[0], x.shape[2], self.kernel_size - 1)
+        window = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)
+        out = self._causal_conv(window.to(self.conv1d.weight.dtype), None)[:, -x.shape[1]:]
+        new_state = window[:, window.shape[1] - (self.kernel_size - 1):].transpose(1, 2)
+        return self.activation(out).to(x.dtype), new_state
 
     def _causal_conv(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
-        """``y_t = sum_lag w[K-1-lag] * x_{t-lag} (+ b)`` on ``[B, C, L]``, as K shifted multiply-adds.
+        """``y_t = sum_lag w[K-1-lag] * x_{t-lag} (+ b)`` on ``x [B, L, C]`` (channels last, contiguous), as K
+        shifted multiply-adds.
 
-        With ``cu_seqlens`` (a packed row), a tap never reaches before its document's start. Written
-        out rather than through ``F.conv1d``: as fast for K = 4, and far cheaper for one decoding token.
+        With ``cu_seqlens`` (a packed row), a tap never reaches before its document's start. Written out rather
+        than through ``F.conv1d``: channels last, it is as fast for K = 4 in training, faster for short inputs and
+        one decoding token, and handles packed documents with the same code.
         """
-        weight = self.conv1d.weight.squeeze(1)  # [C, K]
-        length = x.shape[-1]
+        weight = self.conv1d.weight.squeeze(1).t()  # [K, C]
+        length = x.shape[1]
         if cu_seqlens is not None:
             positions = torch.arange(length, device=x.device)
             doc_start = cu_seqlens[torch.searchsorted(cu_seqlens, positions, right=True) - 1]
-        out = x * weight[:, -1, None]
+        out = x * weight[-1]
         for lag in range(1, min(self.kernel_size, length)):
-            tap = F.pad(x[..., : length - lag], (lag, 0)) * weight[:, self.kernel_size - 1 - lag, None]
+            tap = x[:, : length - lag] * weight[self.kernel_size - 1 - lag]
             if cu_seqlens is not None:
-                tap = tap * (positions - lag >= doc_start).to(x.dtype)
-            out = out + tap
-        return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
+                tap = tap * (positions[lag:] - lag >= doc_start[lag:]).to(x.dtype)[:, None]
+            out = out + F.pad(tap, (0, 0, lag, 0))
+        return out if self.conv1d.bias is None else out + self.conv1d.bias

@@ -47,6 +47,12 @@ def resolve_cache_argument(cache, past_key_values):
     return past_key_values
 
 
+def scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x * factor``; ``x`` itself where ``factor`` is 1 (Granite's multipliers; 1 in every other model), so other
+    models pay no whole-tensor multiplication for them."""
+    return x if factor == 1 else x * factor
+
+
 class MemLMDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block (``norm_placement`` "pre", the default): ``h = x + r * mixer(input_layernorm(x))``, then
     ``h + r * mlp(post_attention_layernorm(h))`` (``r = residual_multiplier``, 1 but in Granite).
@@ -62,8 +68,8 @@ class MemLMDecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         r = self.residual_multiplier
-        hidden_states = hidden_states + self.mixer(self.input_layernorm(hidden_states), inputs) * r
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)) * r
+        hidden_states = hidden_states + scaled(self.mixer(self.input_layernorm(hidden_states), inputs), r)
+        return hidden_states + scaled(self.mlp(self.post_attention_layernorm(hidden_states)), r)
 
 
 class MemLMPostNormDecoderLayer(GradientCheckpointingLayer):
@@ -81,8 +87,8 @@ class MemLMPostNormDecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         r = self.residual_multiplier
-        hidden_states = hidden_states + self.post_attention_layernorm(self.mixer(hidden_states, inputs)) * r
-        return hidden_states + self.post_feedforward_layernorm(self.mlp(hidden_states)) * r
+        hidden_states = hidden_states + scaled(self.post_attention_layernorm(self.mixer(hidden_states, inputs)), r)
+        return hidden_states + scaled(self.post_feedforward_layernorm(self.mlp(hidden_states)), r)
 
 
 DECODER_LAYERS = {"pre": MemLMDecoderLayer, "post": MemLMPostNormDecoderLayer}  # by config.norm_placement
@@ -184,7 +190,7 @@ class MemLMModel(MemLMPreTrainedModel):
             use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        inputs_embeds = inputs_embeds * self.config.embedding_multiplier  # Granite's; 1 otherwise
+        inputs_embeds = scaled(inputs_embeds, self.config.embedding_multiplier)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         elif not use_cache:
@@ -307,7 +313,9 @@ class MemLMForCausalLM(MemLMPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep]) / self.config.logits_scaling  # Granite's; 1 otherwise
+        logits = self.lm_head(hidden_states[:, keep])
+        if self.config.logits_scaling != 1:  # Granite's (divided, as transformers' Granite does)
+            logits = logits / self.config.logits_scaling
         loss = None
         if labels is not None and self.config.prefix_lm_objective:
             if prefix_length is None or logits.shape[1] != labels.shape[1]:
