@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from transformers import initialization as init
 
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.linear_cache import masked_and_previous_state, run_rule
 from memlm.layers.norm import GatedRMSNorm
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
@@ -37,13 +37,21 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + eps).to(x.dtype)
 
 
-@register_mixer("gated_deltanet", "linear_attention", "conv state + recurrent state [B, H, dk, dv]", linear=True)
-class GatedDeltaNet(RecurrentMixer):
-    """``hidden_states [B, T, hidden] -> [B, T, hidden]``.
+def init_dt_bias(dt_bias: nn.Parameter) -> None:
+    """Mamba-2's time-step bias: ``softplus(dt_bias) = dt ~ logU(1e-3, 1e-1)`` (clamped at 1e-4), stored through the
+    inverse softplus ``dt + log(1 - exp(-dt))``."""
+    dt = torch.exp(torch.empty_like(dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
+    init.copy_(dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+
+class DeltaRuleMixer(RecurrentMixer):
+    """The head layout, gate init and q/k/v heads GatedDeltaNet and KDA share.
 
     Heads: ``linear_num_key_heads`` q/k heads of ``linear_key_head_dim``, ``linear_num_value_heads``
     v heads of ``linear_value_head_dim`` (a multiple of the key heads: each q/k head serves a group of
-    consecutive value heads). State per value head: ``[dk, dv]``.
+    consecutive value heads). Subclasses define ``conv`` (over q|k|v), ``A_log``, ``dt_bias``, their ops
+    ``chunk_op`` and ``recurrent_op`` (as :func:`~memlm.layers.linear_cache.run_rule` takes them), and
+    ``project_qkv``, ``gates`` and ``output``.
     """
 
     def __init__(self, config, layer_idx: int):
@@ -55,6 +63,53 @@ class GatedDeltaNet(RecurrentMixer):
         self.head_v_dim = config.linear_value_head_dim
         self.key_dim = self.num_k_heads * self.head_k_dim
         self.value_dim = self.num_v_heads * self.head_v_dim
+
+    @torch.no_grad()
+    def init_mixer_weights(self) -> None:
+        """Mamba-2 style gates (fla's GatedDeltaNet and KDA): ``A ~ U(1, 16)``, ``softplus(dt_bias) = dt ~
+        logU(1e-3, 1e-1)``."""
+        init.copy_(self.A_log, torch.empty_like(self.A_log).uniform_(1, 16).log())
+        init_dt_bias(self.dt_bias)
+
+    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
+        """``hidden_states [B, T, hidden] -> [B, T, hidden]``: q/k/v heads (:meth:`project_qkv`, :meth:`qkv_heads`),
+        the gates ``g, beta`` (:meth:`gates`; zero on pads, so a pad neither decays nor writes the state), the op
+        (``recurrent_op`` for one decoding token after a cached state, else ``chunk_op``), then :meth:`output`."""
+        cache, cu_seqlens = inputs.cache, inputs.cu_seqlens
+        hidden_states, recurrent_state = masked_and_previous_state(hidden_states, mask, cache, self.layer_idx)
+        q, k, v = self.qkv_heads(self.project_qkv(hidden_states), cache, cu_seqlens)
+        g, beta = self.gates(hidden_states)
+        if mask is not None:
+            beta, g = beta * mask[..., None], g * mask.view(*mask.shape, *(1,) * (g.dim() - 2))
+        o = run_rule(self.chunk_op, self.recurrent_op, (q, k, v, g, beta), recurrent_state, cache, self.layer_idx,
+                     cu_seqlens)
+        return self.output(o, hidden_states)
+
+    def qkv_heads(self, qkv: torch.Tensor, cache, cu_seqlens: torch.Tensor | None):
+        """``qkv [B, T, 2 key_dim + value_dim]`` (q|k|v before the conv) -> ``q, k [B, T, Hv, dk]`` (conv, then
+        ``q / ||q||``, ``k / ||k||``; each q/k head repeated over its group of value heads) and ``v [B, T, Hv, dv]``."""
+        batch, seq_len, _ = qkv.shape
+        qkv = self.conv(qkv, cache, self.layer_idx, cu_seqlens)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = l2_normalize(q.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
+        k = l2_normalize(k.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
+        v = v.view(batch, seq_len, self.num_v_heads, self.head_v_dim)
+        if self.num_v_heads != self.num_k_heads:
+            group = self.num_v_heads // self.num_k_heads
+            q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
+        return q, k, v
+
+
+@register_mixer("gated_deltanet", "linear_attention", "conv state + recurrent state [B, H, dk, dv]", linear=True)
+class GatedDeltaNet(DeltaRuleMixer):
+    """``hidden_states [B, T, hidden] -> [B, T, hidden]``; heads as :class:`DeltaRuleMixer`. State per value head:
+    ``[dk, dv]``.
+    """
+
+    chunk_op, recurrent_op = staticmethod(chunk_gated_delta_rule), staticmethod(recurrent_gated_delta_rule)
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
         hidden = config.hidden_size
         self.in_proj_qkv = nn.Linear(hidden, 2 * self.key_dim + self.value_dim, bias=False)
         self.in_proj_z = nn.Linear(hidden, self.value_dim, bias=False)
@@ -69,41 +124,19 @@ class GatedDeltaNet(RecurrentMixer):
         self.out_proj = nn.Linear(self.value_dim, hidden, bias=False)
         self.init_mixer_weights()
 
-    @torch.no_grad()
-    def init_mixer_weights(self) -> None:
-        """Mamba-2 style gates: ``A ~ U(1, 16)``, ``softplus(dt_bias) = dt ~ logU(1e-3, 1e-1)``."""
-        init.copy_(self.A_log, torch.empty_like(self.A_log).uniform_(1, 16).log())
-        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
-        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    def project_qkv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``[B, T, hidden] -> [B, T, 2 key_dim + value_dim]``: ``W_q x | W_k x | W_v x`` in one projection."""
+        return self.in_proj_qkv(hidden_states)
 
-    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
-        batch, seq_len, _ = hidden_states.shape
-        cache, cu_seqlens = inputs.cache, inputs.cu_seqlens
-        if mask is not None:  # padding never enters the conv or recurrent state
-            hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
-        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
-
-        qkv = self.conv(self.in_proj_qkv(hidden_states), cache, self.layer_idx, cu_seqlens)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        q = l2_normalize(q.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
-        k = l2_normalize(k.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
-        v = v.view(batch, seq_len, self.num_v_heads, self.head_v_dim)
-        if self.num_v_heads != self.num_k_heads:
-            group = self.num_v_heads // self.num_k_heads
-            q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
-
+    def gates(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g = -exp(A_log) * softplus(W_a x + dt_bias)``, ``beta = sigmoid(W_b x)`` (times 2 with
+        linear_allow_neg_eigval), both ``[B, T, Hv]`` fp32."""
         beta = self.in_proj_b(hidden_states).float().sigmoid() * self.beta_scale
         g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(hidden_states).float() + self.dt_bias.float())
-        if mask is not None:
-            beta, g = beta * mask[..., None], g * mask[..., None]
+        return g, beta
 
-        rule = recurrent_gated_delta_rule if recurrent_state is not None and seq_len == 1 else chunk_gated_delta_rule
-        o, final_state = rule(
-            q, k, v, g, beta, initial_state=recurrent_state, output_final_state=cache is not None,
-            cu_seqlens=cu_seqlens,
-        )
-        if cache is not None:
-            store_recurrent_state(cache, self.layer_idx, final_state)
-
+    def output(self, o: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``o [B, T, Hv, dv] -> W_out(RMSNorm(o) * SiLU(W_z x)) [B, T, hidden]``."""
+        batch, seq_len, _ = hidden_states.shape
         z = self.in_proj_z(hidden_states).view(batch, seq_len, self.num_v_heads, self.head_v_dim)
         return self.out_proj(self.norm(o, z).reshape(batch, seq_len, self.value_dim))

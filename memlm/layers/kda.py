@@ -21,36 +21,26 @@ concatenated, as transformers' ``conv1d``), ``f_a_proj``, ``f_b_proj``, ``A_log`
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import initialization as init
 
-from memlm.layers.gated_deltanet import l2_normalize
-from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, run_rule
+from memlm.layers.gated_deltanet import DeltaRuleMixer
 from memlm.layers.norm import GatedRMSNorm
-from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
 from memlm.ops.kda import chunk_kda, recurrent_kda
 
 
 @register_mixer("kda", "linear_attention", "conv state + recurrent state [B, H, dk, dv]", linear=True)
-class KimiDeltaAttention(RecurrentMixer):
-    """``hidden_states [B, T, hidden] -> [B, T, hidden]``; state per value head ``[dk, dv]``."""
+class KimiDeltaAttention(DeltaRuleMixer):
+    """``hidden_states [B, T, hidden] -> [B, T, hidden]``; heads as :class:`DeltaRuleMixer` (its gate init: fla's
+    KDA gates); state per value head ``[dk, dv]``."""
+
+    chunk_op, recurrent_op = staticmethod(chunk_kda), staticmethod(recurrent_kda)
 
     def __init__(self, config, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.num_k_heads = config.linear_num_key_heads
-        self.num_v_heads = config.linear_num_value_heads
-        self.head_k_dim = config.linear_key_head_dim
-        self.head_v_dim = config.linear_value_head_dim
-        self.key_dim = self.num_k_heads * self.head_k_dim
-        self.value_dim = self.num_v_heads * self.head_v_dim
+        super().__init__(config, layer_idx)
         hidden, rank = config.hidden_size, self.head_v_dim
         self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden, self.key_dim, bias=False)
@@ -67,38 +57,22 @@ class KimiDeltaAttention(RecurrentMixer):
         self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
         self.init_mixer_weights()
 
-    @torch.no_grad()
-    def init_mixer_weights(self) -> None:
-        """fla's KDA gates: ``A ~ U(1, 16)``, ``softplus(dt_bias) = dt ~ logU(1e-3, 1e-1)``."""
-        init.copy_(self.A_log, torch.empty_like(self.A_log).uniform_(1, 16).log())
-        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
-        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    def project_qkv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``[B, T, hidden] -> [B, T, 2 key_dim + value_dim]``: ``W_q x | W_k x | W_v x``."""
+        return torch.cat([self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)], -1)
 
-    def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
+    def gates(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g = -exp(A_log) * softplus(W_fb W_fa x + dt_bias)`` ``[B, T, Hv, dk]`` and ``beta = sigmoid(W_b x)``
+        ``[B, T, Hv]``, fp32."""
         batch, seq_len, _ = hidden_states.shape
-        cache, cu_seqlens = inputs.cache, inputs.cu_seqlens
-        if mask is not None:  # padding never enters the conv or recurrent state
-            hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
-        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
-
-        qkv = torch.cat([self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)], -1)
-        qkv = self.conv(qkv, cache, self.layer_idx, cu_seqlens)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        q = l2_normalize(q.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
-        k = l2_normalize(k.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
-        v = v.view(batch, seq_len, self.num_v_heads, self.head_v_dim)
-        if self.num_v_heads != self.num_k_heads:
-            group = self.num_v_heads // self.num_k_heads
-            q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
-
         beta = self.b_proj(hidden_states).float().sigmoid()
         gate = self.f_b_proj(self.f_a_proj(hidden_states)).float() + self.dt_bias.float()
         gate = gate.view(batch, seq_len, self.num_v_heads, self.head_k_dim)
         g = -self.A_log.float().exp()[:, None] * F.softplus(gate)
-        if mask is not None:
-            beta, g = beta * mask[..., None], g * mask[..., None, None]
+        return g, beta
 
-        o = run_rule(chunk_kda, recurrent_kda, (q, k, v, g, beta), recurrent_state, cache, self.layer_idx, cu_seqlens)
-
+    def output(self, o: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``o [B, T, Hv, dv] -> W_o(RMSNorm(o) * sigmoid(W_gb W_ga x)) [B, T, hidden]``."""
+        batch, seq_len, _ = hidden_states.shape
         z = self.g_b_proj(self.g_a_proj(hidden_states)).view(batch, seq_len, self.num_v_heads, self.head_v_dim)
         return self.o_proj(self.o_norm(o, z).reshape(batch, seq_len, self.value_dim))

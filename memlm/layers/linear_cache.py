@@ -22,6 +22,15 @@ def previous_recurrent_state(cache, layer_idx: int) -> torch.Tensor | None:
     return layer.recurrent_states[0] if layer.has_previous_state[0] else None
 
 
+def masked_and_previous_state(hidden_states: torch.Tensor, mask: torch.Tensor | None, cache,
+                              layer_idx: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The start of a linear layer's ``mix``: ``hidden_states [B, T, hidden]`` with the pads of ``mask [B, T]`` (None:
+    no padding) zeroed, so padding never enters the conv or recurrent state, and :func:`previous_recurrent_state`."""
+    if mask is not None:
+        hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
+    return hidden_states, previous_recurrent_state(cache, layer_idx)
+
+
 def store_recurrent_state(cache, layer_idx: int, state: torch.Tensor) -> None:
     """Keep ``state`` for the next call and mark the layer as started (also for layers without a conv state)."""
     cache.update_recurrent_state(state, layer_idx)

@@ -17,13 +17,12 @@ the recurrent state ``[B, H, N, head_dim]``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 
+from memlm.layers.gated_deltanet import init_dt_bias
 from memlm.layers.inputs import MixerInputs
 from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
 from memlm.layers.padding import RecurrentMixer
@@ -80,8 +79,7 @@ class Mamba2(RecurrentMixer):
         """Mamba-2's: ``A = 1..H``, ``D = 1``, ``softplus(dt_bias) = dt ~ logU(1e-3, 1e-1)``."""
         init.copy_(self.A_log, torch.arange(1, self.num_heads + 1, dtype=torch.float32).log())
         init.ones_(self.D)
-        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1))).clamp(min=1e-4)
-        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        init_dt_bias(self.dt_bias)
 
     def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
