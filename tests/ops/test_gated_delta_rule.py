@@ -5,6 +5,10 @@ import torch
 from torch.nn import functional as F
 
 from memlm.ops import chunk_gated_delta_rule, naive_gated_delta_rule, recurrent_gated_delta_rule
+from tests.ops import agreement
+from tests.ops.agreement import BAD_STATE_AND_OFFSETS, assert_refused
+
+NAMES = ["q", "k", "v", "g", "beta", "initial_state"]
 
 
 def make_inputs(batch, seq_len, heads=2, dk=16, dv=24, num_states=None, decay=1.0):
@@ -17,23 +21,8 @@ def make_inputs(batch, seq_len, heads=2, dk=16, dv=24, num_states=None, decay=1.
     return [x.requires_grad_() for x in (q, k, v, g, beta, state)]
 
 
-def run_with_grads(op, inputs, weights, **kwargs):
-    inputs = [x.detach().clone().requires_grad_() for x in inputs]
-    o, final = op(*inputs[:5], initial_state=inputs[5], output_final_state=True, **kwargs)
-    ((o * weights[0]).sum() + (final * weights[1]).sum()).backward()
-    return o.detach(), final.detach(), [x.grad for x in inputs]
-
-
 def assert_ops_agree(inputs, tol=1e-4, **kwargs):
-    o, final = chunk_gated_delta_rule(*inputs[:5], initial_state=inputs[5], output_final_state=True, **kwargs)
-    weights = (torch.randn_like(o), torch.randn_like(final))
-    chunk = run_with_grads(chunk_gated_delta_rule, inputs, weights, **kwargs)
-    reference = run_with_grads(naive_gated_delta_rule, inputs, weights, **kwargs)
-    torch.testing.assert_close(chunk[0], reference[0], atol=tol, rtol=0)
-    torch.testing.assert_close(chunk[1], reference[1], atol=tol, rtol=0)
-    for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], chunk[2], reference[2], strict=True):
-        assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a, b, atol=tol, rtol=0, msg=lambda m, name=name: f"grad of {name}: {m}")
+    agreement.assert_ops_agree(chunk_gated_delta_rule, naive_gated_delta_rule, inputs, NAMES, tol, **kwargs)
 
 
 def test_chunk_matches_recurrence_values_and_gradients():
@@ -111,17 +100,12 @@ def test_bf16_inputs_give_bf16_outputs_and_fp32_state():
         (lambda a: a.update(v=a["v"][:, :5]), "v must be"),
         (lambda a: a.update(g=a["g"][..., None]), "g must have shape"),
         (lambda a: a.update(beta=a["beta"][:, :3]), "beta must have shape"),
-        (lambda a: a.update(initial_state=torch.zeros(1, 2, 16, 16)), "initial_state must have shape"),
-        (lambda a: a.update(cu_seqlens=torch.tensor([0, 5, 4, 20])), "cu_seqlens must rise"),
+        *BAD_STATE_AND_OFFSETS,
     ],
 )
 def test_bad_input_raises(change, message):
-    q, k, v, g, beta, _ = (x.detach() for x in make_inputs(1, 20))
-    args = dict(q=q, k=k, v=v, g=g, beta=beta)
-    change(args)
-    for op in (chunk_gated_delta_rule, recurrent_gated_delta_rule, naive_gated_delta_rule):
-        with pytest.raises(ValueError, match=message):
-            op(**args)
+    ops = (chunk_gated_delta_rule, recurrent_gated_delta_rule, naive_gated_delta_rule)
+    assert_refused(ops, NAMES[:5], make_inputs(1, 20)[:5], change, message)
 
 
 def test_cu_seqlens_needs_batch_of_one():

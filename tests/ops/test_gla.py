@@ -3,6 +3,8 @@ import torch
 from torch.nn import functional as F
 
 from memlm.ops import chunk_gla, naive_gla, recurrent_gla
+from tests.ops import agreement
+from tests.ops.agreement import BAD_STATE_AND_OFFSETS, assert_refused, run_with_grads
 
 NAMES = ["q", "k", "v", "g", "initial_state"]
 
@@ -17,23 +19,8 @@ def make_inputs(batch, seq_len, heads=2, dk=16, dv=24, num_states=None, bias=2.0
     return [x.requires_grad_() for x in (q, k, v, g, state)]
 
 
-def run_with_grads(op, inputs, weights, **kwargs):
-    inputs = [x.detach().clone().requires_grad_() for x in inputs]
-    o, final = op(*inputs[:4], initial_state=inputs[4], output_final_state=True, **kwargs)
-    ((o * weights[0]).sum() + (final * weights[1]).sum()).backward()
-    return o.detach(), final.detach(), [x.grad for x in inputs]
-
-
 def assert_ops_agree(inputs, tol=1e-4, rtol=0.0, chunk_size=64, **kwargs):
-    o, final = chunk_gla(*inputs[:4], initial_state=inputs[4], output_final_state=True, **kwargs)
-    weights = (torch.randn_like(o), torch.randn_like(final))
-    chunk = run_with_grads(chunk_gla, inputs, weights, chunk_size=chunk_size, **kwargs)
-    reference = run_with_grads(naive_gla, inputs, weights, **kwargs)
-    torch.testing.assert_close(chunk[0], reference[0], atol=tol, rtol=rtol)
-    torch.testing.assert_close(chunk[1], reference[1], atol=tol, rtol=rtol)
-    for name, a, b in zip(NAMES, chunk[2], reference[2], strict=True):
-        assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a, b, atol=tol, rtol=rtol, msg=lambda m, name=name: f"grad of {name}: {m}")
+    agreement.assert_ops_agree(chunk_gla, naive_gla, inputs, NAMES, tol, rtol, {"chunk_size": chunk_size}, **kwargs)
 
 
 def test_chunk_matches_recurrence_values_and_gradients():
@@ -121,17 +108,11 @@ def test_bf16_inputs_give_bf16_outputs_and_fp32_state():
         (lambda a: a.update(v=a["v"][:, :5]), "v must be"),
         (lambda a: a.update(g=a["g"][..., 0]), "g must have shape"),
         (lambda a: a.update(g=a["g"][..., :8]), "g must have shape"),
-        (lambda a: a.update(initial_state=torch.zeros(1, 2, 16, 16)), "initial_state must have shape"),
-        (lambda a: a.update(cu_seqlens=torch.tensor([0, 5, 4, 20])), "cu_seqlens must rise"),
+        *BAD_STATE_AND_OFFSETS,
     ],
 )
 def test_bad_input_raises(change, message):
-    q, k, v, g, _ = (x.detach() for x in make_inputs(1, 20))
-    args = dict(q=q, k=k, v=v, g=g)
-    change(args)
-    for op in (chunk_gla, recurrent_gla, naive_gla):
-        with pytest.raises(ValueError, match=message):
-            op(**args)
+    assert_refused((chunk_gla, recurrent_gla, naive_gla), NAMES[:4], make_inputs(1, 20)[:4], change, message)
 
 
 def test_cu_seqlens_needs_batch_of_one():

@@ -3,6 +3,8 @@ import torch
 from torch.nn import functional as F
 
 from memlm.ops import chunk_kda, naive_kda, recurrent_kda
+from tests.ops import agreement
+from tests.ops.agreement import BAD_STATE_AND_OFFSETS, assert_refused, run_with_grads
 
 NAMES = ["q", "k", "v", "g", "beta", "initial_state"]
 
@@ -19,23 +21,9 @@ def make_inputs(batch, seq_len, heads=2, dk=16, dv=24, num_states=None, bias=2.0
     return [x.requires_grad_() for x in (q, k, v, g, beta, state)]
 
 
-def run_with_grads(op, inputs, weights, **kwargs):
-    inputs = [x.detach().clone().requires_grad_() for x in inputs]
-    o, final = op(*inputs[:5], initial_state=inputs[5], output_final_state=True, **kwargs)
-    ((o * weights[0]).sum() + (final * weights[1]).sum()).backward()
-    return o.detach(), final.detach(), [x.grad for x in inputs]
-
-
 def assert_ops_agree(inputs, op=chunk_kda, tol=1e-4, chunk_size=None, **kwargs):
-    o, final = naive_kda(*inputs[:5], initial_state=inputs[5], output_final_state=True, **kwargs)
-    weights = (torch.randn_like(o), torch.randn_like(final))
-    chunk = run_with_grads(op, inputs, weights, **kwargs, **({} if chunk_size is None else {"chunk_size": chunk_size}))
-    reference = run_with_grads(naive_kda, inputs, weights, **kwargs)
-    torch.testing.assert_close(chunk[0], reference[0], atol=tol, rtol=tol)
-    torch.testing.assert_close(chunk[1], reference[1], atol=tol, rtol=tol)
-    for name, a, b in zip(NAMES, chunk[2], reference[2], strict=True):
-        assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m, name=name: f"grad of {name}: {m}")
+    op_kwargs = {} if chunk_size is None else {"chunk_size": chunk_size}
+    agreement.assert_ops_agree(op, naive_kda, inputs, NAMES, tol, tol, op_kwargs, **kwargs)
 
 
 def test_chunk_matches_recurrence_values_and_gradients():
@@ -101,17 +89,11 @@ def test_bf16_inputs_give_bf16_outputs_and_fp32_state():
     [
         (lambda a: a.update(g=a["g"][..., 0]), "g must have shape"),
         (lambda a: a.update(beta=a["beta"][..., None]), "beta must have shape"),
-        (lambda a: a.update(initial_state=torch.zeros(1, 2, 16, 16)), "initial_state must have shape"),
-        (lambda a: a.update(cu_seqlens=torch.tensor([0, 5, 4, 20])), "cu_seqlens must rise"),
+        *BAD_STATE_AND_OFFSETS,
     ],
 )
 def test_bad_input_raises(change, message):
-    q, k, v, g, beta, _ = (x.detach() for x in make_inputs(1, 20))
-    args = dict(q=q, k=k, v=v, g=g, beta=beta)
-    change(args)
-    for op in (chunk_kda, recurrent_kda, naive_kda):
-        with pytest.raises(ValueError, match=message):
-            op(**args)
+    assert_refused((chunk_kda, recurrent_kda, naive_kda), NAMES[:5], make_inputs(1, 20)[:5], change, message)
 
 
 @pytest.mark.parametrize("l2norm", [False, True])

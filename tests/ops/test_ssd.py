@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from memlm.ops import chunk_ssd, naive_ssd, recurrent_ssd
+from tests.ops.agreement import run_with_grads
 
 NAMES = ["x", "dt", "A", "B", "C", "D", "initial_state"]
 
@@ -21,13 +22,6 @@ def make_inputs(batch, seq_len, heads=4, groups=2, head_dim=8, d_state=6, num_st
     D = torch.randn(heads)
     state = torch.randn(num_states or batch, heads, d_state, head_dim)
     return [t.requires_grad_() for t in (x, dt, A, B, C, D, state)]
-
-
-def run_with_grads(op, inputs, weights, **kwargs):
-    inputs = [t.detach().clone().requires_grad_() for t in inputs]
-    y, final = op(*inputs[:6], initial_state=inputs[6], output_final_state=True, **kwargs)
-    ((y * weights[0]).sum() + (final * weights[1]).sum()).backward()
-    return y.detach(), final.detach(), [t.grad for t in inputs]
 
 
 def assert_ops_agree(inputs, tol=1e-4, op=chunk_ssd, **kwargs):
