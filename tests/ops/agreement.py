@@ -4,6 +4,8 @@ states and every input gradient) and every form of an op refusing bad input.
 ``inputs`` are the op's positional tensors with the initial state last (as each test's ``make_inputs`` returns them).
 """
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -37,6 +39,21 @@ def assert_ops_agree(op, reference_op, inputs, names, tol, rtol=0.0, op_kwargs=N
     for name, a, b in zip(names, result[2], reference[2], strict=True):
         assert torch.isfinite(a).all(), name
         torch.testing.assert_close(a, b, atol=tol, rtol=rtol, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def assert_documents_alone(op, inputs, names, cu_seqlens, weights):
+    """Packed documents (``cu_seqlens`` over a batch of one row) == each document alone through ``op``: outputs,
+    final states and the gradients of every input (of the initial state, each document's row), to 1e-5, for the
+    output weights ``weights`` (``[1, T, H, dv]`` and ``[N, H, dk, dv]``)."""
+    packed, finals, grads = run_with_grads(op, inputs, weights, cu_seqlens=cu_seqlens)
+    for doc, (start, end) in enumerate(pairwise(cu_seqlens.tolist())):
+        alone = [x.detach()[:, start:end] for x in inputs[:-1]] + [inputs[-1].detach()[doc : doc + 1]]
+        o, final, doc_grads = run_with_grads(op, alone, (weights[0][:, start:end], weights[1][doc : doc + 1]))
+        torch.testing.assert_close(packed[:, start:end], o, atol=1e-5, rtol=0)
+        torch.testing.assert_close(finals[doc : doc + 1], final, atol=1e-5, rtol=0)
+        for name, a, b in zip(names[:-1], grads[:-1], doc_grads[:-1], strict=True):
+            torch.testing.assert_close(a[:, start:end], b, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(grads[-1][doc : doc + 1], doc_grads[-1], atol=1e-5, rtol=0)
 
 
 def assert_refused(ops, names, inputs, change, message):

@@ -4,7 +4,7 @@ from torch.nn import functional as F
 
 from memlm.ops import chunk_gla, naive_gla, recurrent_gla
 from tests.ops import agreement
-from tests.ops.agreement import BAD_STATE_AND_OFFSETS, assert_refused, run_with_grads
+from tests.ops.agreement import BAD_STATE_AND_OFFSETS, assert_documents_alone, assert_refused
 
 NAMES = ["q", "k", "v", "g", "initial_state"]
 
@@ -39,16 +39,7 @@ def test_cu_seqlens_match_recurrence_and_documents_alone():
     inputs = make_inputs(1, 700, num_states=4)
     assert_ops_agree(inputs, cu_seqlens=cu_seqlens)
     weights = torch.randn(1, 700, 2, 24), torch.randn(4, 2, 16, 24)
-    packed, finals, grads = run_with_grads(chunk_gla, inputs, weights, cu_seqlens=cu_seqlens)
-    for doc, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True)):
-        alone = [x.detach()[:, start:end] for x in inputs[:4]] + [inputs[4].detach()[doc : doc + 1]]
-        doc_weights = weights[0][:, start:end], weights[1][doc : doc + 1]
-        o, final, doc_grads = run_with_grads(chunk_gla, alone, doc_weights)
-        torch.testing.assert_close(packed[:, start:end], o, atol=1e-5, rtol=0)
-        torch.testing.assert_close(finals[doc : doc + 1], final, atol=1e-5, rtol=0)
-        for name, a, b in zip(NAMES[:4], grads[:4], doc_grads[:4], strict=True):
-            torch.testing.assert_close(a[:, start:end], b, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
-        torch.testing.assert_close(grads[4][doc : doc + 1], doc_grads[4], atol=1e-5, rtol=0)
+    assert_documents_alone(chunk_gla, inputs, NAMES, cu_seqlens, weights)
 
 
 def test_no_state_crosses_documents():

@@ -4,7 +4,7 @@ from torch.nn import functional as F
 
 from memlm.ops import chunk_kda, naive_kda, recurrent_kda
 from tests.ops import agreement
-from tests.ops.agreement import BAD_STATE_AND_OFFSETS, assert_refused, run_with_grads
+from tests.ops.agreement import BAD_STATE_AND_OFFSETS, assert_documents_alone, assert_refused
 
 NAMES = ["q", "k", "v", "g", "beta", "initial_state"]
 
@@ -52,14 +52,7 @@ def test_cu_seqlens_match_recurrence_and_documents_alone():
     inputs = make_inputs(1, 250, num_states=3)
     assert_ops_agree(inputs, cu_seqlens=cu_seqlens)
     weights = torch.randn(1, 250, 2, 24), torch.randn(3, 2, 16, 24)
-    packed, finals, grads = run_with_grads(chunk_kda, inputs, weights, cu_seqlens=cu_seqlens)
-    for doc, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True)):
-        alone = [x.detach()[:, start:end] for x in inputs[:5]] + [inputs[5].detach()[doc : doc + 1]]
-        o, final, doc_grads = run_with_grads(chunk_kda, alone, (weights[0][:, start:end], weights[1][doc : doc + 1]))
-        torch.testing.assert_close(packed[:, start:end], o, atol=1e-5, rtol=0)
-        torch.testing.assert_close(finals[doc : doc + 1], final, atol=1e-5, rtol=0)
-        for name, a, b in zip(NAMES[:5], grads[:5], doc_grads[:5], strict=True):
-            torch.testing.assert_close(a[:, start:end], b, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+    assert_documents_alone(chunk_kda, inputs, NAMES, cu_seqlens, weights)
 
 
 @pytest.mark.parametrize("bias", [-11.0, -100.0])
