@@ -23,7 +23,7 @@ from torch import nn
 from memlm.layers.gated_deltanet import l2_normalize
 from memlm.layers.gla import FlaHeads
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, run_rule
+from memlm.layers.linear_cache import masked_and_previous_state, run_rule
 from memlm.layers.norm import GatedRMSNorm, RMSNorm
 from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
@@ -47,9 +47,8 @@ class DeltaNet(FlaHeads):
     def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
         cache, cu_seqlens = inputs.cache, inputs.cu_seqlens
-        if mask is not None:  # padding never enters the conv or recurrent state (beta = 0 there, below)
-            hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
-        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
+        # padding never enters the conv or recurrent state (beta = 0 there, below)
+        hidden_states, recurrent_state = masked_and_previous_state(hidden_states, mask, cache, self.layer_idx)
 
         qkv = torch.cat([self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)], -1)
         qkv = self.conv(qkv, cache, self.layer_idx, cu_seqlens)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, run_rule
+from memlm.layers.linear_cache import masked_and_previous_state, run_rule
 from memlm.layers.norm import GatedRMSNorm
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
@@ -65,9 +65,8 @@ class GatedLinearAttention(FlaHeads):
     def mix(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
         cache, cu_seqlens = inputs.cache, inputs.cu_seqlens
-        if mask is not None:  # a pad has k = v = 0 and (below) g = 0: the state passes it unchanged
-            hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
-        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
+        # a pad has k = v = 0 and (below) g = 0: the state passes it unchanged
+        hidden_states, recurrent_state = masked_and_previous_state(hidden_states, mask, cache, self.layer_idx)
 
         shape = (batch, seq_len, self.num_heads, -1)
         q = self.q_proj(hidden_states).view(shape)

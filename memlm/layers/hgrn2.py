@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.linear_cache import masked_and_previous_state, store_recurrent_state
 from memlm.layers.norm import RMSNorm
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
@@ -69,9 +69,8 @@ class HGRN2(RecurrentMixer):
             if forget_lower_bounds is not None and self.lower_bound_row > 0 else None
         )
         batch, seq_len, _ = hidden_states.shape
-        if mask is not None:
-            hidden_states = hidden_states * mask[..., None].to(hidden_states.dtype)
-        recurrent_state = previous_recurrent_state(cache, self.layer_idx)
+        # padding never enters the state (g = k = 0 there, below)
+        hidden_states, recurrent_state = masked_and_previous_state(hidden_states, mask, cache, self.layer_idx)
 
         shape = (batch, seq_len, self.num_heads, -1)
         q = F.silu(self.q_proj(hidden_states)).view(shape)
