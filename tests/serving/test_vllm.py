@@ -185,7 +185,8 @@ def qwen3_5_dir(tmp_path_factory):
 
 def usable_torchvision() -> bool:
     """vLLM's qwen3_5 model module imports transformers' Qwen2-VL image processor, which imports torchvision; PyPI's
-    torchvision is a CUDA build that fails to load next to torch+cpu (.ci/run installs the CPU build when it can)."""
+    torchvision is a CUDA build that fails to load next to torch+cpu (.ci/run removes it; the CPU build is on PyTorch's
+    index only)."""
     return subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
 
 
