@@ -10,7 +10,7 @@ from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from memlm.convert.registry import ConversionError
-from memlm.models.configuration_memlm import config_keys
+from memlm.models.configuration_memlm import MemLMConfig, config_keys
 
 
 @functools.cache
@@ -71,3 +71,38 @@ def check_rope_type(parameters: dict, where: str) -> None:
     if rope_type not in allowed:
         raise ConversionError(f"{where}: rope_parameters.rope_type={rope_type!r} is unknown to memlm; allowed: "
                               f"{allowed}")
+
+
+def check_keys(source: dict, known: frozenset[str], where: str) -> None:
+    """Refuse a source config key that is neither ``known`` to the importer nor one transformers writes into every
+    config (``architectures``, ``torch_dtype``, ...): it may change the model in a way the importer would miss."""
+    unknown = sorted(key for key in set(source) - known if key not in transformers_keys())
+    if unknown:
+        raise ConversionError(f"{where}: config keys {unknown} are unknown to memlm's {source.get('model_type')} "
+                              f"importer; it reads {sorted(known)}")
+
+
+def refuse(where: str, field: str, value, allowed: str) -> ConversionError:
+    """The error for a source field memlm cannot represent."""
+    return ConversionError(f"{where}: {field}={value!r} cannot be represented in memlm; allowed: {allowed}")
+
+
+def build_config(where: str, **fields) -> MemLMConfig:
+    """``MemLMConfig(**fields)``, its ValueError (a value memlm refuses) as ConversionError."""
+    try:
+        return MemLMConfig(**fields)
+    except ValueError as error:
+        raise ConversionError(f"{where}: {error}") from error
+
+
+def embeddings_and_head(tensors: dict[str, torch.Tensor], config: MemLMConfig, embeddings: str) -> dict:
+    """The embeddings (source name ``embeddings``), ``model.norm`` and ``lm_head``. With tied embeddings a stored
+    ``lm_head.weight`` must equal the embeddings (memlm ties them)."""
+    state = {"model.embed_tokens.weight": take(tensors, embeddings), "model.norm.weight": take(tensors,
+                                                                                               "model.norm.weight")}
+    if not config.tie_word_embeddings:
+        state["lm_head.weight"] = take(tensors, "lm_head.weight")
+    elif "lm_head.weight" in tensors and not torch.equal(take(tensors, "lm_head.weight"),
+                                                          state["model.embed_tokens.weight"]):
+        raise ConversionError("tie_word_embeddings is true but the stored lm_head.weight differs from the embeddings")
+    return state

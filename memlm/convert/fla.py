@@ -41,7 +41,7 @@ import math
 import torch
 
 from memlm.convert.checkpoint import Checkpoint
-from memlm.convert.common import take, transformers_keys
+from memlm.convert.common import build_config, check_keys, embeddings_and_head, refuse, take
 from memlm.convert.registry import ConversionError, Importer, register_importer
 from memlm.models.configuration_memlm import MemLMConfig
 
@@ -57,28 +57,6 @@ COMMON_KEYS = frozenset({
     "eos_token_id",
 })
 ATTENTION_KEYS = frozenset({"layers", "num_heads", "num_kv_heads", "qkv_bias", "qk_norm", "window_size", "rope_theta"})
-
-
-def check_keys(source: dict, known: frozenset[str], where: str) -> None:
-    """Refuse a source config key that is neither ``known`` to the importer nor one transformers writes into every
-    config (``architectures``, ``torch_dtype``, ...): it may change the model in a way the importer would miss."""
-    unknown = sorted(key for key in set(source) - known if key not in transformers_keys())
-    if unknown:
-        raise ConversionError(f"{where}: config keys {unknown} are unknown to memlm's {source.get('model_type')} "
-                              f"importer; it reads {sorted(known)}")
-
-
-def refuse(where: str, field: str, value, allowed: str) -> ConversionError:
-    """The error for a source field memlm cannot represent."""
-    return ConversionError(f"{where}: {field}={value!r} cannot be represented in memlm; allowed: {allowed}")
-
-
-def build_config(where: str, **fields) -> MemLMConfig:
-    """``MemLMConfig(**fields)``, its ValueError (a value memlm refuses) as ConversionError."""
-    try:
-        return MemLMConfig(**fields)
-    except ValueError as error:
-        raise ConversionError(f"{where}: {error}") from error
 
 
 def gated_deltanet_weights(tensors: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
@@ -99,19 +77,6 @@ def gated_deltanet_weights(tensors: dict[str, torch.Tensor], src: str, dst: str)
         state[dst + "conv.conv1d.weight"] = take(tensors, src + "conv1d.weight")
     else:
         state[dst + "conv.conv1d.weight"] = torch.cat([take(tensors, f"{src}{p}_conv1d.weight") for p in "qkv"])
-    return state
-
-
-def embeddings_and_head(tensors: dict[str, torch.Tensor], config: MemLMConfig, embeddings: str) -> dict:
-    """The embeddings (source name ``embeddings``), ``model.norm`` and ``lm_head``. With tied embeddings a stored
-    ``lm_head.weight`` must equal the embeddings (memlm ties them)."""
-    state = {"model.embed_tokens.weight": take(tensors, embeddings), "model.norm.weight": take(tensors,
-                                                                                               "model.norm.weight")}
-    if not config.tie_word_embeddings:
-        state["lm_head.weight"] = take(tensors, "lm_head.weight")
-    elif "lm_head.weight" in tensors and not torch.equal(take(tensors, "lm_head.weight"),
-                                                          state["model.embed_tokens.weight"]):
-        raise ConversionError("tie_word_embeddings is true but the stored lm_head.weight differs from the embeddings")
     return state
 
 

@@ -32,8 +32,7 @@ import dataclasses
 import torch
 import transformers
 
-from memlm.convert.common import take
-from memlm.convert.fla import build_config, check_keys, embeddings_and_head, refuse
+from memlm.convert.common import build_config, check_keys, embeddings_and_head, refuse, take
 from memlm.convert.registry import ConversionError, Importer, register_importer
 
 MIXERS = {"linear_attention": "kda", "full_attention": "mla"}

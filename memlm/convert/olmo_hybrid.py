@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 
 from memlm.convert.checkpoint import Checkpoint
-from memlm.convert.common import rope_parameters, take
-from memlm.convert.fla import build_config, check_keys, embeddings_and_head, gated_deltanet_weights, refuse
+from memlm.convert.common import build_config, check_keys, embeddings_and_head, refuse, rope_parameters, take
+from memlm.convert.fla import gated_deltanet_weights
 from memlm.convert.registry import ConversionError, Importer, register_importer
 from memlm.models.configuration_memlm import MemLMConfig
 
