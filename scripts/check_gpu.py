@@ -3,12 +3,13 @@
     python scripts/check_gpu.py --json gpu_check.json
 
 * kernels: ``chunk_gated_delta_rule``, ``recurrent_gated_delta_rule``, ``chunk_gla``, ``recurrent_gla``,
-  ``chunk_kda``, ``recurrent_kda`` on
+  ``chunk_kda``, ``recurrent_kda``, ``chunk_ssd``, ``recurrent_ssd`` (Mamba-2; fla's simple-GLA kernels) on
   CUDA (flash-linear-attention's Triton kernels when ``fla`` is installed, memlm's torch path when not) in
   fp32 and bf16, batched with an initial state and packed with ``cu_seqlens``, T not a multiple of the
   chunk: outputs, final states and the gradients of every input against the CPU fp32 torch path;
 * the Titans memory branch (``NeuralMemory``, depth 2) on CUDA against CPU: outputs and gradients;
-* models with every layer type (GatedDeltaNet, HGRN-2, KDA, MLA, full and sliding attention, memory, MAG, MAC):
+* models with every layer type (GatedDeltaNet, HGRN-2, KDA, Mamba-2, GLA, DeltaNet, MLA, full and sliding
+  attention, memory, MAG, MAC):
   CUDA logits against CPU logits in fp32, bf16 logits against fp32, and greedy ``generate`` with the
   cache against full recomputation, left-padded batch against each prompt alone.
 
@@ -35,15 +36,18 @@ from memlm.ops import (
     chunk_gated_delta_rule,
     chunk_gla,
     chunk_kda,
+    chunk_ssd,
     recurrent_gated_delta_rule,
     recurrent_gla,
     recurrent_kda,
+    recurrent_ssd,
 )
 from memlm.ops.common.fla import fla_gated_backward_is_broken
 
 KERNELS = {"chunk_gated_delta_rule": chunk_gated_delta_rule, "recurrent_gated_delta_rule": recurrent_gated_delta_rule,
            "chunk_gla": chunk_gla, "recurrent_gla": recurrent_gla,
-           "chunk_kda": chunk_kda, "recurrent_kda": recurrent_kda}
+           "chunk_kda": chunk_kda, "recurrent_kda": recurrent_kda,
+           "chunk_ssd": chunk_ssd, "recurrent_ssd": recurrent_ssd}
 WITH_BETA = ("gated_delta_rule", "kda")  # the kernels that take a write strength beta
 LINEAR = "linear_attention"
 MODELS = {  # name: (layer_types, linear_attn_type)
@@ -51,6 +55,9 @@ MODELS = {  # name: (layer_types, linear_attn_type)
     "gdn-sliding": ([LINEAR, "sliding_attention", LINEAR, "sliding_attention"], "gated_deltanet"),
     "hgrn2-hybrid": ([LINEAR, LINEAR, LINEAR, "full_attention"], "hgrn2"),
     "kda-mla": ([LINEAR, "mla", LINEAR, "mla"], "kda"),  # Kimi Linear's layers
+    "mamba2-hybrid": ([LINEAR, LINEAR, LINEAR, "full_attention"], "mamba2"),
+    "gla-hybrid": ([LINEAR, LINEAR, LINEAR, "full_attention"], "gla"),
+    "deltanet-hybrid": ([LINEAR, LINEAR, LINEAR, "full_attention"], "deltanet"),
     "titans": (["memory", "sliding_attention", "memory_as_gate", "memory_as_context"], "gated_deltanet"),
 }
 
@@ -61,7 +68,8 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def kernel_inputs(name: str, packed: bool, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """CPU fp32 inputs: q, k, v, g (and beta for the delta rules), initial state; cu_seqlens when packed."""
+    """CPU fp32 inputs: q, k, v, g (and beta for the delta rules), initial state; cu_seqlens when packed. For the SSD
+    scan: x, dt, A, B, C, D (two groups of heads), initial state."""
     gen = torch.Generator().manual_seed(seed)
     batch, length, heads, dk, dv = (1, 200, 2, 64, 64) if packed else (2, 200, 2, 64, 64)
     cu_seqlens = torch.tensor([0, 70, 131, 200]) if packed else None
@@ -69,6 +77,13 @@ def kernel_inputs(name: str, packed: bool, seed: int = 0) -> tuple[list[torch.Te
     q = torch.randn(batch, length, heads, dk, generator=gen)
     k = F.normalize(torch.randn(batch, length, heads, dk, generator=gen), dim=-1)
     v = torch.randn(batch, length, heads, dv, generator=gen)
+    if "ssd" in name:
+        heads = 4  # two groups of two heads sharing B and C
+        x = torch.randn(batch, length, heads, dv, generator=gen)
+        dt = F.softplus(torch.randn(batch, length, heads, generator=gen) - 1)
+        bc = [torch.randn(batch, length, 2, dk, generator=gen) * dk ** -0.5 for _ in range(2)]
+        tensors = [x, dt, -torch.rand(heads, generator=gen) - 0.5, *bc, torch.randn(heads, generator=gen)]
+        return tensors + [torch.randn(states, heads, dk, dv, generator=gen) * 0.1], cu_seqlens
     if "gated_delta" in name:
         g = F.logsigmoid(torch.randn(batch, length, heads, generator=gen) + 2)
         beta = torch.rand(batch, length, heads, generator=gen)
@@ -93,7 +108,9 @@ def kernel_outputs(op, tensors, cu_seqlens, device, dtype):
 
 def check_kernels(device: str, record) -> None:
     for name, op in KERNELS.items():
-        names = ["o", "final_state", "dq", "dk", "dv", "dg"] + (["dbeta"] if name.endswith(WITH_BETA) else []) + ["dh0"]
+        inputs = (["x", "dt", "A", "B", "C", "D"] if name.endswith("ssd") else
+                  ["q", "k", "v", "g"] + (["beta"] if name.endswith(WITH_BETA) else []))
+        names = ["o", "final_state"] + [f"d{n}" for n in inputs] + ["dh0"]
         for packed in (False, True):
             tensors, cu_seqlens = kernel_inputs(name, packed)
             reference = kernel_outputs(op, tensors, cu_seqlens, "cpu", torch.float32)

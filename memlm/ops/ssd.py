@@ -16,7 +16,9 @@ This is linear attention with a scalar decay: queries ``C``, keys ``dt * B``, va
 ``C B^T`` is formed once per group of heads sharing B and C. Only (5) runs sequentially over chunks
 (:func:`memlm.ops.common.scan.scan_chunks`); every exponent is <= 0, so strong decay cannot overflow.
 :func:`chunk_ssd` (training, prefill) computes (4)-(5), :func:`recurrent_ssd`
-(decoding) and :func:`naive_ssd` (the reference) compute (1)-(3) token by token. The state is laid out
+(decoding) and :func:`naive_ssd` (the reference) compute (1)-(3) token by token; on CUDA with fla installed the
+first two run fla's simple-GLA kernels (``chunk_simple_gla`` / ``fused_recurrent_simple_gla``: linear attention with
+a scalar log decay per head and token, which (1)-(3) are with the substitution above). The state is laid out
 ``[N, H, d_state, head_dim]`` (keys first, as every memlm op); transformers' Mamba-2 cache holds its transpose.
 """
 
@@ -26,6 +28,7 @@ import torch
 
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
 from memlm.ops.common.recurrent import recurrent_scan
 from memlm.ops.common.scan import scan_chunks
 
@@ -47,6 +50,27 @@ def _checked_group(op: str, x, dt, A, B, C, D, initial_state, cu_seqlens) -> int
     per_head = B.new_zeros(()).expand(batch, seq_len, heads, B.shape[-1])  # the shape B and C take per head
     check_linear_inputs(op, per_head, per_head, x, {"dt": (dt, (batch, seq_len, heads))}, initial_state, cu_seqlens)
     return heads // B.shape[2]
+
+
+def _as_linear_attention(dt, A, B, C, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The substitution of the module docstring: queries ``C`` and keys ``dt * B`` per head ``[B, T, H, d_state]``
+    (each group's B and C repeated for its ``group`` heads) and the log decay ``g = dt * A`` ``[B, T, H]``, in fp32."""
+    dt = dt.float()
+    q = C.float().repeat_interleave(group, dim=2)
+    k = B.float().repeat_interleave(group, dim=2) * dt[..., None]
+    return q, k, dt * A.float()
+
+
+def _fla_ssd(kernel: str, x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, group):
+    """(1)-(3) by fla's simple-GLA ``kernel`` (CUDA), with the skip ``D x`` added here."""
+    import fla.ops.simple_gla
+
+    q, k, g = _as_linear_attention(dt, A, B, C, group)
+    y, final_state = getattr(fla.ops.simple_gla, kernel)(
+        q=q.to(x.dtype), k=k.to(x.dtype), v=x, g=g, scale=1.0, initial_state=initial_state,
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+    )
+    return _skip(y, x, D), final_state
 
 
 def _skip(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
@@ -86,6 +110,8 @@ def chunk_ssd(
         ``y`` ``[B, T, H, head_dim]`` in x's dtype, and ``final_state`` ``[N, H, d_state, head_dim]`` (fp32) or None.
     """
     group = _checked_group("chunk_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+    if use_fla_gated_chunk(x, B, C, dt, A, D, initial_state):
+        return _fla_ssd("chunk_simple_gla", x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, group)
     layout = ChunkLayout(x.shape[0], x.shape[1], chunk_size, cu_seqlens, x.device)
     c_c, b_c = to_chunks(C, layout), to_chunks(B, layout)  # per group, [B, G, N, C, d_state]
     v_c, dt_c = to_chunks(x, layout), to_chunks(dt, layout)  # per head, [B, H, N, C, head_dim] and [B, H, N, C]
@@ -114,8 +140,13 @@ def recurrent_ssd(
 
         h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T,   y_t = h_t^T C_t + D x_t
 
-    Same arguments and returns as :func:`chunk_ssd` (without ``chunk_size``); one token is one step.
+    Same arguments and returns as :func:`chunk_ssd` (without ``chunk_size``); one token is one step. On CUDA with fla
+    installed and no gradient needed (decoding) fla's fused recurrent simple-GLA kernel runs it.
     """
+    if use_fla(x, B, C) and not needs_backward(x, dt, A, B, C, D, initial_state):
+        group = _checked_group("recurrent_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+        return _fla_ssd("fused_recurrent_simple_gla", x, dt, A, B, C, D, initial_state, output_final_state,
+                        cu_seqlens, group)
     return naive_ssd(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens)
 
 
@@ -131,9 +162,7 @@ def naive_ssd(
     Same arguments and returns as :func:`recurrent_ssd`.
     """
     group = _checked_group("naive_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
-    dt = dt.float()
-    q, k = C.repeat_interleave(group, dim=2), B.float().repeat_interleave(group, dim=2) * dt[..., None]
-    g = dt * A.float()
+    q, k, g = _as_linear_attention(dt, A, B, C, group)
 
     def step(state, k_t, x_t, g_t):
         return state * g_t.exp()[..., None, None] + k_t[..., None] * x_t[..., None, :]  # (1)-(2)
