@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from transformers import Qwen3_5TextConfig
 
-from memlm.convert.common import add_norm_offset, check_rope_type, remove_norm_offset, take, transformers_keys
+from memlm.convert.common import add_norm_offset, check_keys, check_rope_type, remove_norm_offset, take
 from memlm.convert.registry import ConversionError, Exporter, Importer, register_exporter, register_importer
 from memlm.models.configuration_memlm import MemLMConfig
 
@@ -69,10 +69,7 @@ class QwenHybridImporter(Importer):
 
     def config(self, checkpoint, drop):
         text, where = self.text_config(checkpoint, drop)
-        for key in text:
-            if key not in SAME_FIELDS + READ_FIELDS + self.extra_fields and key not in transformers_keys():
-                raise ConversionError(f"{where}: field {key}={text[key]!r} is unknown to memlm's "
-                                      f"{type(self).__name__}: memlm cannot tell whether it changes the model")
+        check_keys(text, frozenset(SAME_FIELDS + READ_FIELDS + self.extra_fields), where)
         if text.get("attn_output_gate", True) is not True:
             raise ConversionError(f"{where}: attn_output_gate={text['attn_output_gate']!r}: memlm maps Qwen's "
                                   "attention with its output gate only (attn_output_gate true)")
@@ -160,9 +157,7 @@ class Qwen3_5Importer(QwenHybridImporter):
         config, where = checkpoint.config, str(checkpoint.directory / "config.json")
         if config.get("model_type") != "qwen3_5":
             return config, where
-        for key, value in config.items():
-            if key not in ("text_config", "tie_word_embeddings", *VISION_FIELDS) and key not in transformers_keys():
-                raise ConversionError(f"{where}: field {key}={value!r} is unknown to memlm's {type(self).__name__}")
+        check_keys(config, frozenset(("text_config", "tie_word_embeddings", *VISION_FIELDS)), where)
         if config.get("vision_config") is not None and "vision" not in drop:
             raise ConversionError(f"{where}: vision_config is set: a vision tower (model.visual.*), which memlm has "
                                   "no module for; the text model converts alone with drop=('vision',) / --drop vision")

@@ -175,7 +175,7 @@ def write_config(directory, **fields):
      r"layer_types\[1\]='sliding_attention'"),
     (dict(model_type="qwen3_5_text", rope_parameters={"rope_type": "warp", "rope_theta": 1e4}),
      "rope_type='warp' is unknown"),
-    (dict(model_type="qwen3_5_text", router_jitter=0.1), "field router_jitter=0.1 is unknown"),
+    (dict(model_type="qwen3_5_text", router_jitter=0.1), r"config keys \[.router_jitter.\] are unknown"),
     (dict(model_type="qwen3_5", text_config=QWEN_TEXT, vision_config={"depth": 1}), "vision_config is set"),
     (dict(model_type="mamba2"), "model_type='mamba2', which memlm cannot import"),
 ])
