@@ -120,9 +120,21 @@ def test_gpu_check_runs_cpu_against_cpu(tmp_path):
     result = run(str(SCRIPTS / "check_gpu.py"), "--device", "cpu", "--json", str(tmp_path / "check.json"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = json.loads((tmp_path / "check.json").read_text())["rows"]
-    assert len(rows) == 40 and all(row["passed"] for row in rows)
-    assert {"chunk_gated_delta_rule packed", "chunk_kda packed", "model kda-mla generate",
-            "model titans generate"} <= {row["check"] for row in rows}
+    assert len(rows) == 57 and all(row["passed"] for row in rows)
+    assert {"chunk_gated_delta_rule packed", "chunk_kda packed", "chunk_ssd packed", "recurrent_ssd batched",
+            "model kda-mla generate", "model mamba2-hybrid generate", "model titans generate"} <= {
+        row["check"] for row in rows}
+
+
+def test_gpu_bench_smoke_run_on_cpu_measures_training_and_says_what_it_skipped(tmp_path):
+    result = run(str(SCRIPTS / "bench_gpu.py"), "--device", "cpu", "--quick", "--repeats", "1",
+                 "--json", str(tmp_path / "bench.json"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    train = results["train"]["rows"][0]
+    assert train["tokens_per_s"] > 0 and 0 < train["mfu"] < 1 and train["peak_source"] == "fp32 matmul measured here"
+    assert "fla" in results["fla"]["skipped"] and "vllm" in results["vllm"]["skipped"]
+    assert "SUMMARY: fla not measured | train" in result.stdout
 
 
 @generates_without_attention
