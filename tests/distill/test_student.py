@@ -16,7 +16,9 @@ def test_keeping_every_layer_gives_the_teachers_logits(model_type):
     teacher = tiny_teacher(model_type)
     student = hybrid_from_teacher(teacher, keep_attention=1.0).eval()
     assert isinstance(student, memlm.MemLMForCausalLM)
-    assert student.config.layer_types == ["sliding_attention" if model_type == "mistral" else "full_attention"] * 4
+    expected_types = {"mistral": ["sliding_attention"] * 4, "qwen2-sliding": ["full_attention"] * 2 + [
+        "sliding_attention"] * 2}.get(model_type, ["full_attention"] * 4)
+    assert student.config.layer_types == expected_types
     ids, mask = batch()
     with torch.no_grad():
         expected = teacher(ids, attention_mask=mask).logits
