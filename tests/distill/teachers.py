@@ -10,8 +10,10 @@ TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_laye
             num_key_value_heads=2, max_position_embeddings=64)
 # name -> (transformers class prefix, config fields beyond TINY)
 TEACHERS = {
-    "llama": ("Llama", dict(head_dim=8, attention_bias=True, rope_parameters={"rope_type": "default",
-                                                                                "rope_theta": 500.0})),
+    # Llama 3's scaled RoPE, q/k/v/o biases
+    "llama": ("Llama", dict(head_dim=8, attention_bias=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500.0, "factor": 4.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 16})),
     "qwen3": ("Qwen3", dict(head_dim=8, tie_word_embeddings=True)),
     "qwen2": ("Qwen2", {}),
     "qwen2-sliding": ("Qwen2", dict(use_sliding_window=True, sliding_window=5, max_window_layers=2)),
