@@ -87,7 +87,9 @@ def select_attention_layers(
     """The ``num_keep`` layers whose restoration to the teacher's attention lowers the student's KL most.
 
     Args:
-        teacher: the teacher ``student`` was built from (:func:`~memlm.distill.hybrid_from_teacher`).
+        teacher: the teacher ``student`` was built from (:func:`~memlm.distill.hybrid_from_teacher`), in eval
+            mode (its logits are recomputed for each candidate: (L + 1) teacher and student forward passes per
+            batch, and one candidate model at a time besides ``student``).
         student: the all-linear student after stage 1 (every layer replaced).
         batches: the held-out data the KL is measured on: ``[B, T]`` id tensors, ``(input_ids, attention_mask)``
             pairs or dicts with ``input_ids`` / ``attention_mask`` (read once per candidate).

@@ -155,3 +155,11 @@ def test_unsupported_teachers_are_refused():
         hybrid_from_teacher(llama, [0])
     assert set(SUPPORTED_TEACHERS) == {"llama", "mistral", "qwen2", "qwen3"}
     assert set(linear_mixers()) >= {"gated_deltanet", "gla"}
+
+
+def test_a_directory_is_checked_before_its_weights_are_read(tmp_path):
+    tiny_teacher("llama").config.save_pretrained(tmp_path)  # config.json only: reading weights would fail
+    with pytest.raises(ValueError, match=r"keep_attention holds 9"):
+        hybrid_from_teacher(str(tmp_path), [9])
+    with pytest.raises(ValueError, match=r"mixer='mla' is not a registered linear mixer"):
+        hybrid_from_teacher(str(tmp_path), [0], mixer="mla")
