@@ -5,7 +5,8 @@ vLLM loads the entry point ``vllm.general_plugins: memlm = memlm.serving.vllm:re
 processes; :func:`register` registers memlm's config with transformers (``import memlm``) and its
 architecture with vLLM, lazily (``memlm.serving.vllm.model`` is imported only when a memlm checkpoint is
 loaded). Supported vLLM releases: :data:`SUPPORTED_VLLM` (vLLM's internal layer APIs change between
-releases; another version warns). Supported mixers: :data:`SUPPORTED_MIXERS`.
+releases; another version warns). Supported mixers: :data:`SUPPORTED_MIXERS`; mixers vLLM has a layer for that are
+still refused, and why: :data:`REFUSED_MIXERS`.
 """
 
 from __future__ import annotations
