@@ -407,17 +407,24 @@ def _finish(accelerator: Accelerator, model, tokenizer, config: RecipeConfig, ev
     """Save the final model (LoRA merged when asked) with its tokenizer, run the evaluations (into
     ``summary``), and return the final model."""
     output_dir = Path(config.output_dir)
+    model = save_model(accelerator, model, tokenizer, output_dir, config.lora.enabled and config.lora.merge)
+    results = run_evaluations(model, config, eval_data) if accelerator.is_main_process else {}
+    for name, value in results.items():
+        accelerator.print(f"[memlm] eval {name}: {value:.4f}")
+    summary.update(eval=results, saved_to=str(output_dir))
+    return model
+
+
+def save_model(accelerator: Accelerator, model, tokenizer, output_dir: Path, merge_lora: bool):
+    """Save ``model`` (unwrapped; its LoRA adapters merged first when ``merge_lora``) with ``tokenizer`` into
+    ``output_dir`` as a Hugging Face model directory (safetensors); return the saved model."""
     accelerator.wait_for_everyone()
-    if config.lora.enabled and config.lora.merge:
+    if merge_lora:
         model = model.merge_and_unload()
     state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP) parameters
     if accelerator.is_main_process:
         model.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)
-    results = run_evaluations(model, config, eval_data) if accelerator.is_main_process else {}
-    for name, value in results.items():
-        accelerator.print(f"[memlm] eval {name}: {value:.4f}")
-    summary.update(eval=results, saved_to=str(output_dir))
     return model
 
 
