@@ -1,0 +1,12 @@
+"""Distilling a pretrained Transformer into a memlm hybrid (docs/guides/distill.md).
+
+* :func:`hybrid_from_teacher` (:mod:`memlm.distill.student`): the student, with the teacher's weights.
+* :mod:`memlm.distill.alignment`: stage 1, each new mixer trained alone to reproduce its attention's output.
+* :func:`distillation_loss` (:mod:`memlm.distill.losses`): stage 2, KL(teacher || student) of the next-token
+  distributions (+ optional next-token loss).
+* :func:`select_attention_layers` (:mod:`memlm.distill.selection`): which layers keep attention, by KL.
+"""
+
+from memlm.distill.student import SUPPORTED_TEACHERS, InitReport, hybrid_from_teacher, restore_attention
+
+__all__ = ["SUPPORTED_TEACHERS", "InitReport", "hybrid_from_teacher", "restore_attention"]
