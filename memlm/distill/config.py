@@ -9,7 +9,7 @@
     stage2:     {steps, lr, batch_size, warmup_steps, temperature, ce_weight, train: mixers | all | lora,
                  lora: {r, alpha, dropout, target_modules, merge}}   end-to-end KL distillation
     train:      {seed, gradient_accumulation_steps, max_grad_norm, weight_decay, precision, log_every}
-    eval:       {heldout_rows, batch_size}
+    eval:       {heldout_rows, batch_size, files}
     checkpoint: {every, resume_from, keep}             as in the training recipes (steps count across stages)
     logging:    {trackers, project}
 
@@ -102,11 +102,14 @@ class DistillTrainSection:
 
 @dataclasses.dataclass
 class DistillEvalSection:
-    """The last ``heldout_rows`` packed rows of the data are never trained on: the summary's held-out loss
-    (teacher, student before and after), per-layer alignment MSE and copy recall are measured on them."""
+    """The held-out rows the summary's loss (teacher, student before and after), per-layer alignment MSE and
+    copy recall are measured on: without ``files``, the last ``heldout_rows`` packed rows of the data (never
+    trained on); with ``files``, the first ``heldout_rows`` rows packed from these files (read as ``data`` reads
+    its files, not streamed)."""
 
     heldout_rows: int = 8
     batch_size: int = 8
+    files: list | None = None
 
 
 @dataclasses.dataclass
@@ -155,9 +158,13 @@ def config_from_dict(raw: dict) -> DistillConfig:
     config = build_section(DistillConfig, raw, "")
     check_rules(config, CHOICES, POSITIVE, POSITIVE_NUMBERS, NON_NEGATIVE, FRACTIONS)
     check_data(config.data)
-    if config.data.streaming:
-        raise ValueError("data.streaming=True is not supported by distillation: the held-out rows "
-                         "(eval.heldout_rows) are cut from the packed data; use a map-style source")
+    if config.data.streaming and not config.eval.files:
+        raise ValueError("data.streaming=True needs eval.files (the held-out data): without them the held-out rows "
+                         "are cut from the packed training data, which a stream cannot")
+    if config.eval.files is not None and (config.data.source not in ("text", "json", "parquet") or
+                                          not config.eval.files):
+        raise ValueError(f"eval.files={config.eval.files!r}: held-out files need a non-empty list and a local "
+                         f"data.source (text, json, parquet; here {config.data.source!r})")
     if config.total_steps == 0:
         raise ValueError("stage1.steps=0 and stage2.steps=0: nothing to train; give either a positive count")
     keep = config.student.keep_attention
@@ -174,7 +181,7 @@ def config_from_dict(raw: dict) -> DistillConfig:
     elif config.selection.keep is not None:
         raise ValueError(f"selection.keep={config.selection.keep!r} is read only with student.keep_attention='auto' "
                          f"(here {keep!r}): drop it")
-    if config.selection.keep is not None and not 0 <= config.selection.keep:
+    if config.selection.keep is not None and config.selection.keep < 0:
         raise ValueError(f"selection.keep={config.selection.keep!r} must be >= 0")
     return config
 

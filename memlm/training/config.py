@@ -22,6 +22,7 @@ any data is read.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import inspect
@@ -235,6 +236,24 @@ def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     for override in overrides:
         apply_override(raw, override)
     return raw
+
+
+def recipe_arguments(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of a recipe script (``recipes/train.py``, ``recipes/distill.py``): ``--config FILE``,
+    ``--stop-at N``, ``--overwrite`` and dotted overrides, which may come before, between or after the options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML recipe")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="end after this optimizer step with a checkpoint (resume later with "
+                             "checkpoint.resume_from=latest)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an output_dir that holds another run (its checkpoints, log and "
+                             "summary are deleted); without it such an output_dir is refused")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
+    args = parser.parse_intermixed_args(argv)
+    if args.stop_at is not None and args.stop_at <= 0:
+        parser.error(f"--stop-at must be positive, got {args.stop_at}")
+    return args
 
 
 def apply_override(raw: dict, override: str) -> None:
