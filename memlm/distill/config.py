@@ -167,6 +167,11 @@ def config_from_dict(raw: dict) -> DistillConfig:
                          f"data.source (text, json, parquet; here {config.data.source!r})")
     if config.total_steps == 0:
         raise ValueError("stage1.steps=0 and stage2.steps=0: nothing to train; give either a positive count")
+    from memlm.layers.registry import linear_mixers
+
+    if config.student.mixer not in linear_mixers():
+        raise ValueError(f"student.mixer={config.student.mixer!r} is not a registered linear mixer; allowed: "
+                         f"{linear_mixers()}")
     keep = config.student.keep_attention
     if isinstance(keep, str) and keep != "auto":
         raise ValueError(f"student.keep_attention={keep!r} is not allowed: a list of layer indices, a fraction in "

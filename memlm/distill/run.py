@@ -305,7 +305,7 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
         )
         atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
     accelerator.end_training()
-    return DistillResult(summary, student)
+    return DistillResult(json.loads(json.dumps(summary)), student)  # as summary.json reads (string keys)
 
 
 def mixer_parameters(student: nn.Module, layers: list[int]) -> list[nn.Parameter]:
