@@ -7,6 +7,12 @@
 * :func:`select_attention_layers` (:mod:`memlm.distill.selection`): which layers keep attention, by KL.
 """
 
+from memlm.distill.alignment import alignment_loss, attention_io, mixer_parameters
+from memlm.distill.losses import distillation_loss
+from memlm.distill.selection import Selection, select_attention_layers
 from memlm.distill.student import SUPPORTED_TEACHERS, InitReport, hybrid_from_teacher, restore_attention
 
-__all__ = ["SUPPORTED_TEACHERS", "InitReport", "hybrid_from_teacher", "restore_attention"]
+__all__ = [
+    "SUPPORTED_TEACHERS", "InitReport", "alignment_loss", "attention_io", "distillation_loss", "hybrid_from_teacher",
+    "mixer_parameters", "restore_attention", "select_attention_layers", "Selection",
+]

@@ -135,7 +135,7 @@ def hybrid_from_teacher(
             ``deltanet_``, ``mamba_``) over the defaults that line up with the attention (module docstring).
 
     Returns:
-        A :class:`~memlm.MemLMForCausalLM` in the teacher's dtype and on its device, with
+        A :class:`~memlm.MemLMForCausalLM` in the teacher's dtype, on its device and in its train/eval mode, with
         ``student.distill_init_report`` (:class:`InitReport`). With every layer kept its logits are the teacher's.
 
     Raises:
@@ -157,6 +157,7 @@ def hybrid_from_teacher(
     report = InitReport(source_config.model_type, mixer, kept, [i for i in range(config.num_hidden_layers)
                                                                  if i not in kept])
     copy_teacher(teacher, student, family, report)
+    student.train(teacher.training)
     student.distill_init_report = report
     return student
 

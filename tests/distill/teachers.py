@@ -3,35 +3,32 @@
 from __future__ import annotations
 
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+import transformers
 
 # GQA (2 query heads per key/value head), 4 layers, a vocabulary that is no power of two
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
+# name -> (transformers class prefix, config fields beyond TINY)
 TEACHERS = {
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(**TINY, head_dim=8, attention_bias=True,
-                                                  rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
-    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**TINY, head_dim=8, tie_word_embeddings=True)),
-    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**TINY)),
-    "mistral": lambda: MistralForCausalLM(MistralConfig(**TINY, head_dim=8, sliding_window=5)),
+    # Llama 3's scaled RoPE, q/k/v/o biases
+    "llama": ("Llama", dict(head_dim=8, attention_bias=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500.0, "factor": 4.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 16})),
+    "qwen3": ("Qwen3", dict(head_dim=8, tie_word_embeddings=True)),
+    "qwen2": ("Qwen2", {}),
+    "qwen2-sliding": ("Qwen2", dict(use_sliding_window=True, sliding_window=5, max_window_layers=2)),
+    "mistral": ("Mistral", dict(head_dim=8, sliding_window=5)),
 }
 
 
 @torch.no_grad()
-def tiny_teacher(model_type: str, seed: int = 0) -> torch.nn.Module:
-    """A ``model_type`` teacher with every weight random (matrices N(0, 0.3), vectors N(1, 0.1), so norms, biases
+def tiny_teacher(name: str, seed: int = 0) -> torch.nn.Module:
+    """A ``TEACHERS[name]`` teacher with every weight random (matrices N(0, 0.3), vectors N(1, 0.1), so norms, biases
     and q/k norms all matter), in eval mode."""
     torch.manual_seed(seed)
-    model = TEACHERS[model_type]()
+    prefix, fields = TEACHERS[name]
+    config = getattr(transformers, f"{prefix}Config")(**TINY, **fields)
+    model = getattr(transformers, f"{prefix}ForCausalLM")(config)
     for parameter in model.parameters():
         if parameter.dim() > 1:
             parameter.normal_(0.0, 0.3)

@@ -16,7 +16,9 @@ def test_keeping_every_layer_gives_the_teachers_logits(model_type):
     teacher = tiny_teacher(model_type)
     student = hybrid_from_teacher(teacher, keep_attention=1.0).eval()
     assert isinstance(student, memlm.MemLMForCausalLM)
-    assert student.config.layer_types == ["sliding_attention" if model_type == "mistral" else "full_attention"] * 4
+    expected_types = {"mistral": ["sliding_attention"] * 4, "qwen2-sliding": ["full_attention"] * 2 + [
+        "sliding_attention"] * 2}.get(model_type, ["full_attention"] * 4)
+    assert student.config.layer_types == expected_types
     ids, mask = batch()
     with torch.no_grad():
         expected = teacher(ids, attention_mask=mask).logits
@@ -153,3 +155,11 @@ def test_unsupported_teachers_are_refused():
         hybrid_from_teacher(llama, [0])
     assert set(SUPPORTED_TEACHERS) == {"llama", "mistral", "qwen2", "qwen3"}
     assert set(linear_mixers()) >= {"gated_deltanet", "gla"}
+
+
+def test_a_directory_is_checked_before_its_weights_are_read(tmp_path):
+    tiny_teacher("llama").config.save_pretrained(tmp_path)  # config.json only: reading weights would fail
+    with pytest.raises(ValueError, match=r"keep_attention holds 9"):
+        hybrid_from_teacher(str(tmp_path), [9])
+    with pytest.raises(ValueError, match=r"mixer='mla' is not a registered linear mixer"):
+        hybrid_from_teacher(str(tmp_path), [0], mixer="mla")
