@@ -362,7 +362,8 @@ def run_stage(accelerator, config: DistillConfig, objective: nn.Module, trained:
 
 def select_layers(accelerator, config: DistillConfig, teacher: nn.Module, student: nn.Module, rows: Dataset,
                   num_keep: int, resumed: bool) -> dict:
-    """``{"layers": [...], "kl": {layer: KL}}``: the ``num_keep`` layers of the all-linear stage-1 student whose
+    """:class:`~memlm.distill.selection.Selection` as JSON (``layers``, ``kl`` by layer, ``ranking``,
+    ``baseline_kl``): the ``num_keep`` layers of the all-linear stage-1 student whose
     restored attention lowers the KL to the teacher most (:func:`memlm.distill.selection.select_attention_layers`),
     on the first ``selection.batches`` batches of stage 2's size; kept in ``output_dir/selection.json``, which a
     run resumed in stage 2 reads back."""
@@ -375,10 +376,10 @@ def select_layers(accelerator, config: DistillConfig, teacher: nn.Module, studen
     from memlm.distill.selection import select_attention_layers
 
     loader = make_loader(rows, config.stage2.batch_size, config.train.seed, collate)
-    batches = [batch["input_ids"].to(accelerator.device)
+    batches = [{"input_ids": batch["input_ids"].to(accelerator.device),
+                "attention_mask": batch["loss_mask"].to(accelerator.device)}
                for batch, _ in zip(loader, range(config.selection.batches), strict=False)]
-    result = select_attention_layers(teacher, student, batches, num_keep)
-    selection = {"layers": sorted(result.layers), "kl": {str(layer): kl for layer, kl in dict(result.kl).items()}}
+    selection = json.loads(json.dumps(select_attention_layers(teacher, student, batches, num_keep).as_dict()))
     if accelerator.is_main_process:
         atomic_write_text(path, json.dumps(selection, indent=2))
     return selection

@@ -73,6 +73,26 @@ def test_a_run_stopped_in_either_stage_resumes_to_the_uninterrupted_weights(tmp_
         assert resumed.summary["heldout"][name]["loss"] == pytest.approx(scores["loss"], abs=1e-6), name
 
 
+def test_auto_selection_keeps_the_layer_of_least_kl_and_a_resumed_run_reads_it_back(tmp_path, teacher):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    sections = {"student": {"keep_attention": "auto"}, "selection": {"keep": 1, "batches": 2},
+                "checkpoint": {"every": 3}}
+    full = distill(config_from_dict(distill_recipe(tmp_path / "a", teacher, **sections)))
+    selection = full.summary["selection"]
+    assert selection["layers"] == [min(range(4), key=lambda layer: selection["kl"][str(layer)])]
+    assert full.summary["kept_attention"] == selection["layers"]
+    assert sorted(full.summary["stage1"]["alignment_mse"]) == ["0", "1", "2", "3"]  # stage 1: all replaced
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "run")
+    assert [i for i, m in enumerate(saved.config.mixer_types) if m == "full_attention"] == selection["layers"]
+    interrupted = distill_recipe(tmp_path / "b", teacher, **sections)
+    distill(config_from_dict(interrupted), stop_at=6)
+    resumed = distill(config_from_dict({**interrupted, "checkpoint": {"every": 3, "resume_from": "latest"}}))
+    assert resumed.summary["selection"] == selection
+    for name, param in full.student.state_dict().items():
+        torch.testing.assert_close(resumed.student.state_dict()[name], param, atol=1e-6, rtol=0)
+
+
 def test_stage2_with_lora_merges_adapters_into_the_frozen_layers(tmp_path, teacher):
     recipe = distill_recipe(tmp_path, teacher, stage2={"train": "lora", "lr": 1e-2, "lora": {"r": 2}})
     distill(config_from_dict(recipe))
