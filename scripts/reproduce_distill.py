@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -199,20 +198,16 @@ the other, {s['threads']} thread(s), shared machine: compare them as ratios only
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from harness.runs import script_command
-
-    command = script_command(__file__, argv)
     import torch
 
+    from harness.runs import prepare_run, script_command
     from memlm.distill.config import config_from_dict
     from memlm.distill.run import distill, measure, training_and_heldout_rows
     from memlm.training.builders import pretrained_tokenizer
     from memlm.training.config import read_recipe
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="distill_repro_", dir="/tmp"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    command = script_command(__file__, argv)
+    workdir = prepare_run(args, "distill_repro_")
     teacher_dir = Path(args.teacher_dir) if args.teacher_dir else workdir / "teacher"
     raw = read_recipe(RECIPE, [*args.overrides, f"teacher={teacher_dir}", f"output_dir={workdir / 'student'}",
                                f"train.seed={args.seed}", "logging.trackers=[]"])

@@ -5,11 +5,11 @@
     student:    {keep_attention: [3, 7] | 0.25 | auto, mixer: gated_deltanet, mixer_config: {...}}
     selection:  {keep: 0.25 | 2, batches: 4}          with keep_attention: auto
     data:       the data section of the training recipes (text sources: text | json | parquet | hub | niah)
-    stage1:     {steps, lr, batch_size, warmup_steps}  attention-output alignment (MSE), mixers alone
-    stage2:     {steps, lr, batch_size, warmup_steps, temperature, ce_weight, train: mixers | all | lora,
+    stage1:     {steps, lr, batch_size, warmup_steps, seq_len}  attention-output alignment (MSE), mixers alone
+    stage2:     {steps, lr, batch_size, warmup_steps, seq_len, temperature, ce_weight, train: mixers | all | lora,
                  lora: {r, alpha, dropout, target_modules, merge}}   end-to-end KL distillation
     train:      {seed, gradient_accumulation_steps, max_grad_norm, weight_decay, precision, log_every}
-    eval:       {heldout_rows, batch_size, files}
+    eval:       {heldout_rows, batch_size, files, source}
     checkpoint: {every, resume_from, keep}             as in the training recipes (steps count across stages)
     logging:    {trackers, project}
 
@@ -29,6 +29,7 @@ from memlm.training.config import (
     DataSection,
     LoggingSection,
     LoraSection,
+    Recipe,
     build_section,
     check_data,
     check_rules,
@@ -70,18 +71,21 @@ class StageOneSection:
     lr: float = 1e-3
     batch_size: int = 8
     warmup_steps: int = 0
+    seq_len: int | None = None
 
 
 @dataclasses.dataclass
 class StageTwoSection:
     """End-to-end distillation: KL(teacher || student) at ``temperature`` (+ ``ce_weight`` x next-token loss).
     ``train``: ``mixers`` (the new mixers only), ``all`` (every student weight) or ``lora`` (the new mixers, and
-    peft LoRA adapters of ``lora`` on the other modules it names)."""
+    peft LoRA adapters of ``lora`` on the other modules it names). ``seq_len`` (both stages): the rows' length in
+    this stage (default ``data.seq_len``; another length needs ``eval.files``)."""
 
     steps: int = 100
     lr: float = 1e-4
     batch_size: int = 8
     warmup_steps: int = 0
+    seq_len: int | None = None
     temperature: float = 1.0
     ce_weight: float = 0.0
     train: str = "mixers"
@@ -104,16 +108,17 @@ class DistillTrainSection:
 class DistillEvalSection:
     """The held-out rows the summary's loss (teacher, student before and after), per-layer alignment MSE and
     copy recall are measured on: without ``files``, the last ``heldout_rows`` packed rows of the data (never
-    trained on); with ``files``, the first ``heldout_rows`` rows packed from these files (read as ``data`` reads
-    its files, not streamed)."""
+    trained on); with ``files``, the first ``heldout_rows`` rows packed from these local files of ``source``
+    (``text``, ``json``, ``parquet``; ``data.text_field`` names the column), e.g. beside a streamed hub dataset."""
 
     heldout_rows: int = 8
     batch_size: int = 8
     files: list | None = None
+    source: str = "text"
 
 
 @dataclasses.dataclass
-class DistillConfig:
+class DistillConfig(Recipe):
     output_dir: str
     teacher: str
     data: DataSection
@@ -126,19 +131,17 @@ class DistillConfig:
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @property
     def total_steps(self) -> int:
         """Optimizer steps of both stages: checkpoints and ``stop_at`` count them in one sequence."""
         return self.stage1.steps + self.stage2.steps
 
 
-CHOICES = {"data.source": TEXT_SOURCES, "stage2.train": STAGE2_TRAIN, "train.precision": ("no", "bf16", "fp16")}
+CHOICES = {"data.source": TEXT_SOURCES, "eval.source": ("text", "json", "parquet"), "stage2.train": STAGE2_TRAIN,
+           "train.precision": ("no", "bf16", "fp16")}
 POSITIVE = ("stage1.batch_size", "stage2.batch_size", "selection.batches", "train.gradient_accumulation_steps",
             "train.log_every", "eval.heldout_rows", "eval.batch_size", "data.seq_len", "checkpoint.keep",
-            "stage2.lora.r")
+            "stage2.lora.r", "stage1.seq_len", "stage2.seq_len")
 POSITIVE_NUMBERS = ("stage1.lr", "stage2.lr", "stage2.temperature", "stage2.lora.alpha")
 NON_NEGATIVE = ("stage1.steps", "stage2.steps", "stage1.warmup_steps", "stage2.warmup_steps", "stage2.ce_weight",
                 "train.seed", "train.max_grad_norm", "train.weight_decay", "checkpoint.every")
@@ -161,10 +164,14 @@ def config_from_dict(raw: dict) -> DistillConfig:
     if config.data.streaming and not config.eval.files:
         raise ValueError("data.streaming=True needs eval.files (the held-out data): without them the held-out rows "
                          "are cut from the packed training data, which a stream cannot")
-    if config.eval.files is not None and (config.data.source not in ("text", "json", "parquet") or
-                                          not config.eval.files):
-        raise ValueError(f"eval.files={config.eval.files!r}: held-out files need a non-empty list and a local "
-                         f"data.source (text, json, parquet; here {config.data.source!r})")
+    for stage in ("stage1", "stage2"):
+        length = getattr(config, stage).seq_len
+        if length not in (None, config.data.seq_len) and not config.eval.files:
+            raise ValueError(f"{stage}.seq_len={length} (not data.seq_len={config.data.seq_len}) needs eval.files: "
+                             "the held-out rows are otherwise cut from the data packed at data.seq_len")
+    if config.eval.files is not None and not config.eval.files:
+        raise ValueError("eval.files=[]: give held-out files, or leave eval.files out to hold out the last "
+                         "eval.heldout_rows rows of the data")
     if config.total_steps == 0:
         raise ValueError("stage1.steps=0 and stage2.steps=0: nothing to train; give either a positive count")
     from memlm.layers.registry import linear_mixers

@@ -114,8 +114,8 @@ def training_and_heldout_rows(config: DistillConfig, tokenizer) -> tuple[Dataset
     :class:`~memlm.distill.config.DistillEvalSection`)."""
     rows, count = packed_text(config.data, tokenizer), config.eval.heldout_rows
     if config.eval.files:
-        heldout = packed_text(dataclasses.replace(config.data, files=config.eval.files, streaming=False,
-                                                  max_documents=None), tokenizer)
+        heldout = packed_text(dataclasses.replace(config.data, source=config.eval.source, files=config.eval.files,
+                                                  name=None, streaming=False, max_documents=None), tokenizer)
         return rows, heldout.select(range(min(count, len(heldout))))
     if len(rows) <= count:
         raise ValueError(f"eval.heldout_rows={count} leaves no training row: the data packs into {len(rows)} rows "
@@ -230,6 +230,9 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
 
     tokenizer = pretrained_tokenizer(config.teacher)
     train_rows, heldout = training_and_heldout_rows(config, tokenizer)
+    rows = {stage: train_rows if getattr(config, stage).seq_len in (None, config.data.seq_len) else
+            packed_text(dataclasses.replace(config.data, seq_len=getattr(config, stage).seq_len), tokenizer)
+            for stage in ("stage1", "stage2")}
     teacher = load_teacher(config.teacher, accelerator.device)
     student = hybrid_from_teacher(teacher, [] if plan.kept is None else plan.kept, config.student.mixer,
                                   config.student.mixer_config)
@@ -249,7 +252,7 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
     stage1 = None
     if config.stage1.steps and step <= first_two:
         objective = AlignmentObjective(student, teacher, replaced)
-        stage1 = run_stage(accelerator, config, objective, mixer_parameters(student, replaced), train_rows,
+        stage1 = run_stage(accelerator, config, objective, mixer_parameters(student, replaced), rows["stage1"],
                            "stage1", (resume_dir, manifest), step, 0, min(last, first_two), log)
         step, resume_dir = stage1.step, None  # the checkpoint is consumed
     if step < config.stage1.steps:  # stop_at in stage 1
@@ -263,7 +266,7 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
 
     selection = None
     if plan.kept is None:  # auto: select on the stage-1 student, then restore attention in the chosen layers
-        selection = select_layers(accelerator, config, teacher, student, train_rows, plan.num_keep,
+        selection = select_layers(accelerator, config, teacher, student, rows["stage2"], plan.num_keep,
                                   resumed=resume_dir is not None)
         student = restore_attention(teacher, student, selection["layers"])
     kept = list(student.distill_init_report.kept)
@@ -283,7 +286,7 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
                                key="stage2.lora")
             trained = trained + [p for n, p in model.named_parameters() if "lora_" in n]
         objective = DistillationObjective(model, teacher, config.stage2.temperature, config.stage2.ce_weight)
-        stage2 = run_stage(accelerator, config, objective, trained, train_rows, "stage2", (resume_dir, manifest),
+        stage2 = run_stage(accelerator, config, objective, trained, rows["stage2"], "stage2", (resume_dir, manifest),
                            step, first_two, last, log)
         step = stage2.step
         student = accelerator.unwrap_model(stage2.objective).student

@@ -183,8 +183,16 @@ class EvalSection:
     seed: int = 1234
 
 
+class Recipe:
+    """Base of a recipe's top-level dataclass (the training recipe's, distillation's): ``to_dict`` is what
+    ``recipe.json`` and the checkpoints' manifests record, and what a resumed run is compared with."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass
-class RecipeConfig:
+class RecipeConfig(Recipe):
     output_dir: str
     train: TrainSection
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
@@ -196,9 +204,6 @@ class RecipeConfig:
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
     lora: LoraSection = dataclasses.field(default_factory=LoraSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 CHOICES = {

@@ -40,6 +40,7 @@ def test_shipped_distill_recipe_loads_with_overrides():
     ({"data": {"source": "mqar", "mqar": {"num_examples": 4}}}, r"data.source='mqar' is not allowed; choose from"),
     ({"data": {"streaming": True}}, r"data.streaming=True needs eval.files"),
     ({"stage1": {"steps": 0}, "stage2": {"steps": 0}}, r"nothing to train"),
+    ({"stage2": {"seq_len": 64}}, r"stage2.seq_len=64 \(not data.seq_len=32\) needs eval.files"),
 ])
 def test_bad_recipes_fail_naming_key_and_allowed_values(tmp_path, change, message):
     recipe = distill_recipe(tmp_path, tmp_path / "teacher", **change)
