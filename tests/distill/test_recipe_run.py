@@ -120,3 +120,31 @@ def test_copy_recall_rows_repeat_each_full_rows_first_half():
     input_ids, labels = copy_recall_rows(rows)
     assert input_ids.tolist() == [[10, 11, 12, 13, 10, 11, 12, 13]]
     assert labels.tolist() == [[-100] * 5 + [11, 12, 13]]
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_distillation_equals_one_process(tmp_path, teacher):
+    """recipes/distill.py under torchrun on 2 CPU processes (gloo) with 1 row each = one process with 2 rows."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    students = {}
+    for name, processes, rows in (("ddp", 2, 1), ("single", 1, 2)):
+        (tmp_path / name).mkdir()
+        recipe = distill_recipe(tmp_path / name, teacher, stage1={"batch_size": rows}, stage2={"batch_size": rows})
+        path = tmp_path / name / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"] \
+            if processes == 2 else []
+        done = subprocess.run([sys.executable, *launcher, str(repo / "recipes" / "distill.py"), "--config", str(path)],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        students[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name / "run").state_dict()
+        assert json.loads((tmp_path / name / "run" / "summary.json").read_text())["num_processes"] == processes
+    for name, param in students["single"].items():
+        torch.testing.assert_close(students["ddp"][name], param, atol=1e-5, rtol=1e-4)
