@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from harness.runs import add_run_arguments, finish_run_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher-steps", type=int, default=600, help="pretraining steps of the teacher")
+    parser.add_argument("--teacher-steps", type=int, default=1200, help="pretraining steps of the teacher")
     parser.add_argument("--teacher-lr", type=float, default=2e-3, help="learning rate of teacher and scratch")
     parser.add_argument("--teacher-dir", default="runs/llama_byte_tiny",
                         help="where the trained teacher is saved (distill_tiny.yaml's teacher)")

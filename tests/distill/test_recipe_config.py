@@ -21,6 +21,11 @@ def teacher(tmp_path_factory) -> Path:
     return save_teacher(tmp_path_factory.mktemp("teacher") / "llama")
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes" / "configs").glob("distill_*.yaml")))
+def test_shipped_distill_recipes_are_valid(name):
+    load_config(REPO / "recipes" / "configs" / name)
+
+
 def test_shipped_distill_recipe_loads_with_overrides():
     config = load_config(REPO / "recipes" / "configs" / "distill_tiny.yaml", ["stage2.train=lora", "stage2.steps=7"])
     assert config.stage2.train == "lora" and config.stage2.steps == 7 and config.total_steps == 7 + config.stage1.steps
