@@ -127,7 +127,7 @@ def hybrid_from_teacher(
             Mistral, Qwen2, Qwen3), or a local directory / hub name loaded with ``AutoModelForCausalLM``
             (safetensors only, in the checkpoint's dtype).
         keep_attention: the layers that stay softmax attention: a list of layer indices, or a fraction in
-            ``[0, 1]`` of the layers (``round(fraction * L)`` layers, placed as ``MemLMConfig(hybrid_ratio=...)``
+            ``[0, 1]`` of the layers (``fraction * L`` rounded half up, placed as ``MemLMConfig(hybrid_ratio=...)``
             places attention: for ``n`` of ``L`` layers, ``g = gcd(n, L)``, the ratio ``(L - n)/g : n/g``, the
             attention layers last in each block; 0.25 of 8 layers keeps layers 3 and 7).
         mixer: the registered linear mixer of the other layers (``memlm.layers.registry.linear_mixers()``).
@@ -216,7 +216,7 @@ def student_config(source: PreTrainedConfig, family: TeacherFamily, kept: list[i
     """The student's :class:`MemLMConfig`: the teacher's fields, attention options and layer kinds for the kept
     layers, ``mixer`` elsewhere."""
     mixer_config = dict(mixer_config or {})
-    allowed = sorted(k for k in config_keys()[0] if k.startswith(MIXER_CONFIG_PREFIXES))
+    allowed = sorted(k for k in config_keys()[0] if k.startswith(MIXER_CONFIG_PREFIXES) and k != "linear_attn_type")
     unknown = sorted(set(mixer_config) - set(allowed))
     if unknown:
         raise ValueError(f"mixer_config keys {unknown} are not linear-mixer fields of MemLMConfig; allowed: {allowed}")

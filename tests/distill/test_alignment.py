@@ -72,3 +72,15 @@ def test_padding_is_not_counted():
         alignment_loss(student, 7, x, y, mask)
     with pytest.raises(ValueError, match="must both be"):
         alignment_loss(student, 1, x, y[:, :5], mask)
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2-sliding"])
+def test_a_kept_sliding_window_layer_has_no_error(name):
+    teacher = tiny_teacher(name)
+    student = hybrid_from_teacher(teacher, [3], mixer="hgrn2")  # layer 3 is sliding in both
+    assert student.config.layer_types[3] == "sliding_attention"
+    ids, mask = batch(length=14)  # longer than two windows of 5
+    for attention_mask in (mask, None):
+        x, y = attention_io(teacher, ids, attention_mask, layers=[3])[3]
+        assert alignment_loss(student, 3, x, y, attention_mask).item() < 1e-10
+    assert len(mixer_parameters(student)) == 3 * 5 + 1  # 3 HGRN-2 mixers of 5 tensors, the lower bounds
