@@ -142,7 +142,8 @@ def plot(results: dict, curves: dict, path: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = list(results["models"])
-    left.bar(names, [results["models"][n]["loss"] for n in names], color=["C0", "C7", "C2", "C3"][: len(names)])
+    left.bar([name.replace(" ", "\n", 1) for name in names], [results["models"][n]["loss"] for n in names],
+             color=["C0", "C7", "C2", "C3"][: len(names)])
     left.axhline(1.1 * results["models"]["teacher"]["loss"], color="grey", linestyle="--", linewidth=0.8,
                  label="1.1 x teacher")
     left.set_ylabel("held-out next-byte loss (nats)")
