@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForCausalLM
+
+import memlm
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,8 +28,8 @@ def test_distill_reproduction_quick_run_reports_teacher_student_and_scratch(tmp_
     assert results["setup"]["kept"] == [3] and results["setup"]["replaced"] == [0, 1, 2]
     summary = json.loads((tmp_path / "runs" / "student" / "summary.json").read_text())
     assert results["models"]["distilled student"]["loss"] == summary["heldout"]["student"]["loss"]
-    scratch = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "scratch")
-    student = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "student")
+    scratch = memlm.MemLMForCausalLM.from_pretrained(tmp_path / "runs" / "scratch")
+    student = memlm.MemLMForCausalLM.from_pretrained(tmp_path / "runs" / "student")
     assert scratch.config.mixer_types == student.config.mixer_types == ["gated_deltanet"] * 3 + ["full_attention"]
     text = out.read_text()
     for name, row in results["models"].items():
