@@ -32,7 +32,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from memlm.distill.alignment import alignment_loss, attention_io, mixer_parameters
 from memlm.distill.config import DistillConfig, check_teacher
+from memlm.distill.losses import distillation_loss
+from memlm.distill.selection import select_attention_layers
+from memlm.distill.student import hybrid_from_teacher, restore_attention
 from memlm.files import atomic_write_text
 from memlm.training.builders import lora_model, packed_text, pretrained_tokenizer
 from memlm.training.checkpointing import CheckpointError, load_checkpoint
@@ -74,8 +78,6 @@ class AlignmentObjective(nn.Module):
 
     def per_layer(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> dict[int, torch.Tensor]:
         """``{layer: its MSE}`` on the batch ``input_ids`` ``[B, T]`` (``loss_mask`` ``[B, T]``: 0 = padding)."""
-        from memlm.distill.alignment import alignment_loss, attention_io
-
         with torch.no_grad():
             io = attention_io(self._teacher[0], input_ids, layers=self.layers)
         return {layer: alignment_loss(self.student, layer, *io[layer], attention_mask=loss_mask)
@@ -92,8 +94,6 @@ class DistillationObjective(nn.Module):
         self.temperature, self.ce_weight = temperature, ce_weight
 
     def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        from memlm.distill.losses import distillation_loss
-
         with torch.no_grad():
             teacher_logits = self._teacher[0](input_ids=input_ids, use_cache=False).logits
         student_logits = self.student(input_ids=input_ids, use_cache=False).logits
@@ -226,8 +226,6 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
     resume_dir, manifest = resolve_resume(config, RESUMABLE_CHANGES)
     step = int(manifest["step"]) if manifest else 0
 
-    from memlm.distill import hybrid_from_teacher, restore_attention
-
     tokenizer = pretrained_tokenizer(config.teacher)
     train_rows, heldout = training_and_heldout_rows(config, tokenizer)
     rows = {stage: train_rows if getattr(config, stage).seq_len in (None, config.data.seq_len) else
@@ -247,13 +245,13 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
     in_stage1 = main and step <= config.stage1.steps
     mse_before = alignment_mse(student, teacher, replaced, heldout, batch_size) if in_stage1 else {}
 
-    first_two = config.stage1.steps
+    stage1_end = config.stage1.steps
     last = min(config.total_steps, stop_at or config.total_steps)
     stage1 = None
-    if config.stage1.steps and step <= first_two:
+    if config.stage1.steps and step <= stage1_end:
         objective = AlignmentObjective(student, teacher, replaced)
         stage1 = run_stage(accelerator, config, objective, mixer_parameters(student, replaced), rows["stage1"],
-                           "stage1", (resume_dir, manifest), step, 0, min(last, first_two), log)
+                           "stage1", (resume_dir, manifest), step, 0, min(last, stage1_end), log)
         step, resume_dir = stage1.step, None  # the checkpoint is consumed
     if step < config.stage1.steps:  # stop_at in stage 1
         return _stopped(accelerator, config, student, summary, step)
@@ -287,7 +285,7 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
             trained = trained + [p for n, p in model.named_parameters() if "lora_" in n]
         objective = DistillationObjective(model, teacher, config.stage2.temperature, config.stage2.ce_weight)
         stage2 = run_stage(accelerator, config, objective, trained, rows["stage2"], "stage2", (resume_dir, manifest),
-                           step, first_two, last, log)
+                           step, stage1_end, last, log)
         step = stage2.step
         student = accelerator.unwrap_model(stage2.objective).student
     if step < config.total_steps:
@@ -309,13 +307,6 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
         atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
     accelerator.end_training()
     return DistillResult(json.loads(json.dumps(summary)), student)  # as summary.json reads (string keys)
-
-
-def mixer_parameters(student: nn.Module, layers: list[int]) -> list[nn.Parameter]:
-    """The parameters of the mixers of ``layers`` (:func:`memlm.distill.alignment.mixer_parameters`)."""
-    from memlm.distill import alignment
-
-    return alignment.mixer_parameters(student, layers)
 
 
 @dataclass
@@ -376,8 +367,6 @@ def select_layers(accelerator, config: DistillConfig, teacher: nn.Module, studen
             raise CheckpointError(f"{path} is missing: a run resumed in stage 2 of keep_attention=auto reads the "
                                   "layers it selected there")
         return json.loads(path.read_text())
-    from memlm.distill.selection import select_attention_layers
-
     loader = make_loader(rows, config.stage2.batch_size, config.train.seed, collate)
     batches = [{"input_ids": batch["input_ids"].to(accelerator.device),
                 "attention_mask": batch["loss_mask"].to(accelerator.device)}
