@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import memlm
@@ -102,6 +103,20 @@ def test_stage2_with_lora_merges_adapters_into_the_frozen_layers(tmp_path, teach
     assert not torch.equal(student.model.layers[0].mlp.up_proj.weight, llama.model.layers[0].mlp.up_proj.weight)
     assert not torch.equal(student.model.layers[3].mixer.q_proj.weight, llama.model.layers[3].self_attn.q_proj.weight)
     assert torch.equal(student.model.embed_tokens.weight, llama.model.embed_tokens.weight)
+
+
+def test_stage2_train_all_trains_every_weight_and_stage1_still_only_the_mixers(tmp_path, teacher):
+    recipe = distill_recipe(tmp_path, teacher, stage2={"train": "all", "steps": 2}, checkpoint={"every": 4})
+    distill(config_from_dict(recipe), stop_at=4)  # the end of stage 1, with its checkpoint
+    stage1 = load_file(str(tmp_path / "run" / "checkpoints" / "step_4" / "model.safetensors"))
+    llama = AutoModelForCausalLM.from_pretrained(teacher)
+    assert torch.equal(stage1["student.model.embed_tokens.weight"], llama.model.embed_tokens.weight)
+    assert torch.equal(stage1["student.model.layers.0.mlp.up_proj.weight"], llama.model.layers[0].mlp.up_proj.weight)
+    resumed = distill(config_from_dict({**recipe, "checkpoint": {"every": 4, "resume_from": "latest"}}))
+    assert resumed.summary["stage2"]["train"] == "all"
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert not torch.equal(student.model.embed_tokens.weight, llama.model.embed_tokens.weight)
+    assert not torch.equal(student.model.layers[3].mixer.q_proj.weight, llama.model.layers[3].self_attn.q_proj.weight)
 
 
 def test_a_reused_output_dir_of_another_recipe_is_refused(tmp_path, teacher):
