@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from memlm.training.config import RecipeConfig
+from memlm.training.config import DataSection, LoraSection, RecipeConfig
 from memlm.training.data import PackedStream, load_documents, pack_documents, tokenize_documents
 
 
@@ -18,12 +18,7 @@ def build_tokenizer(config: RecipeConfig):
 
     spec = config.tokenizer
     if spec.kind == "pretrained":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(spec.path or config.model.pretrained)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
+        return pretrained_tokenizer(spec.path or config.model.pretrained)
     if spec.kind == "byte":
         return tokenization.byte_level_tokenizer()
     if spec.kind == "integer":
@@ -38,14 +33,23 @@ def build_tokenizer(config: RecipeConfig):
         raise ValueError("tokenizer.kind='bpe' trains on local plain-text data.files (data.source='text')")
     if not spec.vocab_size:
         raise ValueError("tokenizer.kind='bpe' needs tokenizer.vocab_size")
-    check_data_files(config)
+    check_data_files(config.data)
     return tokenization.train_bpe_tokenizer([str(f) for f in config.data.files], spec.vocab_size)
 
 
-def check_data_files(config: RecipeConfig) -> None:
+def pretrained_tokenizer(path: str):
+    """``AutoTokenizer.from_pretrained(path)``, padding with EOS where it has no pad token (packed rows)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_data_files(data: DataSection) -> None:
     """Each local data file (or file a glob pattern matches) that exists must hold something: an empty one is
     named (a missing one is left to ``datasets``, which names it)."""
-    data = config.data
     if data.source not in ("text", "json", "parquet"):
         return
     for entry in data.files:
@@ -79,11 +83,18 @@ def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None
         eval_ids, eval_labels = generate(**eval_args, seed=config.eval.seed)
         dataset = Dataset.from_dict({"input_ids": train_ids.tolist(), "labels": train_labels.tolist()})
         return dataset.with_format("torch"), {data.source: (eval_ids, eval_labels)}
+    return packed_text(data, tokenizer), None
+
+
+def packed_text(data: DataSection, tokenizer) -> Dataset | PackedStream:
+    """The documents of a text source (``text``, ``json``, ``parquet``, ``hub``, ``niah``) tokenized and packed
+    into rows of ``data.seq_len`` (:func:`memlm.training.data.pack_documents`): a ``Dataset``, or a
+    :class:`PackedStream` when ``data.streaming``."""
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no pad_token for the last packed row")
-    check_data_files(config)
+    check_data_files(data)
     if data.streaming:
-        return PackedStream(data, tokenizer), None
+        return PackedStream(data, tokenizer)
     rows = list(pack_documents(tokenize_documents(load_documents(data, tokenizer), tokenizer), data.seq_len,
                                tokenizer.pad_token_id))
     if not rows:
@@ -93,7 +104,7 @@ def build_dataset(config: RecipeConfig, tokenizer) -> tuple[Dataset, dict | None
     if padding > PADDING_WARNING:
         warnings.warn(f"data.seq_len={data.seq_len} is far beyond the data: {len(rows)} packed row(s), "
                       f"{padding:.1%} of the training tokens are padding", stacklevel=2)
-    return Dataset.from_list(rows), None
+    return Dataset.from_list(rows)
 
 
 def build_model(config: RecipeConfig, tokenizer):
@@ -130,18 +141,27 @@ def build_model(config: RecipeConfig, tokenizer):
 
 def apply_lora(model, config: RecipeConfig):
     """Wrap ``model`` with peft LoRA adapters on ``lora.target_modules`` (those present in the model)."""
+    return lora_model(model, config.lora)
+
+
+def lora_model(model, spec: LoraSection, exclude: tuple[str, ...] = (), key: str = "lora"):
+    """``model`` wrapped by peft with LoRA adapters of ``spec`` on the modules named (last name) in
+    ``spec.target_modules`` (a list; a string is peft's regex), but for those under the module prefixes
+    ``exclude``; ``key`` names the section in errors."""
     from peft import LoraConfig, get_peft_model
 
-    spec = config.lora
     targets = spec.target_modules
     if isinstance(targets, list):
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         present = [t for t in targets if t in names]
         if not present:
             raise ValueError(
-                f"lora.target_modules {targets} match no module of the model; module names: {sorted(names)}"
+                f"{key}.target_modules {targets} match no module of the model; module names: {sorted(names)}"
             )
         targets = present
+        if exclude:
+            targets = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in present
+                       and not any(name == prefix or name.startswith(prefix + ".") for prefix in exclude)]
     lora = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                       task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

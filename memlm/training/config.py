@@ -22,6 +22,7 @@ any data is read.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import inspect
@@ -182,8 +183,16 @@ class EvalSection:
     seed: int = 1234
 
 
+class Recipe:
+    """Base of a recipe's top-level dataclass (the training recipe's, distillation's): ``to_dict`` is what
+    ``recipe.json`` and the checkpoints' manifests record, and what a resumed run is compared with."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass
-class RecipeConfig:
+class RecipeConfig(Recipe):
     output_dir: str
     train: TrainSection
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
@@ -195,9 +204,6 @@ class RecipeConfig:
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
     lora: LoraSection = dataclasses.field(default_factory=LoraSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 CHOICES = {
@@ -221,6 +227,11 @@ MODEL_CONFIG_EXTRA_KEYS = ("hybrid_ratio", "rope_theta")
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     """Read a YAML recipe, apply ``key.sub=value`` overrides, and check everything."""
+    return config_from_dict(read_recipe(path, overrides))
+
+
+def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    """The YAML file's mapping of sections with the ``key.sub=value`` overrides applied (not yet checked)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -229,7 +240,25 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
         raise ValueError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
-    return config_from_dict(raw)
+    return raw
+
+
+def recipe_arguments(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of a recipe script (``recipes/train.py``, ``recipes/distill.py``): ``--config FILE``,
+    ``--stop-at N``, ``--overwrite`` and dotted overrides, which may come before, between or after the options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML recipe")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="end after this optimizer step with a checkpoint (resume later with "
+                             "checkpoint.resume_from=latest)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an output_dir that holds another run (its checkpoints, log and "
+                             "summary are deleted); without it such an output_dir is refused")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=20")
+    args = parser.parse_intermixed_args(argv)
+    if args.stop_at is not None and args.stop_at <= 0:
+        parser.error(f"--stop-at must be positive, got {args.stop_at}")
+    return args
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -250,12 +279,12 @@ def apply_override(raw: dict, override: str) -> None:
 
 
 def config_from_dict(raw: dict) -> RecipeConfig:
-    config = _build(RecipeConfig, raw, "")
+    config = build_section(RecipeConfig, raw, "")
     _check_values(config)
     return config
 
 
-def _build(cls, raw: Any, where: str):
+def build_section(cls, raw: Any, where: str):
     """Instantiate dataclass ``cls`` from ``raw`` with strict key and type checks."""
     label = where or "the config"
     if not isinstance(raw, dict):
@@ -272,7 +301,8 @@ def _build(cls, raw: Any, where: str):
     values = {}
     for name, value in raw.items():
         hint, key = hints[name], _join(where, name)
-        values[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _check_type(key, value, hint)
+        built = dataclasses.is_dataclass(hint)
+        values[name] = build_section(hint, value, key) if built else check_type(key, value, hint)
     return cls(**values)
 
 
@@ -280,7 +310,7 @@ def _is_required(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
-def _check_type(key: str, value: Any, hint) -> Any:
+def check_type(key: str, value: Any, hint) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for kind in allowed:
         if kind is type(None) and value is None:
@@ -298,25 +328,9 @@ def _check_type(key: str, value: Any, hint) -> Any:
 
 
 def _check_values(config: RecipeConfig) -> None:
-    for key, choices in CHOICES.items():
-        value = _get(config, key)
-        for item in value if isinstance(value, list) else [value]:
-            if item not in choices:
-                raise ValueError(f"{key}={item!r} is not allowed; choose from {list(choices)}")
-    for key in POSITIVE:
-        if _get(config, key) is not None and _get(config, key) <= 0:
-            raise ValueError(f"{key} must be positive, got {_get(config, key)!r}")
+    check_rules(config, CHOICES, POSITIVE, POSITIVE_NUMBERS, NON_NEGATIVE, FRACTIONS)
     if len(config.optimizer.betas) != 2:
         raise ValueError(f"optimizer.betas must be two numbers, got {config.optimizer.betas!r}")
-    for key in POSITIVE_NUMBERS:
-        _check_range(key, _get(config, key), "(0, inf)")
-    for key in NON_NEGATIVE:
-        if _get(config, key) is not None:
-            _check_range(key, _get(config, key), "[0, inf)")
-    for key, interval in FRACTIONS.items():
-        values = _get(config, key)
-        for value in values if isinstance(values, list) else [values]:
-            _check_range(key, value, interval)
     model = config.model
     if (model.config is None) == (model.pretrained is None):
         raise ValueError(
@@ -324,7 +338,41 @@ def _check_values(config: RecipeConfig) -> None:
         )
     if model.preset is not None and model.config is None:
         raise ValueError(f"model.preset={model.preset!r} builds a new model from model.config, which is missing")
-    data = config.data
+    check_data(config.data)
+    for task in ("mqar", "passkey"):
+        if task in config.eval.tasks and config.data.source != task:
+            raise ValueError(f"eval.tasks contains {task!r}, which needs data.source={task!r}")
+    if config.tokenizer.kind == "pretrained" and not (config.tokenizer.path or model.pretrained):
+        raise ValueError("tokenizer.kind='pretrained' needs tokenizer.path (or model.pretrained)")
+    if model.config is not None:
+        check_model_config(model.config, model.preset)
+
+
+def check_rules(config, choices: dict, positive=(), positive_numbers=(), non_negative=(), fractions=None) -> None:
+    """Check the dotted keys of a built config: each value of ``choices[key]`` is one of them, ``positive`` keys are
+    > 0 (or None), ``positive_numbers`` finite > 0, ``non_negative`` finite >= 0 (or None), and ``fractions[key]``
+    within its interval (each item of a list value)."""
+    for key, allowed in choices.items():
+        value = get_key(config, key)
+        for item in value if isinstance(value, list) else [value]:
+            if item not in allowed:
+                raise ValueError(f"{key}={item!r} is not allowed; choose from {list(allowed)}")
+    for key in positive:
+        if get_key(config, key) is not None and get_key(config, key) <= 0:
+            raise ValueError(f"{key} must be positive, got {get_key(config, key)!r}")
+    for key in positive_numbers:
+        check_range(key, get_key(config, key), "(0, inf)")
+    for key in non_negative:
+        if get_key(config, key) is not None:
+            check_range(key, get_key(config, key), "[0, inf)")
+    for key, interval in (fractions or {}).items():
+        values = get_key(config, key)
+        for value in values if isinstance(values, list) else [values]:
+            check_range(key, value, interval)
+
+
+def check_data(data: DataSection) -> None:
+    """The ``data`` section names what its source needs."""
     if data.source in ("text", "json", "parquet") and not data.files:
         raise ValueError(f"data.source={data.source!r} needs data.files (a list of local files)")
     if data.source == "hub" and not data.name:
@@ -340,16 +388,9 @@ def _check_values(config: RecipeConfig) -> None:
         raise ValueError("data.source='niah' needs data.niah: {context_lengths, depths, num_examples_per_cell, ...}")
     if data.source == "passkey" and not data.passkey:
         raise ValueError("data.source='passkey' needs data.passkey: {num_examples, vocab_size, key_length, ...}")
-    for task in ("mqar", "passkey"):
-        if task in config.eval.tasks and data.source != task:
-            raise ValueError(f"eval.tasks contains {task!r}, which needs data.source={task!r}")
-    if config.tokenizer.kind == "pretrained" and not (config.tokenizer.path or model.pretrained):
-        raise ValueError("tokenizer.kind='pretrained' needs tokenizer.path (or model.pretrained)")
-    if model.config is not None:
-        check_model_config(model.config, model.preset)
 
 
-def _check_range(key: str, value, interval: str) -> None:
+def check_range(key: str, value, interval: str) -> None:
     """``value`` is a finite number in ``interval``, written ``[low, high)`` etc. (``inf``: no upper bound)."""
     low, high = (float(x) for x in interval[1:-1].split(","))
     number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -395,7 +436,7 @@ def check_model_config(fields: dict, preset: str | None) -> None:
         raise ValueError(f"model.config: {error}") from error
 
 
-def _get(config, dotted: str):
+def get_key(config, dotted: str):
     for part in dotted.split("."):
         config = getattr(config, part)
     return config

@@ -61,6 +61,20 @@ def finish_run_arguments(args, argv: list[str] | None, quick_folder: str) -> Non
         raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
 
 
+def prepare_run(args, prefix: str) -> Path:
+    """Apply ``--threads`` to torch and return the run folder: ``--workdir`` (created), or a fresh folder under /tmp
+    named ``prefix...``."""
+    import tempfile
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Lay out, write as PNG (120 dpi, folders created) and close a matplotlib figure."""
     import matplotlib.pyplot as plt

@@ -231,7 +231,8 @@ def test_recipe_cli_reports_bad_config(tmp_path):
     assert result.returncode != 0 and "unknown key(s) ['train.max_stepz']" in result.stderr
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes" / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "recipes" / "configs").glob("*.yaml")
+                                         if not p.name.startswith("distill_")))  # tests/distill: recipes/distill.py's
 def test_shipped_recipes_are_valid(name):
     load_config(REPO / "recipes" / "configs" / name)
 
