@@ -24,8 +24,11 @@ first two run fla's kernels.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
@@ -79,6 +82,18 @@ def chunk_gated_delta_rule(
             q, k, v, g, beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
+    width = q.shape[-1] + v.shape[-1]
+    tokens = block_tokens(q.shape[0], q.shape[2], width, chunk_size)
+    step = partial(_chunk_block, scale=scale, chunk_size=chunk_size)
+    o, final_state = run_in_blocks(step, (q, k, v, g, beta), initial_state, cu_seqlens, tokens)
+    return o, final_state if output_final_state else None
+
+
+def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equations (3)-(7) over one block of whole chunks (:func:`memlm.ops.common.blocks.run_in_blocks`):
+    ``(q, k, v, g, beta)`` as in :func:`chunk_gated_delta_rule` -> ``(o, final_state)``."""
+    q, k, v, g, beta = tensors
     batch, seq_len, _, dk = q.shape
     dv = v.shape[-1]
     layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
@@ -102,7 +117,7 @@ def chunk_gated_delta_rule(
     chunk_decay = log_decay[..., -1].exp()[..., None, None]
     states, corrected, final_state = scan_chunks(u, w, k_to_end, chunk_decay, initial_state, layout)  # (5), (7)
     o = q_decayed @ states + attn @ corrected  # (6)
-    return from_chunks(o, layout).to(q.dtype), final_state if output_final_state else None
+    return from_chunks(o, layout).to(q.dtype), final_state
 
 
 def recurrent_gated_delta_rule(
