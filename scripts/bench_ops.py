@@ -562,6 +562,7 @@ def bench_more_ops(sizes: list[int], device: torch.device, repeats: int) -> dict
 
 SCALING_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 SCALING_QUICK_SIZES = [256, 512, 1024]
+SCALING_NO_WARMUP_T = 16384  # from this T on no warm-up run (the smaller T already warmed every code path)
 SCALING_SDPA_MAX_T = 16384  # causal SDPA is quadratic: at 64k one fwd+bwd takes minutes on a CPU core
 SCALING_MEMORY_SIZES = [4096, 16384, 65536]
 SCALING_QUICK_MEMORY_SIZES = [512, 1024]
@@ -652,14 +653,14 @@ def matmul_peak_gflops(device: torch.device, clock: Callable[[], float], size: i
 
 
 def scaling_memory_child(seq_len: int, device_type: str) -> None:
-    """Run in a subprocess: one training step (forward + backward of the next-token loss) of a tiny 3:1 hybrid
-    (4 layers, hidden 128, 2 heads of 64, vocab 256) on ``[1, seq_len]`` tokens with gradient checkpointing;
-    prints JSON with the peak resident memory (``ru_maxrss``) before and after the step, or on CUDA the peak
-    of ``torch.cuda.max_memory_allocated``."""
+    """Run in a subprocess: one training step (forward + backward of the next-token loss) of a tiny all-GatedDeltaNet
+    model (4 layers, hidden 128, 2 heads of 64, vocab 256; no attention layer, whose time is quadratic) on
+    ``[1, seq_len]`` tokens with gradient checkpointing; prints JSON with the peak resident memory (``ru_maxrss``)
+    before and after the step, or on CUDA the peak of ``torch.cuda.max_memory_allocated``."""
     import resource
 
     device = torch.device(device_type)
-    config = MemLMConfig(hidden_size=128, num_hidden_layers=4, hybrid_ratio="3:1", num_attention_heads=2,
+    config = MemLMConfig(hidden_size=128, num_hidden_layers=4, hybrid_ratio="1:0", num_attention_heads=2,
                          num_key_value_heads=2, head_dim=64, linear_num_key_heads=2, linear_key_head_dim=64,
                          linear_value_head_dim=64, intermediate_size=256, vocab_size=256)
     config._attn_implementation = "sdpa"
@@ -737,7 +738,9 @@ def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.devic
             if seq_len == flop_t:
                 for (name, mode), fn in cases.items():
                     flops.setdefault(name, {})[mode] = counted_flops(fn)
-            timed = measure({f"{n} {mode}": (fn, repeats, 1) for (n, mode), fn in cases.items()}, device, clock=clock)
+            warmup = 1 if seq_len < SCALING_NO_WARMUP_T else 0
+            timed = measure({f"{n} {mode}": (fn, repeats, warmup) for (n, mode), fn in cases.items()}, device,
+                            clock=clock)
             for name, mode in cases:
                 per_token[name][mode][seq_len] = timed[f"{name} {mode}"].median_ms * 1e3 / seq_len
             del cases, timed
@@ -773,12 +776,13 @@ def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.devic
     )
     timer = "CPU time of this process (time.process_time)" if device.type == "cpu" else "wall time"
     notes = [
-        f"us/token: {timer} per token, median of {repeats} runs after 1 warm-up, all cases of one T alternating",
+        f"us/token: {timer} per token, median of {repeats} runs after 1 warm-up (none from T="
+        f"{SCALING_NO_WARMUP_T} on), each op's two passes alternating (the two layers' four)",
         f"fp32 matmul peak measured in this run: {peak:.1f} GFLOP/s ([2048, 2048] @ [2048, 2048], best of 5)",
         f"GFLOP/s: FLOPs counted by torch.utils.flop_counter at T={flop_t} (matmuls only) / that T's median time",
         f"sdpa_layer: not run above T={SCALING_SDPA_MAX_T} (quadratic)",
-        f"peak memory (tiny 3:1 hybrid, 4 layers, hidden 128, gradient checkpointing, one training step on "
-        f"[1, T], a fresh process per T):\n{memory_table}",
+        f"peak memory (tiny all-GatedDeltaNet model, 4 layers, hidden 128, gradient checkpointing, one training "
+        f"step on [1, T], a fresh process per T):\n{memory_table}",
     ]
     return {"rows": rows, "memory": memory, "peak_gflops": peak, "flop_T": flop_t, "notes": notes, "table": table}
 
