@@ -58,6 +58,16 @@ Sections:
    (chunk 64, ``dt = softplus(dt_raw + dt_bias)``) against ``mamba2_chunk_scan`` (``transformers.models.mamba2``,
    the scan ``Mamba2Mixer``'s torch path calls, chunk 256 as in the released configs, ``dt_softplus=True``),
    H=32 heads of 64, d_state 128, one group. Speed-up = transformers ms / memlm ms. Target: 2x at T=4096.
+
+Scaling (``--scaling``, not in the default run; ``python scripts/bench_ops.py --scaling --threads 1``): the cost
+per token of every chunked op (GDN as section 1, GLA and KDA on section 5's KDA inputs, SSD as section 5, Based and
+prefix linear attention with 4 heads of feature dimension 16 and values of 128, Titans' memory with 4 heads of 64)
+and of section 2's GDN layer and causal SDPA layer, forward (no grad) and forward + backward, at T = 1k-64k
+(``--scaling-sizes``); on CPU the timer is the process's CPU time (``time.process_time``), which leaves out the
+time other processes hold the core. The 64k / 4k ratio per row (target <= 1.15), the GFLOP/s at 4k (FLOPs counted
+by ``torch.utils.flop_counter``) against the fp32 matmul peak measured in the same run, and the peak memory
+(``VmHWM``, a fresh process per T; on CUDA ``max_memory_allocated``) of one training step of a tiny model with
+gradient checkpointing at 4k, 16k and 64k tokens.
 """
 
 from __future__ import annotations
@@ -652,13 +662,27 @@ def matmul_peak_gflops(device: torch.device, clock: Callable[[], float], size: i
     return 2 * size**3 / best / 1e9
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: ``VmHWM`` of ``/proc/self/status`` (Linux; a fresh count per process),
+    else ``ru_maxrss``, which on Linux a child started by ``subprocess`` inherits from its parent's peak."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def scaling_memory_child(seq_len: int, device_type: str) -> None:
     """Run in a subprocess: one training step (forward + backward of the next-token loss) of a tiny all-GatedDeltaNet
     model (4 layers, hidden 128, 2 heads of 64, vocab 256; no attention layer, whose time is quadratic) on
-    ``[1, seq_len]`` tokens with gradient checkpointing; prints JSON with the peak resident memory (``ru_maxrss``)
-    before and after the step, or on CUDA the peak of ``torch.cuda.max_memory_allocated``."""
-    import resource
-
+    ``[1, seq_len]`` tokens with gradient checkpointing; prints JSON with the process's peak resident memory before
+    and after the step (:func:`peak_rss_bytes`), and on CUDA the peak of ``torch.cuda.max_memory_allocated``."""
     device = torch.device(device_type)
     config = MemLMConfig(hidden_size=128, num_hidden_layers=4, hybrid_ratio="1:0", num_attention_heads=2,
                          num_key_value_heads=2, head_dim=64, linear_num_key_heads=2, linear_key_head_dim=64,
@@ -668,12 +692,12 @@ def scaling_memory_child(seq_len: int, device_type: str) -> None:
     model = MemLMForCausalLM(config).to(device).train()
     model.gradient_checkpointing_enable()
     ids = torch.randint(0, 256, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model(input_ids=ids, labels=ids).loss.backward()
     result = {"T": seq_len, "rss_before_bytes": before,
-              "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+              "rss_peak_bytes": peak_rss_bytes()}
     if device.type == "cuda":
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
     print(json.dumps(result))
