@@ -15,7 +15,8 @@ with cumulative log decay ``G_i = g_1 + ... + g_i`` and ``Gamma_ij = exp(G_i - G
     S' = exp(G_C) S + (K * exp(G_C - G))^T V'                                   (7)
 
 Only (5) and (7) run sequentially over chunks (two small matmuls per chunk); (3), (4) and (6) are
-batched over all chunks. Every exponent above is <= 0, so strong decay cannot overflow.
+batched over the chunks of a block (long sequences run in blocks of a bounded number of chunks,
+:mod:`memlm.ops.common.blocks`). Every exponent above is <= 0, so strong decay cannot overflow.
 
 :func:`chunk_gated_delta_rule` (training, prefill) computes (3)-(7), :func:`recurrent_gated_delta_rule` (decoding)
 and :func:`naive_gated_delta_rule` (the reference) compute (1)-(2) token by token; on CUDA with fla installed the

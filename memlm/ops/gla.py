@@ -12,7 +12,8 @@ The chunkwise form: inside a chunk of C tokens with the per-channel cumulative l
     O    = (Q * exp(G)) S + A V                                                 (4)
     S'   = Diag(exp(G_C)) S + (K * exp(G_C - G))^T V                            (5)
 
-Only (5) runs sequentially over chunks; (3) and (4) are batched over all chunks. (3) is computed without
+Only (5) runs sequentially over chunks; (3) and (4) are batched over the chunks of a block
+(:mod:`memlm.ops.common.blocks`). (3) is computed without
 ever forming ``exp(-G)`` (which strong decay, g ~ -11 per token, makes unrepresentable): sub-chunk by sub-chunk,
 every exponent <= 0 (:func:`memlm.ops.common.decay.decayed_scores`).
 

@@ -17,7 +17,8 @@ for j <= i (else 0),
     S' = Diag(exp(G_C)) S + (K * exp(G_C - G))^T V'                             (7)
 
 Only (5) and (7) run sequentially over chunks (:func:`memlm.ops.common.scan.scan_chunks`); (3), (4) and (6) are
-batched over all chunks. ``D`` is formed sub-chunk by sub-chunk without ever forming ``exp(-G)``
+batched over the chunks of a block (:mod:`memlm.ops.common.blocks`).
+``D`` is formed sub-chunk by sub-chunk without ever forming ``exp(-G)``
 (:func:`memlm.ops.common.decay.decayed_scores`), so every exponent is <= 0 and strong decay cannot overflow.
 
 With ``use_qk_l2norm_in_kernel`` q and k are first L2-normalized in fp32, ``x / sqrt(sum(x^2) + 1e-6)`` (fla's
