@@ -58,11 +58,22 @@ Sections:
    (chunk 64, ``dt = softplus(dt_raw + dt_bias)``) against ``mamba2_chunk_scan`` (``transformers.models.mamba2``,
    the scan ``Mamba2Mixer``'s torch path calls, chunk 256 as in the released configs, ``dt_softplus=True``),
    H=32 heads of 64, d_state 128, one group. Speed-up = transformers ms / memlm ms. Target: 2x at T=4096.
+
+Scaling (``--scaling``, not in the default run; ``python scripts/bench_ops.py --scaling --threads 1``): the cost
+per token of every chunked op (GDN as section 1, GLA and KDA on section 5's KDA inputs, SSD as section 5, Based and
+prefix linear attention with 4 heads of feature dimension 16 and values of 128, Titans' memory with 4 heads of 64)
+and of section 2's GDN layer and causal SDPA layer, forward (no grad) and forward + backward, at T = 1k-64k
+(``--scaling-sizes``); on CPU the timer is the process's CPU time (``time.process_time``), which leaves out the
+time other processes hold the core. The 64k / 4k ratio per row (target <= 1.15), the GFLOP/s at 4k (FLOPs counted
+by ``torch.utils.flop_counter``) against the fp32 matmul peak measured in the same run, and the peak memory
+(``VmHWM``, a fresh process per T; on CUDA ``max_memory_allocated``) of one training step of a tiny model with
+gradient checkpointing at 4k, 16k and 64k tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import inspect
 import json
@@ -90,8 +101,11 @@ from memlm.convert import from_pretrained
 from memlm.layers import MIXERS, Attention, build_mixer
 from memlm.layers.inputs import MixerInputs
 from memlm.layers.rotary import RotaryEmbedding
-from memlm.ops import chunk_gated_delta_rule, chunk_kda, chunk_ssd
+from memlm.ops import chunk_based, chunk_gated_delta_rule, chunk_gla, chunk_kda, chunk_neural_memory, chunk_ssd
 from memlm.ops.common.fla import use_fla
+from memlm.ops.neural_memory import PRESETS
+from memlm.ops.neural_memory import initial_state as memory_initial_state
+from memlm.ops.prefix_linear_attention import chunk_prefix_linear_attention, prefix_token_mask
 
 try:  # Kimi Linear is in transformers' newer 5.x releases only (not 5.16)
     from transformers.models.kimi_linear.modeling_kimi_linear import chunk_kimi_delta_attention
@@ -129,7 +143,8 @@ class Timing:
         return statistics.median(self.times_ms)
 
 
-def measure(cases: dict[str, tuple[Callable[[], object], int, int]], device: torch.device) -> dict[str, Timing]:
+def measure(cases: dict[str, tuple[Callable[[], object], int, int]], device: torch.device,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
     """Time several cases, ``name -> (fn, repeats, warmup)``, interleaved.
 
     Every case first runs its ``warmup`` untimed calls; then the timed calls go round-robin (a, b, a, b,
@@ -146,10 +161,10 @@ def measure(cases: dict[str, tuple[Callable[[], object], int, int]], device: tor
             if round_ >= repeats:
                 continue
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             results[name] = fn()
             synchronize(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
     return {name: Timing(times[name], cases[name][2], results[name]) for name in cases}
 
 
@@ -553,6 +568,249 @@ def bench_more_ops(sizes: list[int], device: torch.device, repeats: int) -> dict
     return {"rows": rows, "notes": notes, "table": table}
 
 
+# -------------------------------------------------------------------------------------------- scaling
+
+SCALING_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+SCALING_QUICK_SIZES = [256, 512, 1024]
+SCALING_NO_WARMUP_T = 16384  # from this T on no warm-up run (the smaller T already warmed every code path)
+SCALING_SDPA_MAX_T = 16384  # causal SDPA is quadratic: at 64k one fwd+bwd takes minutes on a CPU core
+SCALING_MEMORY_SIZES = [4096, 16384, 65536]
+SCALING_QUICK_MEMORY_SIZES = [512, 1024]
+TITANS_HEAD_DIM = 64
+
+
+def based_inputs(seq_len: int, device: torch.device) -> list[torch.Tensor]:
+    """q, k of Based's small feature dimension (16), v of 128, 4 heads."""
+    gen = torch.Generator().manual_seed(seq_len)
+    q, k = (torch.randn(1, seq_len, HEADS, 16, generator=gen) / 2 for _ in range(2))
+    return [t.to(device) for t in (q, k, torch.randn(1, seq_len, HEADS, HEAD_DIM, generator=gen))]
+
+
+def memlm_prefix(q, k, v):
+    """Prefix linear attention with the first half of the sequence as the prefix (its keys/values are k, v)."""
+    mask = prefix_token_mask(q.shape[1] // 2, 1, q.shape[1], device=q.device)
+    return chunk_prefix_linear_attention(q, k, v, k, v, mask)[0]
+
+
+def titans_inputs(seq_len: int, device: torch.device) -> list[torch.Tensor]:
+    """Titans' memory (depth-2 MLP, momentum), 4 heads of 64: q, k, v, theta, log(1 - alpha), log eta and the
+    memory's two initial weight matrices ``[H, out, in]``."""
+    gen = torch.Generator().manual_seed(seq_len)
+    q, k, v = (F.normalize(torch.randn(1, seq_len, HEADS, TITANS_HEAD_DIM, generator=gen), dim=-1) for _ in range(3))
+    theta = torch.sigmoid(torch.randn(1, seq_len, HEADS, generator=gen)) * PRESETS["titans"].max_lr
+    log_a, log_eta = (F.logsigmoid(torch.randn(1, seq_len, HEADS, generator=gen) + 4) for _ in range(2))
+    weights = [torch.randn(HEADS, *shape, generator=gen) / shape[1] ** 0.5
+               for shape in PRESETS["titans"].shapes(TITANS_HEAD_DIM)]
+    return [t.to(device) for t in (q, k, v, theta, log_a, log_eta, *weights)]
+
+
+def memlm_titans(q, k, v, theta, log_a, log_eta, *weights):
+    rule = PRESETS["titans"]
+    state = memory_initial_state(list(weights), rule, q.shape[0])
+    return chunk_neural_memory(q, k, v, theta, log_a, log_eta, state, rule, CHUNK)[0]
+
+
+SCALING_OPS = {  # name -> (inputs(T, device), op returning the output), shapes as in sections 1 and 5
+    "gated_delta_rule": (op_inputs, memlm_op),
+    "gla": (kda_inputs, lambda q, k, v, g, beta: chunk_gla(q, k, v, g)[0]),
+    "kda": (kda_inputs, memlm_kda),
+    "ssd": (ssd_inputs, memlm_ssd),
+    "based": (based_inputs, lambda q, k, v: chunk_based(q, k, v)[0]),
+    "prefix_linear_attention": (based_inputs, memlm_prefix),
+    "titans": (titans_inputs, memlm_titans),
+}
+
+
+def forward_only(op: Callable, inputs: list[torch.Tensor]) -> Callable[[], None]:
+    @torch.no_grad()
+    def step():
+        op(*inputs)
+
+    return step
+
+
+def layer_forward(module: torch.nn.Module, x: torch.Tensor, inputs: MixerInputs) -> Callable[[], None]:
+    @torch.no_grad()
+    def step():
+        module(x, inputs)
+
+    return step
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call, as ``torch.utils.flop_counter`` counts them (matmuls, convolutions,
+    attention; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak_gflops(device: torch.device, clock: Callable[[], float], size: int = 2048, repeats: int = 5) -> float:
+    """The machine's fp32 matmul rate: best of ``repeats`` ``[size, size] @ [size, size]`` products timed by
+    ``clock``."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = clock()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, clock() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: ``VmHWM`` of ``/proc/self/status`` (Linux; a fresh count per process),
+    else ``ru_maxrss``, which on Linux a child started by ``subprocess`` inherits from its parent's peak."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def scaling_memory_child(seq_len: int, device_type: str) -> None:
+    """Run in a subprocess: one training step (forward + backward of the next-token loss) of a tiny all-GatedDeltaNet
+    model (4 layers, hidden 128, 2 heads of 64, vocab 256; no attention layer, whose time is quadratic) on
+    ``[1, seq_len]`` tokens with gradient checkpointing; prints JSON with the process's peak resident memory before
+    and after the step (:func:`peak_rss_bytes`), and on CUDA the peak of ``torch.cuda.max_memory_allocated``."""
+    device = torch.device(device_type)
+    config = MemLMConfig(hidden_size=128, num_hidden_layers=4, hybrid_ratio="1:0", num_attention_heads=2,
+                         num_key_value_heads=2, head_dim=64, linear_num_key_heads=2, linear_key_head_dim=64,
+                         linear_value_head_dim=64, intermediate_size=256, vocab_size=256)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = MemLMForCausalLM(config).to(device).train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(0, 256, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    before = peak_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model(input_ids=ids, labels=ids).loss.backward()
+    result = {"T": seq_len, "rss_before_bytes": before,
+              "rss_peak_bytes": peak_rss_bytes()}
+    if device.type == "cuda":
+        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    print(json.dumps(result))
+
+
+def scaling_memory(sizes: list[int], device: torch.device, threads: int) -> list[dict]:
+    """:func:`scaling_memory_child` in a fresh process per T (so each peak is that T's alone)."""
+    rows = []
+    scripts = os.path.dirname(os.path.abspath(__file__))
+    for seq_len in sizes:
+        code = (f"import sys, torch; sys.path.insert(0, {scripts!r}); torch.set_num_threads({threads}); "
+                f"import bench_ops; bench_ops.scaling_memory_child({seq_len}, {device.type!r})")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def scaling_op_cases(name: str, seq_len: int, device: torch.device) -> dict[tuple[str, str], Callable[[], object]]:
+    """Forward and forward + backward of one op of ``SCALING_OPS`` on its inputs of length ``seq_len``."""
+    make_inputs, op = SCALING_OPS[name]
+    inputs = make_inputs(seq_len, device)
+    return {(name, "fwd"): forward_only(op, inputs), (name, "fwd+bwd"): op_step(op, inputs)}
+
+
+def scaling_layer_cases(layers: dict[str, torch.nn.Module], rotary: RotaryEmbedding, seq_len: int,
+                        device: torch.device) -> dict[tuple[str, str], Callable[[], None]]:
+    """Forward and forward + backward of each layer on one ``[1, seq_len, HIDDEN]`` input (as section 2)."""
+    x = torch.randn(1, seq_len, HIDDEN, generator=torch.Generator().manual_seed(seq_len)).to(device)
+    positions = torch.arange(seq_len, device=device)[None]
+    inputs = MixerInputs(attention_mask=None, attention_masks={"full_attention": None}, position_ids=positions,
+                         position_embeddings=rotary(x, positions))
+    cases = {}
+    for name, module in layers.items():
+        if name == "sdpa_layer" and seq_len > SCALING_SDPA_MAX_T:
+            continue
+        cases[(name, "fwd")] = layer_forward(module, x, inputs)
+        cases[(name, "fwd+bwd")] = layer_step(module, x, inputs)
+    return cases
+
+
+def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.device, repeats: int) -> dict:
+    """Per-token cost of every chunked op and the GatedDeltaNet layer (against causal SDPA, built as in section 2)
+    at growing T; the GFLOP/s of each at T = 4096 (or the largest size below) against the measured matmul peak;
+    the peak memory of a tiny model's training step with gradient checkpointing."""
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    peak = matmul_peak_gflops(device, clock)
+    torch.manual_seed(0)
+    config = layer_config("gated_deltanet")
+    layers = {"gdn_layer": build_mixer(config, 0).to(device), "sdpa_layer": Attention(config, 1).to(device)}
+    rotary = RotaryEmbedding(config).to(device)
+    flop_t = max(t for t in sizes if t <= 4096)
+    names = [*SCALING_OPS, *layers]
+    per_token: dict[str, dict[str, dict[int, float]]] = {n: {"fwd": {}, "fwd+bwd": {}} for n in names}
+    flops: dict[str, dict[str, int]] = {}
+    bar = progress(len(sizes), "scaling")
+    for seq_len in sizes:
+        # the cases measured together (alternating): each op's two passes, then the two layers'
+        groups = [*(functools.partial(scaling_op_cases, name) for name in SCALING_OPS),
+                  functools.partial(scaling_layer_cases, layers, rotary)]
+        for group in groups:
+            cases = group(seq_len, device)
+            if seq_len == flop_t:
+                for (name, mode), fn in cases.items():
+                    flops.setdefault(name, {})[mode] = counted_flops(fn)
+            warmup = 1 if seq_len < SCALING_NO_WARMUP_T else 0
+            timed = measure({f"{n} {mode}": (fn, repeats, warmup) for (n, mode), fn in cases.items()}, device,
+                            clock=clock)
+            for name, mode in cases:
+                per_token[name][mode][seq_len] = timed[f"{name} {mode}"].median_ms * 1e3 / seq_len
+            del cases, timed
+            gc.collect()
+        bar.update()
+    bar.close()
+    first, last = (4096 if 4096 in sizes else sizes[0]), sizes[-1]
+    rows = []
+    for name in names:
+        for mode in ("fwd", "fwd+bwd"):
+            costs = per_token[name][mode]
+            seconds = costs.get(flop_t, float("nan")) * flop_t / 1e6
+            gflops = flops.get(name, {}).get(mode, 0) / seconds / 1e9
+            ratio = costs[last] / costs[first] if last in costs and first in costs else None
+            rows.append({"name": name, "mode": mode, "us_per_token": {str(t): c for t, c in costs.items()},
+                         "ratio_last_first": ratio, "gflop": flops.get(name, {}).get(mode, 0) / 1e9,
+                         "gflops_per_s": gflops, "fraction_of_peak": gflops / peak})
+    memory = scaling_memory(memory_sizes, device, torch.get_num_threads())
+    mb = 2**20
+    table = format_table(
+        ["op", "pass", *(f"T={t}" for t in sizes), f"{last}/{first}", f"GFLOP/s@{flop_t}", "of peak"],
+        [[r["name"], r["mode"], *(fmt(r["us_per_token"].get(str(t)), ".1f") for t in sizes),
+          fmt(r["ratio_last_first"], ".2f"), f"{r['gflops_per_s']:.1f}", f"{r['fraction_of_peak']:.0%}"]
+         for r in rows],
+    )
+    memory_table = format_table(
+        ["T", "RSS before step MB", "peak RSS MB", "step added MB", "KB/token", *(
+            ["CUDA peak MB"] if device.type == "cuda" else [])],
+        [[str(r["T"]), f"{r['rss_before_bytes'] / mb:.0f}", f"{r['rss_peak_bytes'] / mb:.0f}",
+          f"{(r['rss_peak_bytes'] - r['rss_before_bytes']) / mb:.0f}",
+          f"{(r['rss_peak_bytes'] - r['rss_before_bytes']) / r['T'] / 1024:.1f}",
+          *([f"{r['cuda_peak_bytes'] / mb:.0f}"] if "cuda_peak_bytes" in r else [])] for r in memory],
+    )
+    timer = "CPU time of this process (time.process_time)" if device.type == "cpu" else "wall time"
+    notes = [
+        f"us/token: {timer} per token, median of {repeats} runs after 1 warm-up (none from T="
+        f"{SCALING_NO_WARMUP_T} on), each op's two passes alternating (the two layers' four)",
+        f"fp32 matmul peak measured in this run: {peak:.1f} GFLOP/s ([2048, 2048] @ [2048, 2048], best of 5)",
+        f"GFLOP/s: FLOPs counted by torch.utils.flop_counter at T={flop_t} (matmuls only) / that T's median time",
+        f"sdpa_layer: not run above T={SCALING_SDPA_MAX_T} (quadratic)",
+        f"peak memory (tiny all-GatedDeltaNet model, 4 layers, hidden 128, gradient checkpointing, one training "
+        f"step on [1, T], a fresh process per T):\n{memory_table}",
+    ]
+    return {"rows": rows, "memory": memory, "peak_gflops": peak, "flop_T": flop_t, "notes": notes, "table": table}
+
+
 # ------------------------------------------------------------------------------------------- driver
 
 
@@ -617,8 +875,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode", "pretrained", "ops"],
                         default=["op", "layer", "decode", "pretrained", "ops"])
+    parser.add_argument("--scaling", action="store_true",
+                        help="run only the scaling section (per-token cost 1k-64k, GFLOP/s, peak memory)")
+    parser.add_argument("--scaling-sizes", type=int, nargs="+", metavar="T",
+                        help="the scaling section's lengths (default 1k-64k, quick 256-1k)")
     parser.add_argument("--json", metavar="PATH", help="also write every result and timing to this JSON file")
     args = parser.parse_args()
+    if args.scaling:
+        args.sections = ["scaling"]
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -659,6 +923,11 @@ def main() -> None:
          lambda: bench_pretrained(sizes["pretrained"], device, args.repeats)),
         ("ops", "5. More ops: KDA and Mamba-2's SSD scan fwd+bwd, B=1 (memlm vs transformers' torch paths)",
          lambda: bench_more_ops(sizes["ops"], device, args.repeats)),
+        ("scaling", "Scaling with length: per-token cost of every chunked op and the GDN layer vs causal SDPA, "
+                    "B=1, and peak memory of a tiny model's training step",
+         lambda: bench_scaling(args.scaling_sizes or (SCALING_QUICK_SIZES if args.quick else SCALING_SIZES),
+                               SCALING_QUICK_MEMORY_SIZES if args.quick else SCALING_MEMORY_SIZES, device,
+                               args.repeats)),
     ]
     for name, title, run in sections:
         if name not in args.sections:

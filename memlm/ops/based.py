@@ -27,9 +27,11 @@ reference); inputs ``[B, T, H, D]``.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
+from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.fla import use_fla
@@ -135,6 +137,15 @@ def chunk_linear_attention(
     final state [N, H, dk, dv] fp32)``; documents of ``cu_seqlens`` start from their own state.
     """
     check_linear_inputs("chunk_linear_attention", q, k, v, {}, initial_state, cu_seqlens)
+    tokens = block_tokens(q.shape[0], q.shape[2], q.shape[-1] + v.shape[-1], chunk_size)
+    return run_in_blocks(partial(_linear_attention_block, chunk_size=chunk_size), (q, k, v), initial_state,
+                         cu_seqlens, tokens)
+
+
+def _linear_attention_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None,
+                            cu_seqlens: torch.Tensor | None, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equation (3) over one block of whole chunks (:func:`memlm.ops.common.blocks.run_in_blocks`)."""
+    q, k, v = tensors
     layout = ChunkLayout(q.shape[0], q.shape[1], chunk_size, cu_seqlens, q.device)
     q_c, k_c, v_c = (to_chunks(x.float(), layout) for x in (q, k, v))  # [B, H, N, C, d]
     no_decay = q_c.new_ones(*q_c.shape[:3], 1, 1)

@@ -15,7 +15,8 @@ with cumulative log decay ``G_i = g_1 + ... + g_i`` and ``Gamma_ij = exp(G_i - G
     S' = exp(G_C) S + (K * exp(G_C - G))^T V'                                   (7)
 
 Only (5) and (7) run sequentially over chunks (two small matmuls per chunk); (3), (4) and (6) are
-batched over all chunks. Every exponent above is <= 0, so strong decay cannot overflow.
+batched over the chunks of a block (long sequences run in blocks of a bounded number of chunks,
+:mod:`memlm.ops.common.blocks`). Every exponent above is <= 0, so strong decay cannot overflow.
 
 :func:`chunk_gated_delta_rule` (training, prefill) computes (3)-(7), :func:`recurrent_gated_delta_rule` (decoding)
 and :func:`naive_gated_delta_rule` (the reference) compute (1)-(2) token by token; on CUDA with fla installed the
@@ -24,8 +25,11 @@ first two run fla's kernels.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
@@ -79,6 +83,18 @@ def chunk_gated_delta_rule(
             q, k, v, g, beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
+    width = q.shape[-1] + v.shape[-1]
+    tokens = block_tokens(q.shape[0], q.shape[2], width, chunk_size)
+    step = partial(_chunk_block, scale=scale, chunk_size=chunk_size)
+    o, final_state = run_in_blocks(step, (q, k, v, g, beta), initial_state, cu_seqlens, tokens)
+    return o, final_state if output_final_state else None
+
+
+def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equations (3)-(7) over one block of whole chunks (:func:`memlm.ops.common.blocks.run_in_blocks`):
+    ``(q, k, v, g, beta)`` as in :func:`chunk_gated_delta_rule` -> ``(o, final_state)``."""
+    q, k, v, g, beta = tensors
     batch, seq_len, _, dk = q.shape
     dv = v.shape[-1]
     layout = ChunkLayout(batch, seq_len, chunk_size, cu_seqlens, q.device)
@@ -102,7 +118,7 @@ def chunk_gated_delta_rule(
     chunk_decay = log_decay[..., -1].exp()[..., None, None]
     states, corrected, final_state = scan_chunks(u, w, k_to_end, chunk_decay, initial_state, layout)  # (5), (7)
     o = q_decayed @ states + attn @ corrected  # (6)
-    return from_chunks(o, layout).to(q.dtype), final_state if output_final_state else None
+    return from_chunks(o, layout).to(q.dtype), final_state
 
 
 def recurrent_gated_delta_rule(

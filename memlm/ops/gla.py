@@ -12,7 +12,8 @@ The chunkwise form: inside a chunk of C tokens with the per-channel cumulative l
     O    = (Q * exp(G)) S + A V                                                 (4)
     S'   = Diag(exp(G_C)) S + (K * exp(G_C - G))^T V                            (5)
 
-Only (5) runs sequentially over chunks; (3) and (4) are batched over all chunks. (3) is computed without
+Only (5) runs sequentially over chunks; (3) and (4) are batched over the chunks of a block
+(:mod:`memlm.ops.common.blocks`). (3) is computed without
 ever forming ``exp(-G)`` (which strong decay, g ~ -11 per token, makes unrepresentable): sub-chunk by sub-chunk,
 every exponent <= 0 (:func:`memlm.ops.common.decay.decayed_scores`).
 
@@ -23,9 +24,11 @@ every exponent <= 0 (:func:`memlm.ops.common.decay.decayed_scores`).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
+from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.decay import SUB_CHUNK, decayed_scores
@@ -78,6 +81,17 @@ def chunk_gla(
             q, k, v, g=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )
+    tokens = block_tokens(q.shape[0], q.shape[2], 2 * q.shape[-1] + v.shape[-1], chunk_size)
+    step = partial(_chunk_block, scale=scale, chunk_size=chunk_size)
+    o, final_state = run_in_blocks(step, (q, k, v, g), initial_state, cu_seqlens, tokens)
+    return o, final_state if output_final_state else None
+
+
+def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equations (3)-(5) over one block of whole chunks (:func:`memlm.ops.common.blocks.run_in_blocks`):
+    ``(q, k, v, g)`` as in :func:`chunk_gla` -> ``(o, final_state)``."""
+    q, k, v, g = tensors
     layout = ChunkLayout(q.shape[0], q.shape[1], chunk_size, cu_seqlens, q.device)
     q_c = to_chunks(q, layout) * scale
     k_c = to_chunks(k, layout)
@@ -91,7 +105,7 @@ def chunk_gla(
     states, _, final_state = scan_chunks(v_c, None, k_to_end, chunk_decay, initial_state, layout)  # (5)
     scores = decayed_scores(q_c, k_c, log_decay, math.gcd(layout.chunk_size, SUB_CHUNK))  # (3)
     o = q_decayed @ states + scores @ v_c  # (4)
-    return from_chunks(o, layout).to(q.dtype), final_state if output_final_state else None
+    return from_chunks(o, layout).to(q.dtype), final_state
 
 
 def recurrent_gla(

@@ -17,7 +17,8 @@ for j <= i (else 0),
     S' = Diag(exp(G_C)) S + (K * exp(G_C - G))^T V'                             (7)
 
 Only (5) and (7) run sequentially over chunks (:func:`memlm.ops.common.scan.scan_chunks`); (3), (4) and (6) are
-batched over all chunks. ``D`` is formed sub-chunk by sub-chunk without ever forming ``exp(-G)``
+batched over the chunks of a block (:mod:`memlm.ops.common.blocks`).
+``D`` is formed sub-chunk by sub-chunk without ever forming ``exp(-G)``
 (:func:`memlm.ops.common.decay.decayed_scores`), so every exponent is <= 0 and strong decay cannot overflow.
 
 With ``use_qk_l2norm_in_kernel`` q and k are first L2-normalized in fp32, ``x / sqrt(sum(x^2) + 1e-6)`` (fla's
@@ -29,9 +30,11 @@ first two run fla's kernels.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
+from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.decay import SUB_CHUNK, decayed_scores
@@ -95,6 +98,17 @@ def chunk_kda(
             cu_seqlens=cu_seqlens,
         )
     q, k, scale = _prepared("chunk_kda", q, k, v, g, beta, scale, initial_state, cu_seqlens, use_qk_l2norm_in_kernel)
+    tokens = block_tokens(q.shape[0], q.shape[2], 2 * q.shape[-1] + v.shape[-1], chunk_size)
+    step = partial(_chunk_block, scale=scale, chunk_size=chunk_size)
+    o, final_state = run_in_blocks(step, (q, k, v, g, beta), initial_state, cu_seqlens, tokens)
+    return o.to(dtype), final_state if output_final_state else None
+
+
+def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 scale: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equations (3)-(7) over one block of whole chunks (:func:`memlm.ops.common.blocks.run_in_blocks`):
+    ``(q, k, v, g, beta)`` as in :func:`chunk_kda` (q, k already normalized) -> ``(o, final_state)``."""
+    q, k, v, g, beta = tensors
     dk, dv = q.shape[-1], v.shape[-1]
     layout = ChunkLayout(q.shape[0], q.shape[1], chunk_size, cu_seqlens, q.device)
     q_c = to_chunks(q, layout) * scale
@@ -113,7 +127,7 @@ def chunk_kda(
     chunk_decay = last.exp().transpose(-1, -2)  # [B, H, N, dk, 1]
     states, corrected, final_state = scan_chunks(u, w, k_to_end, chunk_decay, initial_state, layout)  # (5), (7)
     o = (q_c * log_decay.exp()) @ states + decayed_scores(q_c, k_c, log_decay, sub) @ corrected  # (6)
-    return from_chunks(o, layout).to(dtype), final_state if output_final_state else None
+    return from_chunks(o, layout), final_state
 
 
 def recurrent_kda(

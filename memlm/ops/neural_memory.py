@@ -440,12 +440,14 @@ def chunk_neural_memory(
     params, momentum = list(state.params), list(state.momentum) if momentum_on else None
     chunk_start = list(state.chunk_start)
     outputs = []
-    for index, start in enumerate(range(0, length, chunk_size)):
-        part = slice(start, min(start + chunk_size, length))
+    # one split per input: slicing each chunk out separately would give the backward pass one full-length zero
+    # gradient per chunk (quadratic in T)
+    per_token = [None if t is None else t.split(chunk_size, dim=2)
+                 for t in (q, k, v, theta, log_a, log_eta, live_h, huber_delta)]
+    for index in range(-(-length // chunk_size)):
         keep = (chunk_of_end == index).view(batch, 1, 1, 1)
         chunk_start = [torch.where(keep, p, s) for p, s in zip(params, chunk_start, strict=True)]
-        per_token = (q, k, v, theta, log_a, log_eta, live_h, huber_delta)
-        pieces = [t[:, :, part] if t is not None else None for t in per_token]
+        pieces = [None if t is None else t[index] for t in per_token]
         if recompute_chunks and torch.is_grad_enabled():  # keep only chunk-boundary states, recompute the rest
             out = checkpoint(_one_chunk, rule, len(params), *pieces, *params, *(momentum or []), use_reentrant=False)
         else:

@@ -24,8 +24,11 @@ a scalar log decay per head and token, which (1)-(3) are with the substitution a
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
@@ -112,6 +115,18 @@ def chunk_ssd(
     group = _checked_group("chunk_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
     if use_fla_gated_chunk(x, B, C, dt, A, D, initial_state):
         return _fla_ssd("chunk_simple_gla", x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens, group)
+    tokens = block_tokens(x.shape[0], x.shape[2], 2 * x.shape[-1] + B.shape[-1], chunk_size)
+    step = partial(_chunk_block, A=A, group=group, chunk_size=chunk_size)
+    y, final_state = run_in_blocks(step, (x, dt, B, C), initial_state, cu_seqlens, tokens)
+    return _skip(y, x, D), final_state if output_final_state else None
+
+
+def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 A: torch.Tensor, group: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equations (4)-(5) without the skip over one block of whole chunks
+    (:func:`memlm.ops.common.blocks.run_in_blocks`): ``(x, dt, B, C)`` as in :func:`chunk_ssd` ->
+    ``(y [B, L, H, head_dim] fp32, final_state)``."""
+    x, dt, B, C = tensors
     layout = ChunkLayout(x.shape[0], x.shape[1], chunk_size, cu_seqlens, x.device)
     c_c, b_c = to_chunks(C, layout), to_chunks(B, layout)  # per group, [B, G, N, C, d_state]
     v_c, dt_c = to_chunks(x, layout), to_chunks(dt, layout)  # per head, [B, H, N, C, head_dim] and [B, H, N, C]
@@ -128,7 +143,7 @@ def chunk_ssd(
     grouped = states.unflatten(1, (-1, group))  # [B, G, H / G, N, d_state, head_dim]
     carried = (c_c[:, :, None] @ grouped).flatten(1, 2) * log_decay.exp()[..., None]
     y = carried + scores @ v_c  # (4)
-    return _skip(from_chunks(y, layout), x, D), final_state if output_final_state else None
+    return from_chunks(y, layout), final_state
 
 
 def recurrent_ssd(
