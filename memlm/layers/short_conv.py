@@ -36,11 +36,23 @@ class ShortConvolution(nn.Module):
         window = x
         if cache is not None:
             # Prefill: returns x (left-padded to the kernel); decoding: the stored inputs followed by x. transformers'
-            # conv state is [B, C, K]: channels first.
+            # conv state is [B, C, K]: channels first, kept in place (the cache copies the last K inputs into it).
             window = cache.update_conv_state(x.transpose(1, 2), layer_idx, conv_kernel_size=self.kernel_size)
+            if seq_len == 1 and cu_seqlens is None:
+                return self._last_output(window).to(x.dtype)
             window = window.transpose(1, 2).contiguous()
         out = self._causal_conv(window.to(self.conv1d.weight.dtype), cu_seqlens)
         return self.activation(out[:, -seq_len:]).to(x.dtype)
+
+    def _last_output(self, window: torch.Tensor) -> torch.Tensor:
+        """One decoding token: ``window [B, C, >= K]`` (channels first, as the cache holds it; the token last) ->
+        ``y [B, 1, C] = SiLU(sum_j w_j * window[..., -K + j] (+ b))``, one multiply and one sum over the last K
+        inputs, with no transposes or copies of the window."""
+        taps = window[..., -self.kernel_size:].to(self.conv1d.weight.dtype)
+        out = (taps * self.conv1d.weight.squeeze(1)).sum(-1)  # weight [C, 1, K] -> [C, K]
+        if self.conv1d.bias is not None:
+            out = out + self.conv1d.bias
+        return self.activation(out)[:, None]
 
     def with_state(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Continue from an explicit state: ``x [B, T, C]``, ``state [B, C, K-1]`` (None: zeros) ->
