@@ -58,6 +58,14 @@ Sections:
    (chunk 64, ``dt = softplus(dt_raw + dt_bias)``) against ``mamba2_chunk_scan`` (``transformers.models.mamba2``,
    the scan ``Mamba2Mixer``'s torch path calls, chunk 256 as in the released configs, ``dt_softplus=True``),
    H=32 heads of 64, d_state 128, one group. Speed-up = transformers ms / memlm ms. Target: 2x at T=4096.
+6. Generation throughput. Section 4's pair (a converted Qwen3.5 in memlm and transformers' ``Qwen3_5ForCausalLM``,
+   torch path, sdpa) runs greedy ``generate`` of ``--new-tokens`` tokens (``min_new_tokens`` the same; default 32)
+   from B equal-length random prompts (no padding; generate's attention mask is all ones) at B = 1 (512, 2k, 8k
+   prompt tokens) and B = 8 (512, 2k). A stopping criterion that never stops records when each token is ready, so
+   each call gives the time to the first token (prefill) and the decoding steps after it: decode tok/s = B x (new
+   tokens - 1) / (last token time - first token time), tok/s = B x new tokens / the whole call. One warm-up call at
+   the first size only (the larger prompts run in a warm process). Ratios = memlm / transformers (> 1: memlm
+   faster). Target: memlm at least as fast at every batch and prompt length.
 
 Scaling (``--scaling``, not in the default run; ``python scripts/bench_ops.py --scaling --threads 1``): the cost
 per token of every chunked op (GDN as section 1, GLA and KDA on section 5's KDA inputs, SSD as section 5, Based and
@@ -91,7 +99,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
-from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
 from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
 
@@ -116,8 +124,10 @@ except ImportError:
 transformers_chunk_gated_delta_rule = inspect.unwrap(torch_chunk_gated_delta_rule)
 
 FULL_SIZES = {"op": [1024, 4096, 16384], "layer": [1024, 4096, 8192, 16384], "decode": [1024, 8192, 32768],
-              "pretrained": [512, 2048], "ops": [4096]}
-QUICK_SIZES = {"op": [256, 512], "layer": [256, 512], "decode": [256, 512], "pretrained": [64], "ops": [512]}
+              "pretrained": [512, 2048], "ops": [4096],
+              "generate": [(1, 512), (1, 2048), (1, 8192), (8, 512), (8, 2048)]}  # (batch, prompt tokens)
+QUICK_SIZES = {"op": [256, 512], "layer": [256, 512], "decode": [256, 512], "pretrained": [64], "ops": [512],
+               "generate": [(1, 64), (8, 64)]}
 BASELINE_SINGLE_RUN_T = 16384  # op section: transformers gets 1 timed run, no warm-up, at T >= this
 HEADS, HEAD_DIM, HIDDEN = 4, 128, 512
 CHUNK = 64
@@ -441,10 +451,13 @@ def training_step(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], Non
     return step
 
 
-def generation(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], torch.Tensor]:
+def generation(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int = GENERATED_TOKENS,
+               **generate_kwargs) -> Callable[[], torch.Tensor]:
+    """A closure running greedy ``generate`` of exactly ``new_tokens`` tokens after ``ids [B, T]``."""
     @torch.no_grad()
     def run():
-        return model.generate(ids, max_new_tokens=GENERATED_TOKENS, min_new_tokens=GENERATED_TOKENS, do_sample=False)
+        return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              **generate_kwargs)
 
     return run
 
@@ -809,6 +822,85 @@ def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.devic
         f"step on [1, T], a fresh process per T):\n{memory_table}",
     ]
     return {"rows": rows, "memory": memory, "peak_gflops": peak, "flop_T": flop_t, "notes": notes, "table": table}
+# ------------------------------------------------------------------------------------------ 6. generate
+
+
+class StepClock(StoppingCriteria):
+    """A stopping criterion that never stops: it records when each new token is ready (``generate`` calls it once per
+    step, after the token is chosen), so one ``generate`` call gives the time to the first token (prefill) and the
+    decoding steps after it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        synchronize(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def clocked_generation(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, device: torch.device,
+                       records: list[dict]) -> Callable[[], torch.Tensor]:
+    """Section 4's :func:`generation` with a :class:`StepClock`: each call appends ``{"first_token_s", "decode_s"}``
+    to ``records`` (prefill + first token; the ``new_tokens - 1`` steps after it) and returns the new tokens."""
+    def run():
+        clock = StepClock(device)
+        start = time.perf_counter()
+        out = generation(model, ids, new_tokens, stopping_criteria=StoppingCriteriaList([clock]))()
+        records.append({"first_token_s": clock.times[0] - start, "decode_s": clock.times[-1] - clock.times[0]})
+        return out[:, ids.shape[1]:]
+
+    return run
+
+
+def bench_generate(sizes: list[tuple[int, int]], device: torch.device, repeats: int, new_tokens: int) -> dict:
+    reference, ours = converted_qwen3_5(device)
+    reference.eval(), ours.eval()
+    models = {"memlm": ours, "transformers": reference}
+    rows = []
+    bar = progress(len(sizes), "generate")
+    for index, (batch, context) in enumerate(sizes):
+        generator = torch.Generator().manual_seed(batch * context)
+        ids = torch.randint(0, QWEN3_5_WIDTHS["vocab_size"], (batch, context), generator=generator).to(device)
+        records: dict[str, list[dict]] = {name: [] for name in models}
+        # one warm-up call at the first size only: later sizes run in a warm process (the 8k prompts take long)
+        timed = measure({name: (clocked_generation(model, ids, new_tokens, device, records[name]), repeats,
+                                1 if index == 0 else 0) for name, model in models.items()}, device)
+        row = {"batch": batch, "context": context, "new_tokens": new_tokens,
+               "same_generated_tokens": torch.equal(timed["memlm"].result, timed["transformers"].result)}
+        for name in models:
+            kept = records[name][-repeats:]  # the timed calls
+            total_s, decode_s = timed[name].median_ms / 1e3, statistics.median(r["decode_s"] for r in kept)
+            row[name] = {
+                "total_ms": timed[name].median_ms, "total_times_ms": timed[name].times_ms,
+                "first_token_ms": statistics.median(r["first_token_s"] for r in kept) * 1e3,
+                "decode_ms_per_step": decode_s / (new_tokens - 1) * 1e3,
+                "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
+                "tokens_per_s": batch * new_tokens / total_s,
+            }
+        row["decode_ratio"] = row["memlm"]["decode_tokens_per_s"] / row["transformers"]["decode_tokens_per_s"]
+        row["total_ratio"] = row["memlm"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
+        rows.append(row)
+        del ids, timed
+        gc.collect()
+        bar.update()
+    bar.close()
+    table = format_table(
+        ["B", "context", "1st token ms memlm", "1st token ms transformers", "decode tok/s memlm",
+         "decode tok/s transformers", "decode ratio", "tok/s memlm", "tok/s transformers", "ratio", "same tokens"],
+        [[str(r["batch"]), str(r["context"]), f"{r['memlm']['first_token_ms']:.0f}",
+          f"{r['transformers']['first_token_ms']:.0f}", f"{r['memlm']['decode_tokens_per_s']:.1f}",
+          f"{r['transformers']['decode_tokens_per_s']:.1f}", f"{r['decode_ratio']:.2f}",
+          f"{r['memlm']['tokens_per_s']:.1f}", f"{r['transformers']['tokens_per_s']:.1f}", f"{r['total_ratio']:.2f}",
+          str(r["same_generated_tokens"])] for r in rows],
+    )
+    notes = [f"generate: B equal-length random prompts of `context` tokens (no padding: no attention mask is passed, "
+             f"so generate's mask is all ones), {new_tokens} greedy tokens (min_new_tokens = max_new_tokens); "
+             "1st token = prefill + the first token; decode tok/s = B x (new tokens - 1) / the time from the first "
+             "to the last token; tok/s = B x new tokens / the whole generate call; ratios are memlm / transformers "
+             "(> 1: memlm faster)"]
+    return {"rows": rows, "notes": notes, "table": table, "widths": QWEN3_5_WIDTHS}
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -873,8 +965,10 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=None, help="timed decode steps (default 10, quick 5)")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 60 s on 2 CPU cores)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode", "pretrained", "ops"],
-                        default=["op", "layer", "decode", "pretrained", "ops"])
+    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "decode", "pretrained", "ops", "generate"],
+                        default=["op", "layer", "decode", "pretrained", "ops", "generate"])
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="tokens each generate call of the generate section makes (default 32, quick 8)")
     parser.add_argument("--scaling", action="store_true",
                         help="run only the scaling section (per-token cost 1k-64k, GFLOP/s, peak memory)")
     parser.add_argument("--scaling-sizes", type=int, nargs="+", metavar="T",
@@ -891,10 +985,13 @@ def main() -> None:
         parser.error("--device cuda, but torch.cuda.is_available() is False")
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     steps = args.decode_steps or (5 if args.quick else 10)
+    new_tokens = args.new_tokens or (8 if args.quick else GENERATED_TOKENS)
+    if new_tokens < 2:
+        parser.error(f"--new-tokens {new_tokens}: the generate section needs at least 2 (a first token and a step)")
     started = time.perf_counter()
 
     meta = header(device)
-    meta.update(repeats=args.repeats, decode_steps=steps, quick=args.quick, argv=sys.argv)
+    meta.update(repeats=args.repeats, decode_steps=steps, new_tokens=new_tokens, quick=args.quick, argv=sys.argv)
     print(f"memlm {meta['memlm']} (git {meta['git']}) benchmark | torch {meta['torch']} | "
           f"transformers {meta['transformers']} | python {meta['python']}")
     print(f"device {meta['device']}: {meta['device_name']} | torch threads {meta['threads']} "
@@ -928,6 +1025,9 @@ def main() -> None:
          lambda: bench_scaling(args.scaling_sizes or (SCALING_QUICK_SIZES if args.quick else SCALING_SIZES),
                                SCALING_QUICK_MEMORY_SIZES if args.quick else SCALING_MEMORY_SIZES, device,
                                args.repeats)),
+        ("generate", "6. Generation throughput: a converted Qwen3.5 (section 4's) in memlm vs transformers' "
+                     "Qwen3_5ForCausalLM, greedy generate, batch B",
+         lambda: bench_generate(sizes["generate"], device, args.repeats, new_tokens)),
     ]
     for name, title, run in sections:
         if name not in args.sections:
@@ -947,11 +1047,14 @@ def main() -> None:
     cache_32k = headline(results, "context", "cache_ratio", 32768, "decode")
     layer_rows = [r for r in results.get("layer", {}).get("rows", []) if r["T"] >= 8192]
     pretrained_rows = results.get("pretrained", {}).get("rows", [])
+    generate_rows = results.get("generate", {}).get("rows", [])
     claims = {
         "gdn_faster_than_sdpa_at_T_ge_8192": all(r["ratio"] < 1 for r in layer_rows) if layer_rows else None,
         "hybrid_cache_at_32k_le_30pct": None if cache_32k is None else cache_32k <= 0.30,
         "converted_qwen3_5_at_least_as_fast": all(min(r["train_ratio"], r["generate_ratio"]) >= 1
                                                   for r in pretrained_rows) if pretrained_rows else None,
+        "generate_at_least_as_fast": all(min(r["decode_ratio"], r["total_ratio"]) >= 1
+                                         for r in generate_rows) if generate_rows else None,
     }
     results["summary"] = {"op_speedup_T4096": speedup_4096, "layer_ratio_T8192": ratio_8192,
                           "layer_ratio_T16384": ratio_16384, "cache_ratio_32k": cache_32k, "claims": claims}
@@ -966,6 +1069,8 @@ def main() -> None:
     print(f"claim '3:1 hybrid cache at 32k <= 30% of all-attention': {verdict(claims['hybrid_cache_at_32k_le_30pct'])}")
     print("claim 'converted Qwen3.5 trains and generates at least as fast in memlm as in transformers': "
           f"{verdict(claims['converted_qwen3_5_at_least_as_fast'])}")
+    print("claim 'generate (decode tok/s and whole-call tok/s) at least as fast in memlm as transformers' Qwen3.5 at "
+          f"every batch and prompt length': {verdict(claims['generate_at_least_as_fast'])}")
     print(f"SUMMARY: op speed-up vs transformers at T=4096 {fmt(speedup_4096, '.2f')} | "
           f"GDN/SDPA layer time at T=8192 {fmt(ratio_8192, '.2f')}, T=16384 {fmt(ratio_16384, '.2f')} | "
           f"hybrid/attention cache at 32k {fmt(cache_32k, '.3f')} | converted Qwen3.5 transformers/memlm time: "

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.linear_cache import decodes_in_place, previous_recurrent_state, store_recurrent_state
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.ops.based import chunk_based, recurrent_based
@@ -55,5 +55,7 @@ class BasedLinearAttention(RecurrentMixer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The attention op on ``q, k [B, T, H, d]``, ``v [B, T, H, dv]`` -> ``(o [B, T, H, dv], final state)``:
         the recurrent form for one token after a cached state (decoding), else the chunked form."""
-        op = recurrent_based if op_kwargs["initial_state"] is not None and q.shape[1] == 1 else chunk_based
-        return op(q, k, v, **op_kwargs)
+        state = op_kwargs["initial_state"]
+        if state is None or q.shape[1] != 1:
+            return chunk_based(q, k, v, **op_kwargs)
+        return recurrent_based(q, k, v, inplace_final_state=decodes_in_place(inputs.cache, state, q, k, v), **op_kwargs)

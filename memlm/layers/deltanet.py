@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memlm.layers.gated_deltanet import l2_normalize
+from memlm.layers.gated_deltanet import qk_normalized_heads, write_strength
 from memlm.layers.gla import FlaHeads
 from memlm.layers.inputs import MixerInputs
 from memlm.layers.linear_cache import masked_and_previous_state, run_rule
@@ -52,11 +52,10 @@ class DeltaNet(FlaHeads):
 
         qkv = torch.cat([self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)], -1)
         qkv = self.conv(qkv, cache, self.layer_idx, cu_seqlens)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q, k, v = qk_normalized_heads(qkv, self.num_heads, self.head_k_dim, self.head_v_dim)
         shape = (batch, seq_len, self.num_heads, -1)
-        q, k, v = l2_normalize(q.view(shape)), l2_normalize(k.view(shape)), v.view(shape)
 
-        beta = self.b_proj(hidden_states).float().sigmoid() * self.beta_scale
+        beta = write_strength(self.b_proj(hidden_states), self.beta_scale)
         if mask is not None:
             beta = beta * mask[..., None]
         g = torch.zeros_like(beta)  # no decay

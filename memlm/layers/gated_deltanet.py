@@ -37,6 +37,24 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + eps).to(x.dtype)
 
 
+def qk_normalized_heads(qkv: torch.Tensor, num_k_heads: int, head_k_dim: int,
+                        head_v_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``qkv [B, T, 2 H dk + Hv dv]`` (q|k|v after the conv) -> ``q / ||q||, k / ||k||`` ``[B, T, H, dk]`` (one
+    normalization over the q and k heads together) and ``v [B, T, Hv, dv]``."""
+    batch, seq_len, _ = qkv.shape
+    key_dim = num_k_heads * head_k_dim
+    qk = l2_normalize(qkv[..., : 2 * key_dim].unflatten(-1, (2 * num_k_heads, head_k_dim)))
+    q, k = qk.split(num_k_heads, dim=2)
+    return q, k, qkv[..., 2 * key_dim :].view(batch, seq_len, -1, head_v_dim)
+
+
+def write_strength(logits: torch.Tensor, beta_scale: float) -> torch.Tensor:
+    """The delta rule's ``beta = sigmoid(logits)`` in fp32, times ``beta_scale`` (2 with
+    ``linear_allow_neg_eigval``: beta in [0, 2]; no multiply when it is 1). Shapes unchanged (``[B, T, H]``)."""
+    beta = logits.float().sigmoid()
+    return beta if beta_scale == 1 else beta * beta_scale
+
+
 def init_dt_bias(dt_bias: nn.Parameter) -> None:
     """Mamba-2's time-step bias: ``softplus(dt_bias) = dt ~ logU(1e-3, 1e-1)`` (clamped at 1e-4), stored through the
     inverse softplus ``dt + log(1 - exp(-dt))``."""
@@ -88,12 +106,8 @@ class DeltaRuleMixer(RecurrentMixer):
     def qkv_heads(self, qkv: torch.Tensor, cache, cu_seqlens: torch.Tensor | None):
         """``qkv [B, T, 2 key_dim + value_dim]`` (q|k|v before the conv) -> ``q, k [B, T, Hv, dk]`` (conv, then
         ``q / ||q||``, ``k / ||k||``; each q/k head repeated over its group of value heads) and ``v [B, T, Hv, dv]``."""
-        batch, seq_len, _ = qkv.shape
         qkv = self.conv(qkv, cache, self.layer_idx, cu_seqlens)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        q = l2_normalize(q.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
-        k = l2_normalize(k.view(batch, seq_len, self.num_k_heads, self.head_k_dim))
-        v = v.view(batch, seq_len, self.num_v_heads, self.head_v_dim)
+        q, k, v = qk_normalized_heads(qkv, self.num_k_heads, self.head_k_dim, self.head_v_dim)
         if self.num_v_heads != self.num_k_heads:
             group = self.num_v_heads // self.num_k_heads
             q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
@@ -131,7 +145,7 @@ class GatedDeltaNet(DeltaRuleMixer):
     def gates(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``g = -exp(A_log) * softplus(W_a x + dt_bias)``, ``beta = sigmoid(W_b x)`` (times 2 with
         linear_allow_neg_eigval), both ``[B, T, Hv]`` fp32."""
-        beta = self.in_proj_b(hidden_states).float().sigmoid() * self.beta_scale
+        beta = write_strength(self.in_proj_b(hidden_states), self.beta_scale)
         g = -self.A_log.float().exp() * F.softplus(self.in_proj_a(hidden_states).float() + self.dt_bias.float())
         return g, beta
 

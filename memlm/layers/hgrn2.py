@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import masked_and_previous_state, store_recurrent_state
+from memlm.layers.linear_cache import masked_and_previous_state, run_rule
 from memlm.layers.norm import RMSNorm
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
@@ -83,10 +83,5 @@ class HGRN2(RecurrentMixer):
         g, k = g.view(shape), k.view(shape).to(q.dtype)
         v = self.i_proj(hidden_states).view(shape)
 
-        rule = recurrent_gla if recurrent_state is not None and seq_len == 1 else chunk_gla
-        o, final_state = rule(
-            q, k, v, g, initial_state=recurrent_state, output_final_state=cache is not None, cu_seqlens=cu_seqlens
-        )
-        if cache is not None:
-            store_recurrent_state(cache, self.layer_idx, final_state)
+        o = run_rule(chunk_gla, recurrent_gla, (q, k, v, g), recurrent_state, cache, self.layer_idx, cu_seqlens)
         return self.o_proj(self.g_norm(o.reshape(batch, seq_len, self.input_dim)))

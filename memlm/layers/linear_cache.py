@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from memlm.ops.common.fla import needs_backward
+
 
 def previous_recurrent_state(cache, layer_idx: int) -> torch.Tensor | None:
     """The recurrent state left by earlier tokens, or None before the first call (or without a cache)."""
@@ -37,13 +39,27 @@ def store_recurrent_state(cache, layer_idx: int, state: torch.Tensor) -> None:
     cache.layers[layer_idx].has_previous_state[0] = True
 
 
+def decodes_in_place(cache, state: torch.Tensor | None, *inputs: torch.Tensor | None) -> bool:
+    """Whether a decoding step may write its new state into the cached ``state`` (a ``recurrent_*`` op's
+    ``inplace_final_state``), so the cache keeps one state tensor and nothing is reallocated: there is a cache and a
+    cached fp32 state, and no gradient flows through it or the op's ``inputs`` (an in-place write would change what
+    autograd saved)."""
+    return (cache is not None and state is not None and state.dtype == torch.float32
+            and not needs_backward(state, *inputs))
+
+
 def run_rule(chunk_op, recurrent_op, tensors: tuple, state: torch.Tensor | None, cache, layer_idx: int,
              cu_seqlens: torch.Tensor | None) -> torch.Tensor:
     """A linear layer's op over ``tensors`` (``q [B, T, H, dk]`` first, as the ops take them): ``recurrent_op`` for one
     decoding token after a cached ``state`` (read with :func:`previous_recurrent_state` before anything updates the
-    cache), else ``chunk_op``; the final state is stored in ``cache``. Returns the op's output ``[B, T, H, dv]``."""
-    op = recurrent_op if state is not None and tensors[0].shape[1] == 1 else chunk_op
-    out, final_state = op(*tensors, initial_state=state, output_final_state=cache is not None, cu_seqlens=cu_seqlens)
+    cache; the op writes the new state into it where :func:`decodes_in_place`), else ``chunk_op``; the final state is
+    stored in ``cache``. Returns the op's output ``[B, T, H, dv]``."""
+    kwargs = {"initial_state": state, "output_final_state": cache is not None, "cu_seqlens": cu_seqlens}
+    if state is not None and tensors[0].shape[1] == 1:
+        out, final_state = recurrent_op(*tensors, inplace_final_state=decodes_in_place(cache, state, *tensors),
+                                        **kwargs)
+    else:
+        out, final_state = chunk_op(*tensors, **kwargs)
     if cache is not None:
         store_recurrent_state(cache, layer_idx, final_state)
     return out

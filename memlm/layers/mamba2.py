@@ -24,7 +24,7 @@ from transformers import initialization as init
 
 from memlm.layers.gated_deltanet import init_dt_bias
 from memlm.layers.inputs import MixerInputs
-from memlm.layers.linear_cache import previous_recurrent_state, store_recurrent_state
+from memlm.layers.linear_cache import decodes_in_place, previous_recurrent_state, store_recurrent_state
 from memlm.layers.padding import RecurrentMixer
 from memlm.layers.registry import register_mixer
 from memlm.layers.short_conv import ShortConvolution
@@ -100,13 +100,16 @@ class Mamba2(RecurrentMixer):
             dt = dt * keep.float()  # dt = 0: no decay and no write at a pad
 
         recurrent_state = previous_recurrent_state(cache, self.layer_idx)
-        decoding = recurrent_state is not None and seq_len == 1
-        y, final_state = (recurrent_ssd if decoding else chunk_ssd)(
-            x.view(batch, seq_len, self.num_heads, self.head_dim), dt, -self.A_log.float().exp(),
-            B.view(batch, seq_len, self.n_groups, self.d_state), C.view(batch, seq_len, self.n_groups, self.d_state),
-            self.D, initial_state=recurrent_state, output_final_state=cache is not None, cu_seqlens=cu_seqlens,
-            **({} if decoding else {"chunk_size": self.chunk_size}),
-        )
+        x = x.view(batch, seq_len, self.num_heads, self.head_dim)
+        B, C = (t.view(batch, seq_len, self.n_groups, self.d_state) for t in (B, C))
+        ssd_inputs = (x, dt, -self.A_log.float().exp(), B, C, self.D)
+        if recurrent_state is not None and seq_len == 1:  # decoding: the new state is written into the cached one
+            y, final_state = recurrent_ssd(*ssd_inputs, initial_state=recurrent_state, output_final_state=True,
+                                           cu_seqlens=cu_seqlens,
+                                           inplace_final_state=decodes_in_place(cache, recurrent_state, *ssd_inputs))
+        else:
+            y, final_state = chunk_ssd(*ssd_inputs, initial_state=recurrent_state, output_final_state=cache is not None,
+                                       cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
         if cache is not None:
             store_recurrent_state(cache, self.layer_idx, final_state)
         return self.out_proj(self.norm(y.reshape(batch, seq_len, self.inner), gate))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class ShortConvolution(nn.Module):
@@ -36,11 +35,23 @@ class ShortConvolution(nn.Module):
         window = x
         if cache is not None:
             # Prefill: returns x (left-padded to the kernel); decoding: the stored inputs followed by x. transformers'
-            # conv state is [B, C, K]: channels first.
+            # conv state is [B, C, K]: channels first, kept in place (the cache copies the last K inputs into it).
             window = cache.update_conv_state(x.transpose(1, 2), layer_idx, conv_kernel_size=self.kernel_size)
+            if seq_len == 1 and cu_seqlens is None:
+                return self._last_output(window).to(x.dtype)
             window = window.transpose(1, 2).contiguous()
         out = self._causal_conv(window.to(self.conv1d.weight.dtype), cu_seqlens)
         return self.activation(out[:, -seq_len:]).to(x.dtype)
+
+    def _last_output(self, window: torch.Tensor) -> torch.Tensor:
+        """One decoding token: ``window [B, C, >= K]`` (channels first, as the cache holds it; the token last) ->
+        ``y [B, 1, C] = SiLU(sum_j w_j * window[..., -K + j] (+ b))``, one multiply and one sum over the last K
+        inputs, with no transposes or copies of the window."""
+        taps = window[..., -self.kernel_size:].to(self.conv1d.weight.dtype)
+        out = (taps * self.conv1d.weight.squeeze(1)).sum(-1)  # weight [C, 1, K] -> [C, K]
+        if self.conv1d.bias is not None:
+            out = out + self.conv1d.bias
+        return self.activation(out)[:, None]
 
     def with_state(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Continue from an explicit state: ``x [B, T, C]``, ``state [B, C, K-1]`` (None: zeros) ->
@@ -54,11 +65,11 @@ class ShortConvolution(nn.Module):
 
     def _causal_conv(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
         """``y_t = sum_lag w[K-1-lag] * x_{t-lag} (+ b)`` on ``x [B, L, C]`` (channels last, contiguous), as K
-        shifted multiply-adds.
+        shifted multiply-adds, each added in place into the rows it reaches (no padded copies of x).
 
         With ``cu_seqlens`` (a packed row), a tap never reaches before its document's start. Written out rather
-        than through ``F.conv1d``: channels last, it is as fast for K = 4 in training, faster for short inputs and
-        one decoding token, and handles packed documents with the same code.
+        than through ``F.conv1d``: channels last, it is as fast for K = 4 in training, faster for short inputs, and
+        handles packed documents with the same code.
         """
         weight = self.conv1d.weight.squeeze(1).t()  # [K, C]
         length = x.shape[1]
@@ -67,8 +78,8 @@ class ShortConvolution(nn.Module):
             doc_start = cu_seqlens[torch.searchsorted(cu_seqlens, positions, right=True) - 1]
         out = x * weight[-1]
         for lag in range(1, min(self.kernel_size, length)):
-            tap = x[:, : length - lag] * weight[self.kernel_size - 1 - lag]
+            tap = x[:, : length - lag]
             if cu_seqlens is not None:
                 tap = tap * (positions[lag:] - lag >= doc_start[lag:]).to(x.dtype)[:, None]
-            out = out + F.pad(tap, (0, 0, lag, 0))
-        return out if self.conv1d.bias is None else out + self.conv1d.bias
+            out[:, lag:].addcmul_(tap, weight[self.kernel_size - 1 - lag])
+        return out if self.conv1d.bias is None else out.add_(self.conv1d.bias)

@@ -35,6 +35,7 @@ from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.fla import use_fla
+from memlm.ops.common.recurrent import check_in_place, is_single_step, kept_final_state, recurrent_step
 from memlm.ops.common.scan import scan_chunks
 from memlm.ops.gla import chunk_gla, recurrent_gla
 
@@ -107,20 +108,28 @@ def chunk_based(
 def recurrent_based(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None = None,
     output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+    inplace_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Equation (2) token by token (decoding): :func:`memlm.ops.gla.recurrent_gla` with zero decay over
-    ``phi`` and ``[v, 1]``,
+    """Equation (2) token by token (decoding): linear attention without decay over ``phi`` and ``[v, 1]``,
 
         S_t = S_{t-1} + phi(k_t) [v_t, 1]^T,   y_t = (S_t^T phi(q_t))[:dv] / (S_t^T phi(q_t))[dv]
 
-    Same arguments and returns as :func:`chunk_based` (no ``chunk_size``).
+    One token on the torch path (``T = 1``, no ``cu_seqlens``) is :func:`~memlm.ops.common.recurrent.recurrent_step`
+    without a decay; otherwise :func:`memlm.ops.gla.recurrent_gla` with zero decay (fla's kernel on CUDA). Same
+    arguments and returns as :func:`chunk_based` (no ``chunk_size``), and ``inplace_final_state`` as
+    :func:`memlm.ops.gated_delta_rule.recurrent_gated_delta_rule` has it.
     """
     phi_q, phi_k, values = _features("recurrent_based", q, k, v, key_mask)
-    out, state = recurrent_gla(
-        phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), scale=1.0, initial_state=initial_state,
-        output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-    )
-    return _normalized(out, v), state
+    if use_fla(phi_q, phi_k, values) or not is_single_step(phi_q, cu_seqlens):
+        out, state = recurrent_gla(
+            phi_q, phi_k, values, phi_q.new_zeros(phi_q.shape), scale=1.0, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, inplace_final_state=inplace_final_state,
+        )
+        return _normalized(out, v), state
+    check_linear_inputs("recurrent_based", phi_q, phi_k, values, {}, initial_state, cu_seqlens)
+    check_in_place("recurrent_based", inplace_final_state, initial_state, phi_q, phi_k, values)
+    out, state = recurrent_step(phi_q, phi_k, values, None, 1.0, initial_state, in_place=inplace_final_state)
+    return _normalized(out, v), kept_final_state(state, initial_state, inplace_final_state, output_final_state)
 
 
 def chunk_linear_attention(

@@ -33,7 +33,13 @@ from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
-from memlm.ops.common.recurrent import recurrent_scan
+from memlm.ops.common.recurrent import (
+    check_in_place,
+    is_single_step,
+    kept_final_state,
+    recurrent_scan,
+    recurrent_step,
+)
 from memlm.ops.common.scan import scan_chunks
 
 
@@ -124,24 +130,34 @@ def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None
 def recurrent_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float | None = None,
     initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+    inplace_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule token by token (decoding), equations (1)-(2):
 
         S_t = exp(g_t) * (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T (scale * q_t)
 
-    fla's fused recurrent kernel on CUDA when no gradient is needed (it has no backward pass), else
-    :func:`naive_gated_delta_rule`. Same arguments and returns as :func:`chunk_gated_delta_rule`.
+    fla's fused recurrent kernel on CUDA when no gradient is needed (it has no backward pass); else one token
+    (``T = 1``, no ``cu_seqlens``) is :func:`~memlm.ops.common.recurrent.recurrent_step`, a few batched ops, and
+    longer inputs :func:`naive_gated_delta_rule`. Same arguments and returns as :func:`chunk_gated_delta_rule`, and
+    ``inplace_final_state``: write the final state into ``initial_state`` (fp32, no gradient) and return it, so a
+    decoding cache keeps one state tensor (:func:`~memlm.ops.common.recurrent.check_in_place`).
     """
     scale = _checked_scale("recurrent_gated_delta_rule", q, k, v, g, beta, scale, initial_state, cu_seqlens)
+    check_in_place("recurrent_gated_delta_rule", inplace_final_state, initial_state, q, k, v, g, beta)
+    keep = output_final_state or inplace_final_state
     # fla's fused recurrent kernel has no backward pass: it serves decoding, memlm's torch path serves gradients
     if use_fla(q, k, v) and not needs_backward(q, k, v, g, beta, initial_state):
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
-        return fused_recurrent_gated_delta_rule(
-            q, k, v, g, beta, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        o, final_state = fused_recurrent_gated_delta_rule(
+            q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=keep, cu_seqlens=cu_seqlens,
         )
-    return naive_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+    elif is_single_step(q, cu_seqlens):
+        o, final_state = recurrent_step(q, k, v, g, scale, initial_state, beta, inplace_final_state)  # (1)-(2)
+        o = o.to(q.dtype)
+    else:
+        o, final_state = naive_gated_delta_rule(q, k, v, g, beta, scale, initial_state, keep, cu_seqlens)
+    return o, kept_final_state(final_state, initial_state, inplace_final_state, output_final_state)
 
 
 def naive_gated_delta_rule(

@@ -33,7 +33,13 @@ from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.decay import SUB_CHUNK, decayed_scores
 from memlm.ops.common.fla import use_fla
-from memlm.ops.common.recurrent import recurrent_scan
+from memlm.ops.common.recurrent import (
+    check_in_place,
+    is_single_step,
+    kept_final_state,
+    recurrent_scan,
+    recurrent_step,
+)
 from memlm.ops.common.scan import scan_chunks
 
 
@@ -111,22 +117,32 @@ def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None
 def recurrent_gla(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float | None = None,
     initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+    inplace_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention token by token (decoding), equations (1)-(2):
 
         S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale * q_t)
 
-    fla's fused recurrent kernel on CUDA, else :func:`naive_gla`. Same arguments and returns as :func:`chunk_gla`.
+    fla's fused recurrent kernel on CUDA; else one token (``T = 1``, no ``cu_seqlens``) is
+    :func:`~memlm.ops.common.recurrent.recurrent_step` and longer inputs :func:`naive_gla`. Same arguments and
+    returns as :func:`chunk_gla`, and ``inplace_final_state`` as
+    :func:`memlm.ops.gated_delta_rule.recurrent_gated_delta_rule` has it.
     """
     scale = _checked_scale("recurrent_gla", q, k, v, g, scale, initial_state, cu_seqlens)
+    check_in_place("recurrent_gla", inplace_final_state, initial_state, q, k, v, g)
+    keep = output_final_state or inplace_final_state
     if use_fla(q, k, v):
         from fla.ops.gla import fused_recurrent_gla
 
-        return fused_recurrent_gla(
-            q, k, v, gk=g, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        o, final_state = fused_recurrent_gla(
+            q, k, v, gk=g, scale=scale, initial_state=initial_state, output_final_state=keep, cu_seqlens=cu_seqlens,
         )
-    return naive_gla(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+    elif is_single_step(q, cu_seqlens):
+        o, final_state = recurrent_step(q, k, v, g, scale, initial_state, in_place=inplace_final_state)  # (1)-(2)
+        o = o.to(q.dtype)
+    else:
+        o, final_state = naive_gla(q, k, v, g, scale, initial_state, keep, cu_seqlens)
+    return o, kept_final_state(final_state, initial_state, inplace_final_state, output_final_state)
 
 
 def naive_gla(

@@ -39,7 +39,13 @@ from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.decay import SUB_CHUNK, decayed_scores
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
-from memlm.ops.common.recurrent import recurrent_scan
+from memlm.ops.common.recurrent import (
+    check_in_place,
+    is_single_step,
+    kept_final_state,
+    recurrent_scan,
+    recurrent_step,
+)
 from memlm.ops.common.scan import scan_chunks
 
 
@@ -133,26 +139,37 @@ def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None
 def recurrent_kda(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, scale: float | None = None,
     initial_state: torch.Tensor | None = None, output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
-    use_qk_l2norm_in_kernel: bool = False,
+    use_qk_l2norm_in_kernel: bool = False, inplace_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KDA token by token (decoding), equations (1)-(2):
 
         S_t = (I - beta_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T (scale * q_t)
 
-    fla's fused recurrent kernel on CUDA when no gradient is needed (it serves decoding), else :func:`naive_kda`.
-    Same arguments and returns as :func:`chunk_kda`.
+    fla's fused recurrent kernel on CUDA when no gradient is needed (it serves decoding); else one token (``T = 1``,
+    no ``cu_seqlens``) is :func:`~memlm.ops.common.recurrent.recurrent_step` and longer inputs :func:`naive_kda`.
+    Same arguments and returns as :func:`chunk_kda`, and ``inplace_final_state`` as
+    :func:`memlm.ops.gated_delta_rule.recurrent_gated_delta_rule` has it.
     """
+    check_in_place("recurrent_kda", inplace_final_state, initial_state, q, k, v, g, beta)
+    keep = output_final_state or inplace_final_state
     if use_fla(q, k, v) and not needs_backward(q, k, v, g, beta, initial_state):
         check_linear_inputs("recurrent_kda", q, k, v,
                             {"g": (g, tuple(q.shape)), "beta": (beta, tuple(q.shape[:3]))}, initial_state, cu_seqlens)
         from fla.ops.kda import fused_recurrent_kda
 
-        return fused_recurrent_kda(
+        o, final_state = fused_recurrent_kda(
             q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-            cu_seqlens=cu_seqlens,
+            output_final_state=keep, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,
         )
-    return naive_kda(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm_in_kernel)
+    elif is_single_step(q, cu_seqlens):
+        dtype = q.dtype
+        q, k, scale = _prepared("recurrent_kda", q, k, v, g, beta, scale, initial_state, cu_seqlens,
+                                use_qk_l2norm_in_kernel)
+        o, final_state = recurrent_step(q, k, v, g, scale, initial_state, beta, inplace_final_state)  # (1)-(2)
+        o = o.to(dtype)
+    else:
+        o, final_state = naive_kda(q, k, v, g, beta, scale, initial_state, keep, cu_seqlens, use_qk_l2norm_in_kernel)
+    return o, kept_final_state(final_state, initial_state, inplace_final_state, output_final_state)
 
 
 def naive_kda(

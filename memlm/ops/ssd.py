@@ -32,7 +32,13 @@ from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
-from memlm.ops.common.recurrent import recurrent_scan
+from memlm.ops.common.recurrent import (
+    check_in_place,
+    is_single_step,
+    kept_final_state,
+    recurrent_scan,
+    recurrent_step,
+)
 from memlm.ops.common.scan import scan_chunks
 
 
@@ -149,20 +155,30 @@ def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None
 def recurrent_ssd(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None, inplace_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The SSD recurrence token by token (decoding), equations (1)-(3):
 
         h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T,   y_t = h_t^T C_t + D x_t
 
     Same arguments and returns as :func:`chunk_ssd` (without ``chunk_size``); one token is one step. On CUDA with fla
-    installed and no gradient needed (decoding) fla's fused recurrent simple-GLA kernel runs it.
+    installed and no gradient needed (decoding) fla's fused recurrent simple-GLA kernel runs it; else one token
+    (``T = 1``, no ``cu_seqlens``) is :func:`~memlm.ops.common.recurrent.recurrent_step` and longer inputs
+    :func:`naive_ssd`. ``inplace_final_state`` as :func:`memlm.ops.gated_delta_rule.recurrent_gated_delta_rule` has it.
     """
+    group = _checked_group("recurrent_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
+    check_in_place("recurrent_ssd", inplace_final_state, initial_state, x, dt, A, B, C, D)
+    keep = output_final_state or inplace_final_state
     if use_fla(x, B, C) and not needs_backward(x, dt, A, B, C, D, initial_state):
-        group = _checked_group("recurrent_ssd", x, dt, A, B, C, D, initial_state, cu_seqlens)
-        return _fla_ssd("fused_recurrent_simple_gla", x, dt, A, B, C, D, initial_state, output_final_state,
-                        cu_seqlens, group)
-    return naive_ssd(x, dt, A, B, C, D, initial_state, output_final_state, cu_seqlens)
+        y, final_state = _fla_ssd("fused_recurrent_simple_gla", x, dt, A, B, C, D, initial_state, keep, cu_seqlens,
+                                  group)
+    elif is_single_step(x, cu_seqlens):
+        q, k, g = _as_linear_attention(dt, A, B, C, group)
+        y, final_state = recurrent_step(q, k, x, g, 1.0, initial_state, in_place=inplace_final_state)  # (1)-(2)
+        y = _skip(y, x, D)
+    else:
+        y, final_state = naive_ssd(x, dt, A, B, C, D, initial_state, keep, cu_seqlens)
+    return y, kept_final_state(final_state, initial_state, inplace_final_state, output_final_state)
 
 
 def naive_ssd(
