@@ -14,9 +14,10 @@
    same batch for as many steps as the two distillation stages together.
 
 Student and scratch are trained on the teacher's text (the script replaces the recipe's ``data.files`` and
-``eval.files`` by the corpus). All three are measured on the held-out files (never trained on): next-token loss
-and copy recall (the second half of a held-out row repeated after it, token accuracy on the copy: recall at the training
-length, counted by :func:`memlm.eval.mqar_accuracy`). Writes a Markdown report, a JSON and a PNG::
+``eval.files`` by the corpus, one JSON document per file: :func:`write_documents`). All three are measured on the
+held-out files (never trained on): next-token loss and copy recall (the second half of a held-out row repeated
+after it, token accuracy on the copy: recall at the training length, counted by :func:`memlm.eval.mqar_accuracy`).
+Writes a Markdown report, a JSON and a PNG::
 
     python scripts/reproduce_distill.py --threads 1
 
@@ -77,6 +78,16 @@ def stdlib_corpus(quick: bool = False) -> tuple[list[str], list[str]]:
 
 def corpus_bytes(files: list[str]) -> int:
     return sum(Path(name).stat().st_size for name in files)
+
+
+def write_documents(files: list[str], path: Path) -> Path:
+    """The files as JSON Lines, one ``{"text": ...}`` document per file: a packed row is a contiguous piece of one
+    source file, as the distillation and the held-out measures read it (one sequence per row). The ``text``
+    source would make each line a document: a teacher trained on lines alone never sees a row's context."""
+    from memlm.files import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps({"text": Path(name).read_text(encoding="utf-8")}) + "\n"
+                                           for name in files))
 
 
 def text_recipe(args, output_dir: Path, model_dir: Path, steps: int, data: dict) -> dict:
@@ -204,10 +215,10 @@ Teacher: a byte-level `LlamaForCausalLM` (hidden {TEACHER['hidden_size']}, {TEAC
 {TEACHER['num_attention_heads']} heads, {TEACHER['num_key_value_heads']} key/value heads), trained from random weights
 for {args.teacher_steps} steps (batch 8 x {s['seq_len']} bytes: {budget:.2f} M bytes) with `recipes/train.py`'s
 trainer on the Python {c['python']} standard library's top-level `*.py` files, sorted, every {HELDOUT_EVERY}th
-held out: {c['training_files']} training files ({c['training_bytes'] / 1e6:.2f} MB), {c['heldout_files']}
-held-out files ({c['heldout_bytes'] / 1e6:.2f} MB); the corpus depends on the Python version. Student: the
-recipe `recipes/configs/distill_tiny.yaml` with its data replaced by that corpus (`memlm.distill`): layers
-{s['replaced']} become
+held out, one document per file: {c['training_files']} training files ({c['training_bytes'] / 1e6:.2f} MB),
+{c['heldout_files']} held-out files ({c['heldout_bytes'] / 1e6:.2f} MB); the corpus depends on the Python
+version. Student: the recipe `recipes/configs/distill_tiny.yaml` with its data replaced by that corpus
+(`memlm.distill`): layers {s['replaced']} become
 GatedDeltaNet initialized from their attention, layer(s) {s['kept']} keep the teacher's attention (3:1); stage 1
 {s['stage1_steps']} steps (attention-output MSE, each mixer alone), stage 2 {s['stage2_steps']} steps (KL to the
 teacher, the new mixers trained, everything else frozen). Scratch: the student's exact config from random weights,
@@ -245,7 +256,8 @@ def main(argv=None) -> dict:
     raw = read_recipe(RECIPE, [*args.overrides, f"teacher={teacher_dir}", f"output_dir={workdir / 'student'}",
                                f"train.seed={args.seed}", "logging.trackers=[]"])
     training_files, heldout_files = stdlib_corpus(args.quick)
-    raw["data"]["files"], raw["eval"]["files"] = training_files, heldout_files
+    raw["data"].update(source="json", files=[str(write_documents(training_files, workdir / "corpus_train.jsonl"))])
+    raw["eval"].update(source="json", files=[str(write_documents(heldout_files, workdir / "corpus_heldout.jsonl"))])
     corpus = {"python": sys.version.split()[0], "training_files": len(training_files),
               "training_bytes": corpus_bytes(training_files), "heldout_files": len(heldout_files),
               "heldout_bytes": corpus_bytes(heldout_files)}
