@@ -1,16 +1,23 @@
 """Distillation at tiny scale on a CPU: a byte-level Llama teacher into a 3:1 GatedDeltaNet hybrid.
 
 1. Teacher: a 4-layer byte-level ``LlamaForCausalLM`` (transformers' class), trained from random weights with
-   ``recipes/train.py``'s trainer on the training text of ``recipes/configs/distill_tiny.yaml`` (memlm's docs).
+   ``recipes/train.py``'s trainer on the Python standard library's own sources (:func:`stdlib_corpus`: the
+   ``*.py`` files at the top of ``sysconfig.get_paths()["stdlib"]``, sorted; every 10th file held out). That
+   text is on every machine memlm runs on and is large enough (~4-5 MB) that the teacher does not overfit it
+   (memlm's ~200 KB of docs, the recipe's own text, it did: a teacher that has memorized its training text knows
+   little that a hybrid trained from scratch cannot learn in the distillation's steps). The corpus depends on
+   the Python version: the script prints and reports its size.
 2. Student: ``recipes/configs/distill_tiny.yaml`` (``memlm.distill.run.distill``): layers 0-2 become
    GatedDeltaNet mixers initialized from their attention, layer 3 keeps the teacher's attention; stage 1
    aligns each mixer with its attention's output, stage 2 distills the logits (KL), the new mixers trained.
 3. Scratch: a hybrid of the student's exact config from random weights, trained on the same text with the
    same batch for as many steps as the two distillation stages together.
 
-All three are measured on the held-out text (``eval.files``, never trained on): next-token loss and copy recall
-(the second half of a held-out row repeated after it, token accuracy on the copy: recall at the training
-length, counted by :func:`memlm.eval.mqar_accuracy`). Writes a Markdown report, a JSON and a PNG::
+Student and scratch are trained on the teacher's text (the script replaces the recipe's ``data.files`` and
+``eval.files`` by the corpus, one JSON document per file: :func:`write_documents`). All three are measured on the
+held-out files (never trained on): next-token loss and copy recall (the second half of a held-out row repeated
+after it, token accuracy on the copy: recall at the training length, counted by :func:`memlm.eval.mqar_accuracy`).
+Writes a Markdown report, a JSON and a PNG::
 
     python scripts/reproduce_distill.py --threads 1
 
@@ -22,11 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "configs" / "distill_tiny.yaml"
+HELDOUT_EVERY = 10  # every 10th file of the sorted corpus is held out
 TEACHER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
            "num_key_value_heads": 2}
 
@@ -51,6 +60,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         if "--teacher-dir" not in (argv or []):
             args.teacher_dir = None  # under the workdir
     return args
+
+
+def stdlib_corpus(quick: bool = False) -> tuple[list[str], list[str]]:
+    """``(training files, held-out files)``: the ``*.py`` files at the top of the running Python's standard
+    library, sorted by name, every :data:`HELDOUT_EVERY`-th held out (``quick``: 3 and 1 of them)."""
+    import sysconfig
+
+    files = sorted(str(path) for path in Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    heldout = files[HELDOUT_EVERY - 1 :: HELDOUT_EVERY]
+    training = [name for name in files if name not in set(heldout)]
+    if not heldout:
+        raise ValueError(f"the standard library at {sysconfig.get_paths()['stdlib']} holds {len(files)} *.py "
+                         f"file(s): fewer than {HELDOUT_EVERY}, no held-out file")
+    return (training[:3], heldout[:1]) if quick else (training, heldout)
+
+
+def corpus_bytes(files: list[str]) -> int:
+    return sum(Path(name).stat().st_size for name in files)
+
+
+def write_documents(files: list[str], path: Path) -> Path:
+    """The files as JSON Lines, one ``{"text": ...}`` document per file: a packed row is a contiguous piece of one
+    source file, as the distillation and the held-out measures read it (one sequence per row). The ``text``
+    source would make each line a document: a teacher trained on lines alone never sees a row's context."""
+    from memlm.files import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps({"text": Path(name).read_text(encoding="utf-8")}) + "\n"
+                                           for name in files))
 
 
 def text_recipe(args, output_dir: Path, model_dir: Path, steps: int, data: dict) -> dict:
@@ -164,6 +201,8 @@ def write_report(args, results: dict, command: str) -> None:
 
     figure = os.path.relpath(args.figure, Path(args.out).parent)
     s = results["setup"]
+    c = s["corpus"]
+    budget = args.teacher_steps * 8 * s["seq_len"] / 1e6
     text = f"""# Distilling a Transformer into a hybrid, at tiny scale (generated)
 
 Command (from the repository root; {s['threads']} torch thread(s) on a shared machine):
@@ -174,13 +213,17 @@ Command (from the repository root; {s['threads']} torch thread(s) on a shared ma
 
 Teacher: a byte-level `LlamaForCausalLM` (hidden {TEACHER['hidden_size']}, {TEACHER['num_hidden_layers']} layers,
 {TEACHER['num_attention_heads']} heads, {TEACHER['num_key_value_heads']} key/value heads), trained from random weights
-for {args.teacher_steps} steps (batch 8 x {s['seq_len']} bytes) with `recipes/train.py`'s trainer on the training text
-of `recipes/configs/distill_tiny.yaml`. Student: that recipe (`memlm.distill`): layers {s['replaced']} become
+for {args.teacher_steps} steps (batch 8 x {s['seq_len']} bytes: {budget:.2f} M bytes) with `recipes/train.py`'s
+trainer on the Python {c['python']} standard library's top-level `*.py` files, sorted, every {HELDOUT_EVERY}th
+held out, one document per file: {c['training_files']} training files ({c['training_bytes'] / 1e6:.2f} MB),
+{c['heldout_files']} held-out files ({c['heldout_bytes'] / 1e6:.2f} MB); the corpus depends on the Python
+version. Student: the recipe `recipes/configs/distill_tiny.yaml` with its data replaced by that corpus
+(`memlm.distill`): layers {s['replaced']} become
 GatedDeltaNet initialized from their attention, layer(s) {s['kept']} keep the teacher's attention (3:1); stage 1
 {s['stage1_steps']} steps (attention-output MSE, each mixer alone), stage 2 {s['stage2_steps']} steps (KL to the
 teacher, the new mixers trained, everything else frozen). Scratch: the student's exact config from random weights,
 trained like the teacher for {s['stage1_steps'] + s['stage2_steps']} steps (as many as both stages). Measured on
-{s['heldout_rows']} held-out rows of {s['seq_len']} bytes (`{', '.join(s['heldout_files'])}`, never trained on): loss,
+the first {s['heldout_rows']} held-out rows of {s['seq_len']} bytes (from the held-out files, never trained on): loss,
 and copy recall (each row's first half repeated; token accuracy on the copy).
 
 Machine: {machine_description()}. Wall time: teacher {results['seconds']['teacher'] / 60:.1f} min, distillation
@@ -212,6 +255,15 @@ def main(argv=None) -> dict:
     teacher_dir = Path(args.teacher_dir) if args.teacher_dir else workdir / "teacher"
     raw = read_recipe(RECIPE, [*args.overrides, f"teacher={teacher_dir}", f"output_dir={workdir / 'student'}",
                                f"train.seed={args.seed}", "logging.trackers=[]"])
+    training_files, heldout_files = stdlib_corpus(args.quick)
+    raw["data"].update(source="json", files=[str(write_documents(training_files, workdir / "corpus_train.jsonl"))])
+    raw["eval"].update(source="json", files=[str(write_documents(heldout_files, workdir / "corpus_heldout.jsonl"))])
+    corpus = {"python": sys.version.split()[0], "training_files": len(training_files),
+              "training_bytes": corpus_bytes(training_files), "heldout_files": len(heldout_files),
+              "heldout_bytes": corpus_bytes(heldout_files)}
+    print(f"corpus: Python {corpus['python']} standard library, {corpus['training_files']} training files "
+          f"({corpus['training_bytes'] / 1e6:.2f} MB), {corpus['heldout_files']} held-out files "
+          f"({corpus['heldout_bytes'] / 1e6:.2f} MB)")
     config = config_from_dict(raw)  # checked before any training
     data = {key: value for key, value in raw["data"].items()}
     seconds = {"teacher": train_teacher(args, workdir, data, teacher_dir)}
@@ -233,7 +285,7 @@ def main(argv=None) -> dict:
         "setup": {"threads": torch.get_num_threads(), "seq_len": config.data.seq_len, "kept": summary["kept_attention"],
                   "replaced": summary["replaced"], "stage1_steps": config.stage1.steps,
                   "stage2_steps": config.stage2.steps, "heldout_rows": summary["heldout_rows"],
-                  "heldout_files": config.eval.files},
+                  "corpus": corpus},
         "models": models,
         "alignment_mse": summary["stage1"]["alignment_mse"],
         "seconds": seconds,

@@ -1,9 +1,13 @@
-"""scripts/reproduce_distill.py --quick runs end to end and writes its report, JSON and figure (slow: ~30 s)."""
+"""scripts/reproduce_distill.py: its corpus (the standard library's sources, held-out files apart) and the --quick
+run end to end, writing its report, JSON and figure (slow: ~30 s)."""
 
+import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,22 @@ import pytest
 import memlm
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def script_module():
+    spec = importlib.util.spec_from_file_location("reproduce_distill", REPO / "scripts" / "reproduce_distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distill_reproduction_corpus_is_the_stdlib_with_every_tenth_file_held_out():
+    training, heldout = script_module().stdlib_corpus()
+    listed = sorted(str(path) for path in Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    assert heldout == [name for index, name in enumerate(listed) if index % 10 == 9]
+    assert training == [name for index, name in enumerate(listed) if index % 10 != 9]
+    assert len(heldout) >= 10 and set(training).isdisjoint(heldout)
+    assert script_module().stdlib_corpus(quick=True) == (training[:3], heldout[:1])
 
 
 @pytest.mark.slow
@@ -32,5 +52,8 @@ def test_distill_reproduction_quick_run_reports_teacher_student_and_scratch(tmp_
     student = memlm.MemLMForCausalLM.from_pretrained(tmp_path / "runs" / "student")
     assert scratch.config.mixer_types == student.config.mixer_types == ["gated_deltanet"] * 3 + ["full_attention"]
     text = out.read_text()
+    corpus = results["setup"]["corpus"]
+    assert (corpus["python"], corpus["training_files"], corpus["heldout_files"]) == (platform.python_version(), 3, 1)
+    assert f"Python {corpus['python']} standard library" in text
     for name, row in results["models"].items():
         assert f"| {name} | {row['training']} | {row['loss']:.3f} |" in text
