@@ -1,7 +1,6 @@
 """scripts/reproduce_distill.py: its corpus (the standard library's sources, held-out files apart) and the --quick
 run end to end, writing its report, JSON and figure (slow: ~30 s)."""
 
-import importlib.util
 import json
 import os
 import platform
@@ -13,24 +12,18 @@ from pathlib import Path
 import pytest
 
 import memlm
+import reproduce_distill  # scripts/ is on pytest's pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def script_module():
-    spec = importlib.util.spec_from_file_location("reproduce_distill", REPO / "scripts" / "reproduce_distill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_distill_reproduction_corpus_is_the_stdlib_with_every_tenth_file_held_out():
-    training, heldout = script_module().stdlib_corpus()
+    training, heldout = reproduce_distill.stdlib_corpus()
     listed = sorted(str(path) for path in Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     assert heldout == [name for index, name in enumerate(listed) if index % 10 == 9]
     assert training == [name for index, name in enumerate(listed) if index % 10 != 9]
     assert len(heldout) >= 10 and set(training).isdisjoint(heldout)
-    assert script_module().stdlib_corpus(quick=True) == (training[:3], heldout[:1])
+    assert reproduce_distill.stdlib_corpus(quick=True) == (training[:3], heldout[:1])
 
 
 @pytest.mark.slow
