@@ -16,10 +16,16 @@ accumulation, clipping, trackers, log and progress bar. Optimizer steps are coun
 checkpoint holds the stage's objective (the student), optimizer and scheduler, and a resumed run continues in
 the stage its step belongs to. Each stage's objective is a module around the student (the teacher is held
 outside it: never trained, saved or wrapped), so DDP averages its gradients like a training run's.
+
+Under FSDP2 each replaced layer's mixer is an FSDP unit of its own inside its layer's (stage 1 calls the mixers
+outside the student's forward; a mixer unit gathers its own parameters when called), and each stage trains a
+copy of the student that Accelerate shards in place: the run keeps the student whole on every process for the
+evaluations, the layer selection and the saving, and gathers the trained weights back into it after each stage.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -29,6 +35,8 @@ import torch
 from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
@@ -51,6 +59,7 @@ from memlm.training.trainer import (
     make_loader,
     micro_batches,
     optimize,
+    refuse_deepspeed,
     resolve_resume,
     save_model,
     save_run_checkpoint,
@@ -190,14 +199,43 @@ class DistillResult:
     student: nn.Module
 
 
-def check_distribution(distributed_type: DistributedType) -> None:
-    """Refuse, before any work, the distributions the distillation run does not support."""
-    if distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ValueError(
-            f"distributed_type={distributed_type.value!r} is not supported by distillation; allowed: one process "
-            "or DDP (MULTI_GPU / MULTI_CPU). Stage 1 runs the student's layers outside its forward, which a "
-            "sharded model cannot, and memlm's checkpoints are safetensors and JSON only"
-        )
+def check_distribution(accelerator) -> None:
+    """Refuse, before any work, the distributions the distillation run does not support: DeepSpeed
+    (:func:`~memlm.training.trainer.refuse_deepspeed`), and FSDP but FSDP2 with transformer-based wrapping, the
+    one that can make each replaced mixer its own unit (:func:`fsdp_unit_classes`)."""
+    refuse_deepspeed(accelerator.distributed_type)
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"fsdp_config.fsdp_version={plugin.fsdp_version} is not supported by distillation; allowed: "
+                         "2 (FSDP2, recipes/accelerate/fsdp.yaml)")
+    if plugin.auto_wrap_policy is not transformer_auto_wrap_policy:
+        policy = getattr(plugin.auto_wrap_policy, "__name__", "NO_WRAP")
+        raise ValueError(f"fsdp_config.fsdp_auto_wrap_policy={policy!r} is not supported by "
+                         "distillation; allowed: TRANSFORMER_BASED_WRAP (each replaced mixer is made its own unit)")
+
+
+def fsdp_unit_classes(student: nn.Module, layers: list[int], names: list[str] | None = None) -> list[str]:
+    """The class names FSDP2 shards as units of their own (``fsdp_transformer_layer_cls_to_wrap``): ``names``
+    (None: the student's decoder-layer classes) plus the mixer classes of ``layers``. Stage 1 calls those
+    mixers outside the student's forward, where their layers' units would not gather them."""
+    names = list(dict.fromkeys(type(layer).__name__ for layer in student.model.layers) if names is None else names)
+    mixers = [type(student.model.layers[i].mixer).__name__ for i in layers]
+    return names + [name for name in dict.fromkeys(mixers) if name not in names]
+
+
+def stage_copy(model: nn.Module, sharded: bool) -> nn.Module:
+    """What a stage trains: ``model``, or under FSDP (``sharded``) a copy of it, which Accelerate shards in
+    place; ``model`` stays whole on every process and takes the trained weights back (:func:`keep_trained`)."""
+    return copy.deepcopy(model) if sharded else model
+
+
+def keep_trained(model: nn.Module, trained: nn.Module, sharded: bool) -> None:
+    """Under FSDP (``sharded``), gather the weights of ``trained``, the sharded copy of ``model`` a stage
+    trained, on every process, into ``model``; otherwise ``trained`` is ``model`` already."""
+    if sharded:
+        model.load_state_dict(get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True)))
 
 
 def load_teacher(name: str, device: torch.device) -> nn.Module:
@@ -221,7 +259,8 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
     trackers = available_trackers(config.logging.trackers)
     accelerator = make_accelerator(config.train.gradient_accumulation_steps, config.train.precision, trackers,
                                    output_dir)
-    check_distribution(accelerator.distributed_type)
+    check_distribution(accelerator)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
     set_seed(config.train.seed)
     resume_dir, manifest = resolve_resume(config, RESUMABLE_CHANGES)
     step = int(manifest["step"]) if manifest else 0
@@ -235,6 +274,10 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
     student = hybrid_from_teacher(teacher, [] if plan.kept is None else plan.kept, config.student.mixer,
                                   config.student.mixer_config)
     replaced = list(student.distill_init_report.replaced)
+    if sharded:  # read by Accelerate's wrapping in each stage's prepare
+        plugin = accelerator.state.fsdp_plugin
+        plugin.transformer_cls_names_to_wrap = fsdp_unit_classes(student, replaced,
+                                                                 plugin.transformer_cls_names_to_wrap)
     start_run(accelerator, config, resume_dir is not None, step, trackers)
     log = RunLog(accelerator, output_dir, trackers)
     main = accelerator.is_main_process
@@ -249,9 +292,10 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
     last = min(config.total_steps, stop_at or config.total_steps)
     stage1 = None
     if config.stage1.steps and step <= stage1_end:
-        objective = AlignmentObjective(student, teacher, replaced)
-        stage1 = run_stage(accelerator, config, objective, mixer_parameters(student, replaced), rows["stage1"],
-                           "stage1", (resume_dir, manifest), step, 0, min(last, stage1_end), log)
+        objective = AlignmentObjective(stage_copy(student, sharded), teacher, replaced)
+        stage1 = run_stage(accelerator, config, objective, mixer_parameters(objective.student, replaced),
+                           rows["stage1"], "stage1", (resume_dir, manifest), step, 0, min(last, stage1_end), log)
+        keep_trained(student, accelerator.unwrap_model(stage1.objective).student, sharded)
         step, resume_dir = stage1.step, None  # the checkpoint is consumed
     if step < config.stage1.steps:  # stop_at in stage 1
         return _stopped(accelerator, config, student, summary, step)
@@ -275,19 +319,22 @@ def distill(config: DistillConfig, stop_at: int | None = None, overwrite: bool =
 
     stage2 = None
     if config.stage2.steps:
-        trained = mixer_parameters(student, replaced)
-        if config.stage2.train == "all":
-            trained = list(student.parameters())
+        lora = config.stage2.train == "lora"
         model = student
-        if config.stage2.train == "lora":
+        if lora:
             model = lora_model(student, config.stage2.lora, exclude=tuple(f"model.layers.{i}.mixer" for i in replaced),
                                key="stage2.lora")
-            trained = trained + [p for n, p in model.named_parameters() if "lora_" in n]
-        objective = DistillationObjective(model, teacher, config.stage2.temperature, config.stage2.ce_weight)
+        trained_model = stage_copy(model, sharded)
+        base = trained_model.get_base_model() if lora else trained_model
+        trained = list(base.parameters()) if config.stage2.train == "all" else mixer_parameters(base, replaced)
+        if lora:
+            trained = trained + [p for n, p in trained_model.named_parameters() if "lora_" in n]
+        objective = DistillationObjective(trained_model, teacher, config.stage2.temperature, config.stage2.ce_weight)
         stage2 = run_stage(accelerator, config, objective, trained, rows["stage2"], "stage2", (resume_dir, manifest),
                            step, stage1_end, last, log)
         step = stage2.step
-        student = accelerator.unwrap_model(stage2.objective).student
+        keep_trained(model, accelerator.unwrap_model(stage2.objective).student, sharded)
+        student = model
     if step < config.total_steps:
         return _stopped(accelerator, config, student, summary, step)
 

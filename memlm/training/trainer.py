@@ -331,20 +331,25 @@ def optimize(accelerator: Accelerator, model, optimizer, scheduler, batches,
 def check_distributed_type(distributed_type: DistributedType, config: RecipeConfig) -> None:
     """Refuse, before any work, what memlm's training cannot do under this kind of distribution.
 
-    DeepSpeed: memlm's checkpoints hold safetensors and JSON only, and DeepSpeed's engine keeps its partitioned
-    optimizer state in objects that only its own (pickling) checkpoint writer saves. FSDP: a merged LoRA model
-    needs every parameter on one process.
+    DeepSpeed: see :func:`refuse_deepspeed`. FSDP: a merged LoRA model needs every parameter on one process.
     """
+    refuse_deepspeed(distributed_type)
+    if config.lora.enabled and config.lora.merge and distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "lora.merge=true needs the whole model on one process: with FSDP set lora.merge=false "
+            "(the adapter is saved) and merge afterwards with peft's merge_and_unload"
+        )
+
+
+def refuse_deepspeed(distributed_type: DistributedType) -> None:
+    """Refuse DeepSpeed (training and distillation): memlm's checkpoints hold safetensors and JSON only, and
+    DeepSpeed's engine keeps its partitioned optimizer state in objects that only its own (pickling) checkpoint
+    writer saves."""
     if distributed_type == DistributedType.DEEPSPEED:
         raise ValueError(
             "DeepSpeed is not supported by memlm's trainer: its checkpoints are safetensors and JSON only, and "
             "DeepSpeed's optimizer state can only be saved by its own pickle-based writer. For sharded training "
             "use FSDP2 (recipes/accelerate/fsdp.yaml), which shards parameters, gradients and optimizer state"
-        )
-    if config.lora.enabled and config.lora.merge and distributed_type == DistributedType.FSDP:
-        raise ValueError(
-            "lora.merge=true needs the whole model on one process: with FSDP set lora.merge=false "
-            "(the adapter is saved) and merge afterwards with peft's merge_and_unload"
         )
 
 

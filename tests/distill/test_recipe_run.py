@@ -14,6 +14,7 @@ import memlm
 from memlm.distill.config import config_from_dict
 from memlm.distill.run import copy_recall_rows, distill
 from tests.distill.recipe_helpers import distill_recipe, save_teacher
+from tests.distill.teachers import tiny_teacher
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +164,63 @@ def test_two_process_data_parallel_distillation_equals_one_process(tmp_path, tea
         assert json.loads((tmp_path / name / "run" / "summary.json").read_text())["num_processes"] == processes
     for name, param in students["single"].items():
         torch.testing.assert_close(students["ddp"][name], param, atol=1e-5, rtol=1e-4)
+
+
+def test_distributions_deepspeed_and_fsdp_without_mixer_units_are_refused_by_name_and_fsdp2_wraps_mixers():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from memlm.distill.run import check_distribution, fsdp_unit_classes
+
+    def accelerator(kind, **plugin):
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(
+            fsdp_plugin=FullyShardedDataParallelPlugin(**plugin) if plugin else None))
+
+    with pytest.raises(ValueError, match="DeepSpeed is not supported.*pickle"):
+        check_distribution(accelerator(DistributedType.DEEPSPEED))
+    with pytest.raises(ValueError, match="fsdp_version=1 .*allowed: 2"):
+        check_distribution(accelerator(DistributedType.FSDP, fsdp_version=1, auto_wrap_policy="transformer_based_wrap"))
+    for policy, shown in (("size_based_wrap", "size_based_auto_wrap_policy"), ("no_wrap", "NO_WRAP")):
+        with pytest.raises(ValueError, match=f"fsdp_auto_wrap_policy='{shown}'.*allowed: TRANSFORMER_BASED_WRAP"):
+            check_distribution(accelerator(DistributedType.FSDP, fsdp_version=2, auto_wrap_policy=policy))
+    for allowed in (accelerator(DistributedType.NO), accelerator(DistributedType.MULTI_GPU),
+                    accelerator(DistributedType.FSDP, fsdp_version=2, auto_wrap_policy="transformer_based_wrap")):
+        check_distribution(allowed)
+    student = memlm.distill.hybrid_from_teacher(tiny_teacher("llama"), [1], "gla")
+    assert fsdp_unit_classes(student, [0, 2, 3]) == ["MemLMDecoderLayer", "GatedLinearAttention"]
+    assert fsdp_unit_classes(student, [], ["MemLMDecoderLayer"]) == ["MemLMDecoderLayer"]
+    assert fsdp_unit_classes(student, [0], ["GatedLinearAttention", "X"]) == ["GatedLinearAttention", "X"]
+
+
+@pytest.mark.slow
+def test_fsdp2_distillation_on_two_cpu_processes_matches_one_process_and_resumes_exactly(tmp_path):
+    """Both stages with the student sharded by torch's FSDP2 (each replaced mixer its own unit) on 2 CPU
+    processes (gloo), stopped in stage 2 with memlm's checkpoint and resumed, give one process's losses and
+    weights (tests/distill/fsdp_worker.py)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    worker = str(repo / "tests" / "distill" / "fsdp_worker.py")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    runs = (torchrun + [worker, str(tmp_path / "fsdp"), "3"], torchrun + [worker, str(tmp_path / "fsdp"), "resume"],
+            [sys.executable, worker, str(tmp_path / "single"), "all"])
+    for command in runs:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "fsdp" / "checkpoints" / "step_3" / "manifest.json").read_text())
+    assert manifest["num_processes"] == 2
+    sharded, single = (json.loads((tmp_path / name / "losses.json").read_text()) for name in ("fsdp", "single"))
+    assert len(sharded) == 4
+    assert max(abs(a - b) for a, b in zip(sharded, single, strict=True)) <= 1e-5
+    trained, expected = (load_file(tmp_path / name / "model.safetensors") for name in ("fsdp", "single"))
+    teacher = tiny_teacher("llama")
+    torch.manual_seed(0)  # as the worker
+    initial = memlm.distill.hybrid_from_teacher(teacher, [1], "gated_deltanet").state_dict()
+    name = "model.layers.0.mixer.in_proj_qkv.weight"
+    assert (trained[name] - initial[name]).abs().max() > 1e-4  # the mixers trained
+    for name, param in expected.items():
+        torch.testing.assert_close(trained[name], param, atol=1e-5, rtol=1e-4)
