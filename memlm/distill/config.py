@@ -25,9 +25,7 @@ import dataclasses
 from pathlib import Path
 
 from memlm.training.config import (
-    CheckpointSection,
     DataSection,
-    LoggingSection,
     LoraSection,
     Recipe,
     build_section,
@@ -117,9 +115,8 @@ class DistillEvalSection:
     source: str = "text"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class DistillConfig(Recipe):
-    output_dir: str
     teacher: str
     data: DataSection
     student: StudentSection = dataclasses.field(default_factory=StudentSection)
@@ -128,8 +125,6 @@ class DistillConfig(Recipe):
     stage2: StageTwoSection = dataclasses.field(default_factory=StageTwoSection)
     train: DistillTrainSection = dataclasses.field(default_factory=DistillTrainSection)
     eval: DistillEvalSection = dataclasses.field(default_factory=DistillEvalSection)
-    checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
-    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
 
     @property
     def total_steps(self) -> int:

@@ -183,25 +183,28 @@ class EvalSection:
     seed: int = 1234
 
 
+@dataclasses.dataclass(kw_only=True)
 class Recipe:
-    """Base of a recipe's top-level dataclass (the training recipe's, distillation's): ``to_dict`` is what
-    ``recipe.json`` and the checkpoints' manifests record, and what a resumed run is compared with."""
+    """Base of a recipe's top-level dataclass (the training recipe's, distillation's), with the keys every recipe
+    has: where the run writes, its checkpoints and its logging. ``to_dict`` is what ``recipe.json`` and the
+    checkpoints' manifests record, and what a resumed run is compared with."""
+
+    output_dir: str
+    checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
+    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class RecipeConfig(Recipe):
-    output_dir: str
     train: TrainSection
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     tokenizer: TokenizerSection = dataclasses.field(default_factory=TokenizerSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
     optimizer: OptimizerSection = dataclasses.field(default_factory=OptimizerSection)
     schedule: ScheduleSection = dataclasses.field(default_factory=ScheduleSection)
-    checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
-    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
     lora: LoraSection = dataclasses.field(default_factory=LoraSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
 
