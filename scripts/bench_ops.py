@@ -71,17 +71,18 @@ Scaling (``--scaling``, not in the default run; ``python scripts/bench_ops.py --
 per token of every chunked op (GDN as section 1, GLA and KDA on section 5's KDA inputs, SSD as section 5, Based and
 prefix linear attention with 4 heads of feature dimension 16 and values of 128, Titans' memory with 4 heads of 64)
 and of section 2's GDN layer and causal SDPA layer, forward (no grad) and forward + backward, at T = 1k-64k
-(``--scaling-sizes``); on CPU the timer is the process's CPU time (``time.process_time``), which leaves out the
-time other processes hold the core. The 64k / 4k ratio per row (target <= 1.15), the GFLOP/s at 4k (FLOPs counted
-by ``torch.utils.flop_counter``) against the fp32 matmul peak measured in the same run, and the peak memory
-(``VmHWM``, a fresh process per T; on CUDA ``max_memory_allocated``) of one training step of a tiny model with
-gradient checkpointing at 4k, 16k and 64k tokens.
+(``--scaling-sizes``), each op (and the two layers) at each length in a fresh process, which inherits the environment
+(glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` and PyTorch's ``THP_MEM_ALLOC_ENABLE``, see
+docs/results/benchmarks/benchmarks.md, are printed under the table); on CPU the timer is the process's CPU time
+(``time.process_time``), which leaves out the time other processes hold the core. The 64k / 4k ratio per row
+(target <= 1.15), the GFLOP/s at 4k (FLOPs counted by ``torch.utils.flop_counter``) against the fp32 matmul peak
+measured in the same run, and the peak memory (``VmHWM``, a fresh process per T; on CUDA ``max_memory_allocated``)
+of one training step of a tiny model with gradient checkpointing at 4k, 16k and 64k tokens.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import inspect
 import json
@@ -585,10 +586,11 @@ def bench_more_ops(sizes: list[int], device: torch.device, repeats: int) -> dict
 
 SCALING_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 SCALING_QUICK_SIZES = [256, 512, 1024]
-SCALING_NO_WARMUP_T = 16384  # from this T on no warm-up run (the smaller T already warmed every code path)
 SCALING_SDPA_MAX_T = 16384  # causal SDPA is quadratic: at 64k one fwd+bwd takes minutes on a CPU core
 SCALING_MEMORY_SIZES = [4096, 16384, 65536]
 SCALING_QUICK_MEMORY_SIZES = [512, 1024]
+# the allocator settings long sequences need on a CPU (glibc's, and PyTorch's huge pages; README: Training)
+ALLOCATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
 TITANS_HEAD_DIM = 64
 
 
@@ -611,7 +613,11 @@ def titans_inputs(seq_len: int, device: torch.device) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seq_len)
     q, k, v = (F.normalize(torch.randn(1, seq_len, HEADS, TITANS_HEAD_DIM, generator=gen), dim=-1) for _ in range(3))
     theta = torch.sigmoid(torch.randn(1, seq_len, HEADS, generator=gen)) * PRESETS["titans"].max_lr
-    log_a, log_eta = (F.logsigmoid(torch.randn(1, seq_len, HEADS, generator=gen) + 4) for _ in range(2))
+    # forgetting alpha ~ 1e-4: on random inputs a deep memory's writes scale with its weights, so forgetting decays it
+    # geometrically; at the layer's initial alpha ~ 2.5e-3 it reaches subnormal floats (many times slower on x86)
+    # after ~12k tokens, and at 64k this rate leaves it near 1e-10 of its start, still in normal floats
+    log_a = F.logsigmoid(torch.randn(1, seq_len, HEADS, generator=gen) + 9)
+    log_eta = F.logsigmoid(torch.randn(1, seq_len, HEADS, generator=gen) + 2)
     weights = [torch.randn(HEADS, *shape, generator=gen) / shape[1] ** 0.5
                for shape in PRESETS["titans"].shapes(TITANS_HEAD_DIM)]
     return [t.to(device) for t in (q, k, v, theta, log_a, log_eta, *weights)]
@@ -691,6 +697,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def run_child(call: str, threads: int) -> dict:
+    """Run ``bench_ops.<call>`` in a fresh Python process with ``threads`` threads (the environment, e.g. glibc's
+    ``MALLOC_*`` settings, is inherited) and return the JSON object it prints last."""
+    scripts = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import sys, torch; sys.path.insert(0, {scripts!r}); torch.set_num_threads({threads}); "
+            f"import bench_ops; bench_ops.{call}")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"bench_ops.{call} failed in its subprocess:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def scaling_memory_child(seq_len: int, device_type: str) -> None:
     """Run in a subprocess: one training step (forward + backward of the next-token loss) of a tiny all-GatedDeltaNet
     model (4 layers, hidden 128, 2 heads of 64, vocab 256; no attention layer, whose time is quadratic) on
@@ -716,18 +734,6 @@ def scaling_memory_child(seq_len: int, device_type: str) -> None:
     print(json.dumps(result))
 
 
-def scaling_memory(sizes: list[int], device: torch.device, threads: int) -> list[dict]:
-    """:func:`scaling_memory_child` in a fresh process per T (so each peak is that T's alone)."""
-    rows = []
-    scripts = os.path.dirname(os.path.abspath(__file__))
-    for seq_len in sizes:
-        code = (f"import sys, torch; sys.path.insert(0, {scripts!r}); torch.set_num_threads({threads}); "
-                f"import bench_ops; bench_ops.scaling_memory_child({seq_len}, {device.type!r})")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return rows
-
-
 def scaling_op_cases(name: str, seq_len: int, device: torch.device) -> dict[tuple[str, str], Callable[[], object]]:
     """Forward and forward + backward of one op of ``SCALING_OPS`` on its inputs of length ``seq_len``."""
     make_inputs, op = SCALING_OPS[name]
@@ -735,13 +741,16 @@ def scaling_op_cases(name: str, seq_len: int, device: torch.device) -> dict[tupl
     return {(name, "fwd"): forward_only(op, inputs), (name, "fwd+bwd"): op_step(op, inputs)}
 
 
-def scaling_layer_cases(layers: dict[str, torch.nn.Module], rotary: RotaryEmbedding, seq_len: int,
-                        device: torch.device) -> dict[tuple[str, str], Callable[[], None]]:
-    """Forward and forward + backward of each layer on one ``[1, seq_len, HIDDEN]`` input (as section 2)."""
+def scaling_layer_cases(seq_len: int, device: torch.device) -> dict[tuple[str, str], Callable[[], None]]:
+    """Forward and forward + backward of section 2's GatedDeltaNet layer and causal SDPA layer (the latter up to
+    ``SCALING_SDPA_MAX_T``) on one ``[1, seq_len, HIDDEN]`` input; the same seeded weights at every length."""
+    torch.manual_seed(0)
+    config = layer_config("gated_deltanet")
+    layers = {"gdn_layer": build_mixer(config, 0).to(device), "sdpa_layer": Attention(config, 1).to(device)}
     x = torch.randn(1, seq_len, HIDDEN, generator=torch.Generator().manual_seed(seq_len)).to(device)
     positions = torch.arange(seq_len, device=device)[None]
     inputs = MixerInputs(attention_mask=None, attention_masks={"full_attention": None}, position_ids=positions,
-                         position_embeddings=rotary(x, positions))
+                         position_embeddings=RotaryEmbedding(config).to(device)(x, positions))
     cases = {}
     for name, module in layers.items():
         if name == "sdpa_layer" and seq_len > SCALING_SDPA_MAX_T:
@@ -751,51 +760,54 @@ def scaling_layer_cases(layers: dict[str, torch.nn.Module], rotary: RotaryEmbedd
     return cases
 
 
+def scaling_time_child(group: str, seq_len: int, device_type: str, repeats: int, count_flops: bool) -> None:
+    """Run in a subprocess: time one group of cases (an op of ``SCALING_OPS``, or ``"layers"``) at one length, one
+    warm-up run and ``repeats`` timed runs of each case, alternating; prints JSON with the median microseconds per
+    token of each case (the process's CPU time on CPU, wall time on CUDA) and, if ``count_flops``, its FLOPs."""
+    device = torch.device(device_type)
+    cases = (scaling_layer_cases(seq_len, device) if group == "layers"
+             else scaling_op_cases(group, seq_len, device))
+    names = {case: " ".join(case) for case in cases}
+    flops = {names[case]: counted_flops(fn) for case, fn in cases.items()} if count_flops else {}
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    timed = measure({names[case]: (fn, repeats, 1) for case, fn in cases.items()}, device, clock=clock)
+    print(json.dumps({"us_per_token": {name: t.median_ms * 1e3 / seq_len for name, t in timed.items()},
+                      "flops": flops}))
+
+
 def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.device, repeats: int) -> dict:
     """Per-token cost of every chunked op and the GatedDeltaNet layer (against causal SDPA, built as in section 2)
-    at growing T; the GFLOP/s of each at T = 4096 (or the largest size below) against the measured matmul peak;
-    the peak memory of a tiny model's training step with gradient checkpointing."""
+    at growing T, each op and length timed in a fresh process; the GFLOP/s of each at T = 4096 (or the largest size
+    below) against the matmul peak measured here; the peak memory of a tiny model's training step with gradient
+    checkpointing."""
     clock = time.process_time if device.type == "cpu" else time.perf_counter
     peak = matmul_peak_gflops(device, clock)
-    torch.manual_seed(0)
-    config = layer_config("gated_deltanet")
-    layers = {"gdn_layer": build_mixer(config, 0).to(device), "sdpa_layer": Attention(config, 1).to(device)}
-    rotary = RotaryEmbedding(config).to(device)
+    threads = torch.get_num_threads()
     flop_t = max(t for t in sizes if t <= 4096)
-    names = [*SCALING_OPS, *layers]
-    per_token: dict[str, dict[str, dict[int, float]]] = {n: {"fwd": {}, "fwd+bwd": {}} for n in names}
-    flops: dict[str, dict[str, int]] = {}
-    bar = progress(len(sizes), "scaling")
+    groups = [*SCALING_OPS, "layers"]
+    per_token: dict[str, dict[int, float]] = {}
+    flops: dict[str, int] = {}
+    bar = progress(len(sizes) * len(groups), "scaling")
     for seq_len in sizes:
-        # the cases measured together (alternating): each op's two passes, then the two layers'
-        groups = [*(functools.partial(scaling_op_cases, name) for name in SCALING_OPS),
-                  functools.partial(scaling_layer_cases, layers, rotary)]
         for group in groups:
-            cases = group(seq_len, device)
-            if seq_len == flop_t:
-                for (name, mode), fn in cases.items():
-                    flops.setdefault(name, {})[mode] = counted_flops(fn)
-            warmup = 1 if seq_len < SCALING_NO_WARMUP_T else 0
-            timed = measure({f"{n} {mode}": (fn, repeats, warmup) for (n, mode), fn in cases.items()}, device,
-                            clock=clock)
-            for name, mode in cases:
-                per_token[name][mode][seq_len] = timed[f"{name} {mode}"].median_ms * 1e3 / seq_len
-            del cases, timed
-            gc.collect()
-        bar.update()
+            child = run_child(f"scaling_time_child({group!r}, {seq_len}, {device.type!r}, {repeats}, "
+                              f"{seq_len == flop_t})", threads)
+            for name, cost in child["us_per_token"].items():
+                per_token.setdefault(name, {})[seq_len] = cost
+            flops.update(child["flops"])
+            bar.update()
     bar.close()
     first, last = (4096 if 4096 in sizes else sizes[0]), sizes[-1]
     rows = []
-    for name in names:
-        for mode in ("fwd", "fwd+bwd"):
-            costs = per_token[name][mode]
-            seconds = costs.get(flop_t, float("nan")) * flop_t / 1e6
-            gflops = flops.get(name, {}).get(mode, 0) / seconds / 1e9
-            ratio = costs[last] / costs[first] if last in costs and first in costs else None
-            rows.append({"name": name, "mode": mode, "us_per_token": {str(t): c for t, c in costs.items()},
-                         "ratio_last_first": ratio, "gflop": flops.get(name, {}).get(mode, 0) / 1e9,
-                         "gflops_per_s": gflops, "fraction_of_peak": gflops / peak})
-    memory = scaling_memory(memory_sizes, device, torch.get_num_threads())
+    for key, costs in per_token.items():
+        name, mode = key.split(" ")
+        seconds = costs.get(flop_t, float("nan")) * flop_t / 1e6
+        gflops = flops.get(key, 0) / seconds / 1e9
+        ratio = costs[last] / costs[first] if last in costs and first in costs else None
+        rows.append({"name": name, "mode": mode, "us_per_token": {str(t): c for t, c in costs.items()},
+                     "ratio_last_first": ratio, "gflop": flops.get(key, 0) / 1e9,
+                     "gflops_per_s": gflops, "fraction_of_peak": gflops / peak})
+    memory = [run_child(f"scaling_memory_child({seq_len}, {device.type!r})", threads) for seq_len in memory_sizes]
     mb = 2**20
     table = format_table(
         ["op", "pass", *(f"T={t}" for t in sizes), f"{last}/{first}", f"GFLOP/s@{flop_t}", "of peak"],
@@ -811,17 +823,22 @@ def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.devic
           f"{(r['rss_peak_bytes'] - r['rss_before_bytes']) / r['T'] / 1024:.1f}",
           *([f"{r['cuda_peak_bytes'] / mb:.0f}"] if "cuda_peak_bytes" in r else [])] for r in memory],
     )
-    timer = "CPU time of this process (time.process_time)" if device.type == "cpu" else "wall time"
+    timer = "CPU time of its process (time.process_time)" if device.type == "cpu" else "wall time"
+    allocator = {name: os.environ[name] for name in ALLOCATOR_SETTINGS if name in os.environ}
     notes = [
-        f"us/token: {timer} per token, median of {repeats} runs after 1 warm-up (none from T="
-        f"{SCALING_NO_WARMUP_T} on), each op's two passes alternating (the two layers' four)",
+        f"us/token: {timer} per token, median of {repeats} runs after 1 warm-up, each op and length in a fresh "
+        "process (its two passes alternating; the two layers' four)",
+        f"allocator settings in the environment: {allocator or 'none (defaults)'}",
         f"fp32 matmul peak measured in this run: {peak:.1f} GFLOP/s ([2048, 2048] @ [2048, 2048], best of 5)",
         f"GFLOP/s: FLOPs counted by torch.utils.flop_counter at T={flop_t} (matmuls only) / that T's median time",
         f"sdpa_layer: not run above T={SCALING_SDPA_MAX_T} (quadratic)",
         f"peak memory (tiny all-GatedDeltaNet model, 4 layers, hidden 128, gradient checkpointing, one training "
         f"step on [1, T], a fresh process per T):\n{memory_table}",
     ]
-    return {"rows": rows, "memory": memory, "peak_gflops": peak, "flop_T": flop_t, "notes": notes, "table": table}
+    return {"rows": rows, "memory": memory, "peak_gflops": peak, "flop_T": flop_t, "allocator": allocator,
+            "notes": notes, "table": table}
+
+
 # ------------------------------------------------------------------------------------------ 6. generate
 
 

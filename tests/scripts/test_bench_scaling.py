@@ -1,0 +1,38 @@
+"""The scaling section of scripts/bench_ops.py times each op and length in a fresh process and reports what it read."""
+
+import pytest
+import torch
+
+import bench_ops
+
+
+def test_scaling_child_times_both_passes_and_counts_flops_in_its_own_process():
+    child = bench_ops.run_child("scaling_time_child('gated_delta_rule', 128, 'cpu', 1, True)", threads=1)
+    assert set(child["us_per_token"]) == {"gated_delta_rule fwd", "gated_delta_rule fwd+bwd"}
+    assert all(cost > 0 for cost in child["us_per_token"].values())
+    # the backward pass's matmuls are counted too: about twice the forward's
+    assert child["flops"]["gated_delta_rule fwd+bwd"] > 2 * child["flops"]["gated_delta_rule fwd"] > 0
+
+
+def test_scaling_child_of_the_layers_skips_sdpa_above_its_limit(monkeypatch):
+    monkeypatch.setattr(bench_ops, "SCALING_SDPA_MAX_T", 64)
+    short = bench_ops.scaling_layer_cases(64, torch.device("cpu"))
+    long = bench_ops.scaling_layer_cases(128, torch.device("cpu"))
+    assert set(short) == {("gdn_layer", "fwd"), ("gdn_layer", "fwd+bwd"), ("sdpa_layer", "fwd"),
+                          ("sdpa_layer", "fwd+bwd")}
+    assert set(long) == {("gdn_layer", "fwd"), ("gdn_layer", "fwd+bwd")}
+
+
+def test_a_failing_child_raises_with_its_error():
+    with pytest.raises(RuntimeError, match="KeyError: 'no_such_op'"):
+        bench_ops.run_child("scaling_time_child('no_such_op', 128, 'cpu', 1, False)", threads=1)
+
+
+def test_titans_inputs_keep_the_memory_in_normal_floats():
+    """Subnormal floats are many times slower on x86: the benchmark's gates must not decay the memory into them."""
+    inputs = bench_ops.titans_inputs(8192, torch.device("cpu"))
+    with torch.no_grad():
+        y = bench_ops.memlm_titans(*inputs)
+    tail = y[:, -1024:].abs()
+    assert tail.max() > 1e-6
+    assert not ((tail > 0) & (tail < torch.finfo(torch.float32).tiny)).any()
