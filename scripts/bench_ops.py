@@ -697,6 +697,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def scaling_clock(device: torch.device) -> Callable[[], float]:
+    """The scaling section's timer: on CPU the process's CPU time (it leaves out the time other processes hold the
+    cores), on CUDA wall time."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def run_child(call: str, threads: int) -> dict:
     """Run ``bench_ops.<call>`` in a fresh Python process with ``threads`` threads (the environment, e.g. glibc's
     ``MALLOC_*`` settings, is inherited) and return the JSON object it prints last."""
@@ -769,7 +775,7 @@ def scaling_time_child(group: str, seq_len: int, device_type: str, repeats: int,
              else scaling_op_cases(group, seq_len, device))
     names = {case: " ".join(case) for case in cases}
     flops = {names[case]: counted_flops(fn) for case, fn in cases.items()} if count_flops else {}
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    clock = scaling_clock(device)
     timed = measure({names[case]: (fn, repeats, 1) for case, fn in cases.items()}, device, clock=clock)
     print(json.dumps({"us_per_token": {name: t.median_ms * 1e3 / seq_len for name, t in timed.items()},
                       "flops": flops}))
@@ -780,7 +786,7 @@ def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.devic
     at growing T, each op and length timed in a fresh process; the GFLOP/s of each at T = 4096 (or the largest size
     below) against the matmul peak measured here; the peak memory of a tiny model's training step with gradient
     checkpointing."""
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    clock = scaling_clock(device)
     peak = matmul_peak_gflops(device, clock)
     threads = torch.get_num_threads()
     flop_t = max(t for t in sizes if t <= 4096)
@@ -1005,6 +1011,9 @@ def main() -> None:
     new_tokens = args.new_tokens or (8 if args.quick else GENERATED_TOKENS)
     if new_tokens < 2:
         parser.error(f"--new-tokens {new_tokens}: the generate section needs at least 2 (a first token and a step)")
+    if args.scaling_sizes and (min(args.scaling_sizes) < 1 or min(args.scaling_sizes) > 4096):
+        parser.error(f"--scaling-sizes {' '.join(map(str, args.scaling_sizes))}: positive lengths, at least one "
+                     "of them <= 4096 (the length the GFLOP/s are counted at)")
     started = time.perf_counter()
 
     meta = header(device)

@@ -14,7 +14,7 @@ def test_scaling_child_times_both_passes_and_counts_flops_in_its_own_process():
     assert child["flops"]["gated_delta_rule fwd+bwd"] > 2 * child["flops"]["gated_delta_rule fwd"] > 0
 
 
-def test_scaling_child_of_the_layers_skips_sdpa_above_its_limit(monkeypatch):
+def test_scaling_layer_cases_skip_sdpa_above_its_limit(monkeypatch):
     monkeypatch.setattr(bench_ops, "SCALING_SDPA_MAX_T", 64)
     short = bench_ops.scaling_layer_cases(64, torch.device("cpu"))
     long = bench_ops.scaling_layer_cases(128, torch.device("cpu"))
