@@ -1,5 +1,9 @@
 """The scaling section of scripts/bench_ops.py times each op and length in a fresh process and reports what it read."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -36,3 +40,11 @@ def test_titans_inputs_keep_the_memory_in_normal_floats():
     tail = y[:, -1024:].abs()
     assert tail.max() > 1e-6
     assert not ((tail > 0) & (tail < torch.finfo(torch.float32).tiny)).any()
+
+
+def test_scaling_sizes_without_a_length_to_count_flops_at_are_refused_by_name():
+    script = Path(bench_ops.__file__)
+    done = subprocess.run([sys.executable, str(script), "--scaling", "--scaling-sizes", "8192", "65536"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--scaling-sizes 8192 65536: positive lengths, at least one of them <= 4096" in done.stderr
