@@ -227,9 +227,23 @@ def memory_forward(weights: list[torch.Tensor], x: torch.Tensor, rule: MemoryRul
     return x + _layer_norm(h, rule) if rule.residual else h
 
 
-def _gelu_derivative(z: torch.Tensor) -> torch.Tensor:
-    """``d/dz [z Phi(z)] = Phi(z) + z phi(z)`` (exact GELU)."""
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+class _GeluDerivative(torch.autograd.Function):
+    """``gelu'(z) = d/dz [z Phi(z)] = Phi(z) + z phi(z)`` (exact GELU), elementwise, saving only ``z`` for its own
+    derivative ``gelu''(z) = phi(z) (2 - z^2)`` (autograd through the formula would keep five intermediates of
+    ``z``'s size per memory layer and chunk)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (z,) = ctx.saved_tensors
+        return grad * torch.exp(-0.5 * z * z) * (2 - z * z) / math.sqrt(2 * math.pi)
+
+
+_gelu_derivative = _GeluDerivative.apply
 
 
 def _smooth_sign(x: torch.Tensor, rule: MemoryRule) -> torch.Tensor:
@@ -342,15 +356,56 @@ def _chunk_coefficients(log_a, log_eta, theta, live, momentum: bool):
     return cum_a.exp(), m, c, momentum_weights
 
 
+class _RetrieveThroughLayer(torch.autograd.Function):
+    """Equation (8) for one memory layer: ``h [B, H, C, in]`` -> ``z [B, H, C, out]``,
+
+        z_t = A_t (P_0 h_t) + m_t (S_0 h_t) - sum_s c_ts (h_s' . h_t) delta_s
+
+    with ``P_0, S_0 [B, H, out, in]``, ``A, m [B, H, C]``, ``c [B, H, C, C]`` and the chunk's key-path layer inputs
+    ``h' [B, H, C, in]`` and errors ``delta [B, H, C, out]`` (``S_0`` and ``m`` None without momentum). It saves
+    only its inputs, which the chunk keeps anyway, and recomputes the three products ``P_0 h``, ``S_0 h`` and
+    ``h' . h`` in the backward pass: autograd through the formula would keep them, a third of a Titans chunk's
+    saved memory.
+    """
+
+    @staticmethod
+    def forward(ctx, h, p0, decay, c, inputs, deltas, s0, m):
+        ctx.save_for_backward(h, p0, decay, c, inputs, deltas, s0, m)
+        z = decay[..., None] * (h @ p0.transpose(-1, -2))
+        if m is not None:
+            z = z + m[..., None] * (h @ s0.transpose(-1, -2))
+        return z - ((h @ inputs.transpose(-1, -2)) * c) @ deltas
+
+    @staticmethod
+    def backward(ctx, dz):
+        h, p0, decay, c, inputs, deltas, s0, m = ctx.saved_tensors
+        d_decay = (dz * (h @ p0.transpose(-1, -2))).sum(-1)
+        dz_p = decay[..., None] * dz
+        dh = dz_p @ p0
+        dp0 = dz_p.transpose(-1, -2) @ h
+        ds0 = d_m = None
+        if m is not None:
+            d_m = (dz * (h @ s0.transpose(-1, -2))).sum(-1)
+            dz_s = m[..., None] * dz
+            dh = dh + dz_s @ s0
+            ds0 = dz_s.transpose(-1, -2) @ h
+        overlap = h @ inputs.transpose(-1, -2)  # [B, H, C, C]: h'_s . h_t at [t, s]
+        d_deltas = -((overlap * c).transpose(-1, -2) @ dz)
+        d_scores = -(dz @ deltas.transpose(-1, -2))
+        dc = d_scores * overlap
+        d_overlap = d_scores * c
+        dh = dh + d_overlap @ inputs
+        d_inputs = d_overlap.transpose(-1, -2) @ h
+        return dh, dp0, d_decay, dc, d_inputs, d_deltas, ds0, d_m
+
+
 def _retrieve_linear_algebra(x, chunk_start_params, momentum, decay, m, c, deltas, inputs, rule):
     """Equation (8) through every layer: ``x [B, H, C, d]`` -> ``M_{W_t}(x_t)`` without forming ``W_t``."""
     h = x
     last = len(chunk_start_params) - 1
     for i, p0 in enumerate(chunk_start_params):
-        z = decay[..., None] * (h @ p0.transpose(-1, -2))
-        if m is not None:
-            z = z + m[..., None] * (h @ momentum[i].transpose(-1, -2))
-        z = z - ((h @ inputs[i].transpose(-1, -2)) * c) @ deltas[i]
+        z = _RetrieveThroughLayer.apply(h, p0, decay, c, inputs[i], deltas[i],
+                                         None if momentum is None else momentum[i], m)
         h = F.gelu(z) if i < last else z
     return x + _layer_norm(h, rule) if rule.residual else h
 

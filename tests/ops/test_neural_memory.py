@@ -199,3 +199,25 @@ def test_gradient_clipping_bounds_every_token_update():
                     for d, h in zip(deltas, layer_inputs, strict=True)).sqrt()
     assert norms.max() <= 0.05 * (1 + 1e-9) and norms.min() > 0.049  # all were above the bound
 
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_hand_written_backward_passes_match_finite_differences(momentum):
+    """The two autograd functions that save less than autograd would (the retrieval (8) through one layer and
+    GELU's derivative), first and second derivatives, against finite differences in fp64."""
+    from memlm.ops.neural_memory import _gelu_derivative, _RetrieveThroughLayer
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    b, h, c, d_in, d_out = 1, 2, 5, 3, 4
+    lower = rand(b, h, c, c).tril().detach().requires_grad_()  # c_ts, causal
+    args = (rand(b, h, c, d_in), rand(b, h, d_out, d_in), rand(b, h, c), lower, rand(b, h, c, d_in),
+            rand(b, h, c, d_out), rand(b, h, d_out, d_in) if momentum else None, rand(b, h, c) if momentum else None)
+    assert torch.autograd.gradcheck(_RetrieveThroughLayer.apply, args)
+    assert torch.autograd.gradgradcheck(_RetrieveThroughLayer.apply, args)
+    z = rand(3, 7) * 2
+    assert torch.autograd.gradcheck(_gelu_derivative, (z,))
+    assert torch.autograd.gradgradcheck(_gelu_derivative, (z,))
