@@ -71,10 +71,13 @@ Scaling (``--scaling``, not in the default run; ``python scripts/bench_ops.py --
 per token of every chunked op (GDN as section 1, GLA and KDA on section 5's KDA inputs, SSD as section 5, Based and
 prefix linear attention with 4 heads of feature dimension 16 and values of 128, Titans' memory with 4 heads of 64)
 and of section 2's GDN layer and causal SDPA layer, forward (no grad) and forward + backward, at T = 1k-64k
-(``--scaling-sizes``), each op (and the two layers) at each length in a fresh process, which inherits the environment
-(glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` and PyTorch's ``THP_MEM_ALLOC_ENABLE``, see
-docs/results/benchmarks/benchmarks.md, are printed under the table); on CPU the timer is the process's CPU time
-(``time.process_time``), which leaves out the time other processes hold the core. The 64k / 4k ratio per row
+(``--scaling-sizes``), each op (and the two layers) at each length in ``--scaling-processes`` fresh processes (default
+3; the median of their medians is reported: the cost of one op varies by ~5% between processes of one program, with
+the memory layout, much more than between runs in one process), which inherit the environment (the allocator:
+``LD_PRELOAD`` of tcmalloc, or glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, and PyTorch's
+``THP_MEM_ALLOC_ENABLE``, see docs/results/benchmarks/benchmarks.md, are printed under the table); on CPU the timer is
+the process's CPU time (``time.process_time``), which leaves out the time other processes hold the core. A run's
+outputs and gradients are freed before the next run, as in a training loop. The 64k / 4k ratio per row
 (target <= 1.15), the GFLOP/s at 4k (FLOPs counted by ``torch.utils.flop_counter``) against the fp32 matmul peak
 measured in the same run, and the peak memory (``VmHWM``, a fresh process per T; on CUDA ``max_memory_allocated``)
 of one training step of a tiny model with gradient checkpointing at 4k, 16k and 64k tokens.
@@ -589,8 +592,9 @@ SCALING_QUICK_SIZES = [256, 512, 1024]
 SCALING_SDPA_MAX_T = 16384  # causal SDPA is quadratic: at 64k one fwd+bwd takes minutes on a CPU core
 SCALING_MEMORY_SIZES = [4096, 16384, 65536]
 SCALING_QUICK_MEMORY_SIZES = [512, 1024]
-# the allocator settings long sequences need on a CPU (glibc's, and PyTorch's huge pages; README: Training)
-ALLOCATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
+# the allocator settings long sequences need on a CPU (tcmalloc preloaded, or glibc's thresholds; PyTorch's huge
+# pages; README: Training)
+ALLOCATOR_SETTINGS = ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
 TITANS_HEAD_DIM = 64
 
 
@@ -766,6 +770,16 @@ def scaling_layer_cases(seq_len: int, device: torch.device) -> dict[tuple[str, s
     return cases
 
 
+def discard_result(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` returning nothing, so that a run's outputs and gradients are freed before the next run starts, as in a
+    training loop (kept alive, they fragment glibc's heap at 64k: Titans' forward + backward took 25% more CPU time)."""
+
+    def run() -> None:
+        fn()
+
+    return run
+
+
 def scaling_time_child(group: str, seq_len: int, device_type: str, repeats: int, count_flops: bool) -> None:
     """Run in a subprocess: time one group of cases (an op of ``SCALING_OPS``, or ``"layers"``) at one length, one
     warm-up run and ``repeats`` timed runs of each case, alternating; prints JSON with the median microseconds per
@@ -776,33 +790,39 @@ def scaling_time_child(group: str, seq_len: int, device_type: str, repeats: int,
     names = {case: " ".join(case) for case in cases}
     flops = {names[case]: counted_flops(fn) for case, fn in cases.items()} if count_flops else {}
     clock = scaling_clock(device)
-    timed = measure({names[case]: (fn, repeats, 1) for case, fn in cases.items()}, device, clock=clock)
+    timed = measure({names[case]: (discard_result(fn), repeats, 1) for case, fn in cases.items()}, device,
+                    clock=clock)
     print(json.dumps({"us_per_token": {name: t.median_ms * 1e3 / seq_len for name, t in timed.items()},
                       "flops": flops}))
 
 
-def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.device, repeats: int) -> dict:
+def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.device, repeats: int,
+                  processes: int = 3) -> dict:
     """Per-token cost of every chunked op and the GatedDeltaNet layer (against causal SDPA, built as in section 2)
-    at growing T, each op and length timed in a fresh process; the GFLOP/s of each at T = 4096 (or the largest size
-    below) against the matmul peak measured here; the peak memory of a tiny model's training step with gradient
-    checkpointing."""
+    at growing T, each op and length timed in ``processes`` fresh processes (in rounds over every op and length, so
+    that a slow spell of the machine hits all lengths alike; the median of the processes' medians); the GFLOP/s of
+    each at T = 4096 (or the largest size below) against the matmul peak measured here; the peak memory of a tiny
+    model's training step with gradient checkpointing."""
     clock = scaling_clock(device)
     peak = matmul_peak_gflops(device, clock)
     threads = torch.get_num_threads()
     flop_t = max(t for t in sizes if t <= 4096)
     groups = [*SCALING_OPS, "layers"]
-    per_token: dict[str, dict[int, float]] = {}
+    per_process: dict[str, dict[int, list[float]]] = {}  # case -> T -> one median per process
     flops: dict[str, int] = {}
-    bar = progress(len(sizes) * len(groups), "scaling")
-    for seq_len in sizes:
-        for group in groups:
-            child = run_child(f"scaling_time_child({group!r}, {seq_len}, {device.type!r}, {repeats}, "
-                              f"{seq_len == flop_t})", threads)
-            for name, cost in child["us_per_token"].items():
-                per_token.setdefault(name, {})[seq_len] = cost
-            flops.update(child["flops"])
-            bar.update()
+    bar = progress(processes * len(sizes) * len(groups), "scaling")
+    for round_ in range(processes):
+        for seq_len in sizes:
+            for group in groups:
+                count = round_ == 0 and seq_len == flop_t
+                child = run_child(f"scaling_time_child({group!r}, {seq_len}, {device.type!r}, {repeats}, {count})",
+                                  threads)
+                for name, cost in child["us_per_token"].items():
+                    per_process.setdefault(name, {}).setdefault(seq_len, []).append(cost)
+                flops.update(child["flops"])
+                bar.update()
     bar.close()
+    per_token = {name: {t: statistics.median(costs) for t, costs in by_t.items()} for name, by_t in per_process.items()}
     first, last = (4096 if 4096 in sizes else sizes[0]), sizes[-1]
     rows = []
     for key, costs in per_token.items():
@@ -811,6 +831,7 @@ def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.devic
         gflops = flops.get(key, 0) / seconds / 1e9
         ratio = costs[last] / costs[first] if last in costs and first in costs else None
         rows.append({"name": name, "mode": mode, "us_per_token": {str(t): c for t, c in costs.items()},
+                     "us_per_token_per_process": {str(t): c for t, c in per_process[key].items()},
                      "ratio_last_first": ratio, "gflop": flops.get(key, 0) / 1e9,
                      "gflops_per_s": gflops, "fraction_of_peak": gflops / peak})
     memory = [run_child(f"scaling_memory_child({seq_len}, {device.type!r})", threads) for seq_len in memory_sizes]
@@ -832,8 +853,9 @@ def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.devic
     timer = "CPU time of its process (time.process_time)" if device.type == "cpu" else "wall time"
     allocator = {name: os.environ[name] for name in ALLOCATOR_SETTINGS if name in os.environ}
     notes = [
-        f"us/token: {timer} per token, median of {repeats} runs after 1 warm-up, each op and length in a fresh "
-        "process (its two passes alternating; the two layers' four)",
+        f"us/token: {timer} per token, median over {processes} fresh processes per op and length (rounds over every "
+        f"op and length) of each process's median of {repeats} runs after 1 warm-up (its two passes alternating; the "
+        "two layers' four)",
         f"allocator settings in the environment: {allocator or 'none (defaults)'}",
         f"fp32 matmul peak measured in this run: {peak:.1f} GFLOP/s ([2048, 2048] @ [2048, 2048], best of 5)",
         f"GFLOP/s: FLOPs counted by torch.utils.flop_counter at T={flop_t} (matmuls only) / that T's median time",
@@ -996,6 +1018,9 @@ def main() -> None:
                         help="run only the scaling section (per-token cost 1k-64k, GFLOP/s, peak memory)")
     parser.add_argument("--scaling-sizes", type=int, nargs="+", metavar="T",
                         help="the scaling section's lengths (default 1k-64k, quick 256-1k)")
+    parser.add_argument("--scaling-processes", type=int, default=None, metavar="N",
+                        help="fresh processes per op and length in the scaling section, median reported "
+                             "(default 3, quick 1)")
     parser.add_argument("--json", metavar="PATH", help="also write every result and timing to this JSON file")
     args = parser.parse_args()
     if args.scaling:
@@ -1011,6 +1036,8 @@ def main() -> None:
     new_tokens = args.new_tokens or (8 if args.quick else GENERATED_TOKENS)
     if new_tokens < 2:
         parser.error(f"--new-tokens {new_tokens}: the generate section needs at least 2 (a first token and a step)")
+    if args.scaling_processes is not None and args.scaling_processes < 1:
+        parser.error(f"--scaling-processes {args.scaling_processes}: at least 1 process per op and length")
     if args.scaling_sizes and (min(args.scaling_sizes) < 1 or min(args.scaling_sizes) > 4096):
         parser.error(f"--scaling-sizes {' '.join(map(str, args.scaling_sizes))}: positive lengths, at least one "
                      "of them <= 4096 (the length the GFLOP/s are counted at)")
@@ -1050,7 +1077,7 @@ def main() -> None:
                     "B=1, and peak memory of a tiny model's training step",
          lambda: bench_scaling(args.scaling_sizes or (SCALING_QUICK_SIZES if args.quick else SCALING_SIZES),
                                SCALING_QUICK_MEMORY_SIZES if args.quick else SCALING_MEMORY_SIZES, device,
-                               args.repeats)),
+                               args.repeats, args.scaling_processes or (1 if args.quick else 3))),
         ("generate", "6. Generation throughput: a converted Qwen3.5 (section 4's) in memlm vs transformers' "
                      "Qwen3_5ForCausalLM, greedy generate, batch B",
          lambda: bench_generate(sizes["generate"], device, args.repeats, new_tokens)),

@@ -48,3 +48,24 @@ def test_scaling_sizes_without_a_length_to_count_flops_at_are_refused_by_name():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--scaling-sizes 8192 65536: positive lengths, at least one of them <= 4096" in done.stderr
+
+
+def test_scaling_processes_below_one_are_refused_by_name():
+    script = Path(bench_ops.__file__)
+    done = subprocess.run([sys.executable, str(script), "--scaling", "--scaling-processes", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--scaling-processes 0: at least 1 process per op and length" in done.stderr
+
+
+def test_each_length_is_timed_in_several_processes_and_their_median_reported(monkeypatch):
+    monkeypatch.setattr(bench_ops, "SCALING_OPS", {"based": bench_ops.SCALING_OPS["based"]})
+    monkeypatch.setattr(bench_ops, "matmul_peak_gflops", lambda device, clock: 100.0)
+    result = bench_ops.bench_scaling([64], [], torch.device("cpu"), repeats=1, processes=3)
+    rows = {(row["name"], row["mode"]): row for row in result["rows"]}
+    assert set(rows) == {("based", "fwd"), ("based", "fwd+bwd"), ("gdn_layer", "fwd"), ("gdn_layer", "fwd+bwd"),
+                         ("sdpa_layer", "fwd"), ("sdpa_layer", "fwd+bwd")}
+    for row in rows.values():
+        costs = row["us_per_token_per_process"]["64"]
+        assert len(costs) == 3 and row["us_per_token"]["64"] == sorted(costs)[1]
+    assert "median over 3 fresh processes" in result["notes"][0]
