@@ -229,8 +229,8 @@ def memory_forward(weights: list[torch.Tensor], x: torch.Tensor, rule: MemoryRul
 
 class _GeluDerivative(torch.autograd.Function):
     """``gelu'(z) = d/dz [z Phi(z)] = Phi(z) + z phi(z)`` (exact GELU), elementwise, saving only ``z`` for its own
-    derivative ``gelu''(z) = phi(z) (2 - z^2)`` (autograd through the formula would keep five intermediates of
-    ``z``'s size per memory layer and chunk)."""
+    derivative ``gelu''(z) = phi(z) (2 - z^2)`` (autograd through the formula keeps several intermediates of
+    ``z``'s size: 6 of Titans' 55.5 KB/token at the bench's shapes, docs/results/benchmarks/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
@@ -364,8 +364,8 @@ class _RetrieveThroughLayer(torch.autograd.Function):
     with ``P_0, S_0 [B, H, out, in]``, ``A, m [B, H, C]``, ``c [B, H, C, C]`` and the chunk's key-path layer inputs
     ``h' [B, H, C, in]`` and errors ``delta [B, H, C, out]`` (``S_0`` and ``m`` None without momentum). It saves
     only its inputs, which the chunk keeps anyway, and recomputes the three products ``P_0 h``, ``S_0 h`` and
-    ``h' . h`` in the backward pass: autograd through the formula would keep them, a third of a Titans chunk's
-    saved memory.
+    ``h' . h`` in the backward pass: autograd through the formula would keep them (10 of Titans' 55.5 KB/token at
+    the bench's shapes).
     """
 
     @staticmethod
