@@ -72,10 +72,10 @@ per token of every chunked op (GDN as section 1, GLA and KDA on section 5's KDA 
 prefix linear attention with 4 heads of feature dimension 16 and values of 128, Titans' memory with 4 heads of 64)
 and of section 2's GDN layer and causal SDPA layer, forward (no grad) and forward + backward, at T = 1k-64k
 (``--scaling-sizes``), each op (and the two layers) at each length in ``--scaling-processes`` fresh processes (default
-3; the median of their medians is reported: the cost of one op varies by ~5% between processes of one program, with
-the memory layout, much more than between runs in one process), which inherit the environment (the allocator:
-``LD_PRELOAD`` of tcmalloc, or glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, and PyTorch's
-``THP_MEM_ALLOC_ENABLE``, see docs/results/benchmarks/benchmarks.md, are printed under the table); on CPU the timer is
+3; the median of their medians is reported: the cost of one op varies by up to 7% between processes of one program,
+with the memory layout, much more than between runs in one process), which inherit the environment (the allocator
+settings, glibc's ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, PyTorch's ``THP_MEM_ALLOC_ENABLE`` and any
+``LD_PRELOAD``, see docs/results/benchmarks/benchmarks.md, are printed under the table); on CPU the timer is
 the process's CPU time (``time.process_time``), which leaves out the time other processes hold the core. A run's
 outputs and gradients are freed before the next run, as in a training loop. The 64k / 4k ratio per row
 (target <= 1.15), the GFLOP/s at 4k (FLOPs counted by ``torch.utils.flop_counter``) against the fp32 matmul peak
@@ -592,8 +592,8 @@ SCALING_QUICK_SIZES = [256, 512, 1024]
 SCALING_SDPA_MAX_T = 16384  # causal SDPA is quadratic: at 64k one fwd+bwd takes minutes on a CPU core
 SCALING_MEMORY_SIZES = [4096, 16384, 65536]
 SCALING_QUICK_MEMORY_SIZES = [512, 1024]
-# the allocator settings long sequences need on a CPU (tcmalloc preloaded, or glibc's thresholds; PyTorch's huge
-# pages; README: Training)
+# the allocator settings long sequences need on a CPU (glibc's thresholds, PyTorch's huge pages; README: Training),
+# and LD_PRELOAD, which shows a replaced allocator (tcmalloc measured worse: benchmarks.md, third run)
 ALLOCATOR_SETTINGS = ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
 TITANS_HEAD_DIM = 64
 
