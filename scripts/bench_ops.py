@@ -991,6 +991,17 @@ def header(device: torch.device) -> dict:
     return meta
 
 
+def linear_in_length(rows: list[dict], short: int = 4096, long: int = 65536, bound: float = 1.15) -> bool | None:
+    """Whether every chunked op of ``SCALING_OPS`` (not the layers) costs at most ``bound`` times per token at ``long``
+    what it costs at ``short``, forward and forward + backward (issue 20's target); None when either length was not
+    timed."""
+    ops = [r for r in rows if r["name"] in SCALING_OPS]
+    costs = [(r["us_per_token"].get(str(short)), r["us_per_token"].get(str(long))) for r in ops]
+    if not ops or any(None in pair for pair in costs):
+        return None
+    return all(at_long <= bound * at_short for at_short, at_long in costs)
+
+
 def headline(results: dict, key: str, value: str, at: int, section: str) -> float | None:
     for row in results.get(section, {}).get("rows", []):
         if row[key] == at:
@@ -1106,6 +1117,7 @@ def main() -> None:
         "hybrid_cache_at_32k_le_30pct": None if cache_32k is None else cache_32k <= 0.30,
         "converted_qwen3_5_at_least_as_fast": all(min(r["train_ratio"], r["generate_ratio"]) >= 1
                                                   for r in pretrained_rows) if pretrained_rows else None,
+        "chunked_ops_linear_in_T": linear_in_length(results.get("scaling", {}).get("rows", [])),
         "generate_at_least_as_fast": all(min(r["decode_ratio"], r["total_ratio"]) >= 1
                                          for r in generate_rows) if generate_rows else None,
     }
@@ -1122,6 +1134,8 @@ def main() -> None:
     print(f"claim '3:1 hybrid cache at 32k <= 30% of all-attention': {verdict(claims['hybrid_cache_at_32k_le_30pct'])}")
     print("claim 'converted Qwen3.5 trains and generates at least as fast in memlm as in transformers': "
           f"{verdict(claims['converted_qwen3_5_at_least_as_fast'])}")
+    print("claim 'every chunked op's per-token cost (fwd and fwd+bwd) at T=65536 within 1.15x of T=4096': "
+          f"{verdict(claims['chunked_ops_linear_in_T'])}")
     print("claim 'generate (decode tok/s and whole-call tok/s) at least as fast in memlm as transformers' Qwen3.5 at "
           f"every batch and prompt length': {verdict(claims['generate_at_least_as_fast'])}")
     print(f"SUMMARY: op speed-up vs transformers at T=4096 {fmt(speedup_4096, '.2f')} | "

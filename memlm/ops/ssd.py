@@ -131,25 +131,52 @@ def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None
                  A: torch.Tensor, group: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Equations (4)-(5) without the skip over one block of whole chunks
     (:func:`memlm.ops.common.blocks.run_in_blocks`): ``(x, dt, B, C)`` as in :func:`chunk_ssd` ->
-    ``(y [B, L, H, head_dim] fp32, final_state)``."""
+    ``(y [B, L, H, head_dim] fp32, final_state)``.
+
+    B and C are never repeated per head. The intra-chunk term broadcasts each group's ``C B^T`` over its heads; the
+    state scan (5) runs per group on the ``group`` heads' states side by side, ``[B, G, N, d_state, group * head_dim]``
+    (one key ``B``, values ``dt X`` weighted per head, a decay per value column), so that ``C S`` in (4) is one
+    matmul per group.
+    """
     x, dt, B, C = tensors
-    layout = ChunkLayout(x.shape[0], x.shape[1], chunk_size, cu_seqlens, x.device)
+    batch, _, _, head_dim = x.shape
+    groups = B.shape[2]
+    layout = ChunkLayout(batch, x.shape[1], chunk_size, cu_seqlens, x.device)
     c_c, b_c = to_chunks(C, layout), to_chunks(B, layout)  # per group, [B, G, N, C, d_state]
     v_c, dt_c = to_chunks(x, layout), to_chunks(dt, layout)  # per head, [B, H, N, C, head_dim] and [B, H, N, C]
     log_decay = (dt_c * A.float()[:, None, None]).cumsum(-1)  # G, [B, H, N, C]
     size = layout.chunk_size
     upper = torch.ones(size, size, dtype=torch.bool, device=x.device).triu(1)
     gamma = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
-    # (C (dt B)^T) * Gamma, with C B^T formed once per group and dt applied per head
-    scores = (c_c @ b_c.transpose(-1, -2)).repeat_interleave(group, dim=1) * gamma * dt_c[..., None, :]
+    # (C (dt B)^T) * Gamma: C B^T once per group, broadcast over its heads; dt applied per head
+    scores = (c_c @ b_c.transpose(-1, -2))[:, :, None] * (gamma * dt_c[..., None, :]).unflatten(1, (groups, group))
+    within = scores.flatten(1, 2) @ v_c  # [B, H, N, C, head_dim]
+
+    def side_by_side(per_head: torch.Tensor) -> torch.Tensor:
+        """``[B, H, N, C]`` -> ``[B, G, N, C, group, 1]``: a per-head factor for the heads of a group side by side."""
+        return per_head.unflatten(1, (groups, group)).movedim(2, -1)[..., None]
+
+    v_g = to_chunks(x.reshape(*x.shape[:2], groups, group * head_dim), layout)  # [B, G, N, C, group * head_dim]
     weights_to_end = dt_c * (log_decay[..., -1:] - log_decay).exp()
-    k_to_end = (b_c.repeat_interleave(group, dim=1) * weights_to_end[..., None]).transpose(-1, -2)
-    chunk_decay = log_decay[..., -1].exp()[..., None, None]
-    states, _, final_state = scan_chunks(v_c, None, k_to_end, chunk_decay, initial_state, layout)  # (5)
-    grouped = states.unflatten(1, (-1, group))  # [B, G, H / G, N, d_state, head_dim]
-    carried = (c_c[:, :, None] @ grouped).flatten(1, 2) * log_decay.exp()[..., None]
-    y = carried + scores @ v_c  # (4)
-    return from_chunks(y, layout), final_state
+    u = (v_g.unflatten(-1, (group, head_dim)) * side_by_side(weights_to_end)).flatten(-2)
+    chunk_decay = side_by_side(log_decay[..., -1:].exp()).expand(-1, -1, -1, -1, -1, head_dim).flatten(-2)
+    states, _, final_state = scan_chunks(u, None, b_c.transpose(-1, -2), chunk_decay,
+                                         _side_by_side_state(initial_state, groups), layout)  # (5)
+    carried = (c_c @ states).unflatten(-1, (group, head_dim)) * side_by_side(log_decay.exp())
+    y = from_chunks(within, layout) + from_chunks(carried.movedim(-2, 2).flatten(1, 2), layout)  # (4)
+    return y, _per_head_state(final_state, group)
+
+
+def _side_by_side_state(state: torch.Tensor | None, groups: int) -> torch.Tensor | None:
+    """``[N, H, d_state, head_dim]`` -> ``[N, G, d_state, group * head_dim]`` (each group's heads side by side)."""
+    if state is None:
+        return None
+    return state.unflatten(1, (groups, -1)).movedim(2, 3).flatten(-2)
+
+
+def _per_head_state(state: torch.Tensor, group: int) -> torch.Tensor:
+    """Inverse of :func:`_side_by_side_state`, contiguous (decoding reads it as one block per head)."""
+    return state.unflatten(-1, (group, -1)).movedim(3, 2).flatten(1, 2).contiguous()
 
 
 def recurrent_ssd(

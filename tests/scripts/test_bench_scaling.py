@@ -69,3 +69,16 @@ def test_each_length_is_timed_in_several_processes_and_their_median_reported(mon
         costs = row["us_per_token_per_process"]["64"]
         assert len(costs) == 3 and row["us_per_token"]["64"] == sorted(costs)[1]
     assert "median over 3 fresh processes" in result["notes"][0]
+
+
+def test_the_linear_in_length_claim_reads_every_ops_4k_and_64k_costs_and_ignores_the_layers():
+    def row(name, mode, at_4k, at_64k):
+        return {"name": name, "mode": mode, "us_per_token": {"1024": 1.0, "4096": at_4k, "65536": at_64k}}
+
+    within = [row("ssd", "fwd", 100.0, 114.0), row("ssd", "fwd+bwd", 100.0, 90.0),
+              row("gdn_layer", "fwd+bwd", 100.0, 300.0)]
+    assert bench_ops.linear_in_length(within) is True
+    assert bench_ops.linear_in_length([*within, row("titans", "fwd+bwd", 100.0, 116.0)]) is False
+    short_run = [{"name": "ssd", "mode": "fwd", "us_per_token": {"1024": 1.0, "4096": 2.0}}]
+    assert bench_ops.linear_in_length(short_run) is None
+    assert bench_ops.linear_in_length([]) is None

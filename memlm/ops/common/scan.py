@@ -26,11 +26,14 @@ class _ChunkStateScan(torch.autograd.Function):
             state = _entry_state(initial_state, doc, layout, u.shape[0], k_t.shape[-2], u.shape[-1], u)
             for c in range(first, last):
                 states.append(state)
-                fixed = u[:, :, c] if w is None else u[:, :, c] - w[:, :, c] @ state
-                corrected.append(fixed)
+                fixed = u[:, :, c]
+                if w is not None:
+                    fixed = fixed - w[:, :, c] @ state
+                    corrected.append(fixed)
                 state = decay[:, :, c] * state + k_t[:, :, c] @ fixed
             finals.append(state)
-        states, corrected = torch.stack(states, dim=2), torch.stack(corrected, dim=2)
+        states = torch.stack(states, dim=2)
+        corrected = u if w is None else torch.stack(corrected, dim=2)  # without a correction V' is U: no copy
         ctx.save_for_backward(w, k_t, decay, states, corrected)
         ctx.layout, ctx.has_initial_state = layout, initial_state is not None
         return states, corrected, torch.cat(finals, dim=0)
@@ -88,14 +91,15 @@ def scan_chunks(
         u: ``[B, H, N, C, dv]`` values written by each chunk.
         w: ``[B, H, N, C, dk]`` delta-rule correction (``V' = U - W S``), or None for plain linear attention.
         k_t: ``[B, H, N, dk, C]`` keys, transposed, already decayed to the end of their chunk.
-        decay: ``[B, H, N, 1, 1]`` (scalar per head) or ``[B, H, N, dk, 1]`` (per key channel): the decay
-            of the whole chunk.
+        decay: ``[B, H, N, 1, 1]`` (scalar per head), ``[B, H, N, dk, 1]`` (per key channel) or ``[B, H, N, 1, dv]``
+            (per value channel: several heads sharing keys side by side, as Mamba-2's SSD runs them): the decay of
+            the whole chunk.
         initial_state: ``[num_seqs, H, dk, dv]`` or None for zeros; each document starts from its own.
         layout: chunk layout of the sequences.
 
     Returns:
         ``states`` ``[B, H, N, dk, dv]`` (the state entering each chunk), ``corrected`` ``[B, H, N, C, dv]``
-        (``V'``), and ``final_state`` ``[num_seqs, H, dk, dv]``.
+        (``V'``; ``u`` itself, not a copy, when ``w`` is None), and ``final_state`` ``[num_seqs, H, dk, dv]``.
     """
     if initial_state is not None:
         initial_state = initial_state.float()
