@@ -797,17 +797,18 @@ def scaling_time_child(group: str, seq_len: int, device_type: str, repeats: int,
 
 
 def bench_scaling(sizes: list[int], memory_sizes: list[int], device: torch.device, repeats: int,
-                  processes: int = 3) -> dict:
+                  processes: int = 3, groups: list[str] | None = None) -> dict:
     """Per-token cost of every chunked op and the GatedDeltaNet layer (against causal SDPA, built as in section 2)
     at growing T, each op and length timed in ``processes`` fresh processes (in rounds over every op and length, so
     that a slow spell of the machine hits all lengths alike; the median of the processes' medians); the GFLOP/s of
     each at T = 4096 (or the largest size below) against the matmul peak measured here; the peak memory of a tiny
-    model's training step with gradient checkpointing."""
+    model's training step with gradient checkpointing. ``groups``: the ops of ``SCALING_OPS`` and ``"layers"`` to
+    time (default all)."""
     clock = scaling_clock(device)
     peak = matmul_peak_gflops(device, clock)
     threads = torch.get_num_threads()
     flop_t = max(t for t in sizes if t <= 4096)
-    groups = [*SCALING_OPS, "layers"]
+    groups = groups or [*SCALING_OPS, "layers"]
     per_process: dict[str, dict[int, list[float]]] = {}  # case -> T -> one median per process
     flops: dict[str, int] = {}
     bar = progress(processes * len(sizes) * len(groups), "scaling")
@@ -993,11 +994,11 @@ def header(device: torch.device) -> dict:
 
 def linear_in_length(rows: list[dict], short: int = 4096, long: int = 65536, bound: float = 1.15) -> bool | None:
     """Whether every chunked op of ``SCALING_OPS`` (not the layers) costs at most ``bound`` times per token at ``long``
-    what it costs at ``short``, forward and forward + backward (issue 20's target); None when either length was not
-    timed."""
+    what it costs at ``short``, forward and forward + backward (issue 20's target); None when an op or either length
+    was not timed."""
     ops = [r for r in rows if r["name"] in SCALING_OPS]
     costs = [(r["us_per_token"].get(str(short)), r["us_per_token"].get(str(long))) for r in ops]
-    if not ops or any(None in pair for pair in costs):
+    if {r["name"] for r in ops} != set(SCALING_OPS) or any(None in pair for pair in costs):
         return None
     return all(at_long <= bound * at_short for at_short, at_long in costs)
 
@@ -1032,6 +1033,10 @@ def main() -> None:
     parser.add_argument("--scaling-processes", type=int, default=None, metavar="N",
                         help="fresh processes per op and length in the scaling section, median reported "
                              "(default 3, quick 1)")
+    parser.add_argument("--scaling-ops", nargs="+", metavar="NAME", choices=[*SCALING_OPS, "layers"],
+                        default=[*SCALING_OPS, "layers"],
+                        help=f"the scaling section's ops ({', '.join(SCALING_OPS)}) and 'layers' (the GDN and SDPA "
+                             "layers); default all")
     parser.add_argument("--json", metavar="PATH", help="also write every result and timing to this JSON file")
     args = parser.parse_args()
     if args.scaling:
@@ -1088,7 +1093,7 @@ def main() -> None:
                     "B=1, and peak memory of a tiny model's training step",
          lambda: bench_scaling(args.scaling_sizes or (SCALING_QUICK_SIZES if args.quick else SCALING_SIZES),
                                SCALING_QUICK_MEMORY_SIZES if args.quick else SCALING_MEMORY_SIZES, device,
-                               args.repeats, args.scaling_processes or (1 if args.quick else 3))),
+                               args.repeats, args.scaling_processes or (1 if args.quick else 3), args.scaling_ops)),
         ("generate", "6. Generation throughput: a converted Qwen3.5 (section 4's) in memlm vs transformers' "
                      "Qwen3_5ForCausalLM, greedy generate, batch B",
          lambda: bench_generate(sizes["generate"], device, args.repeats, new_tokens)),

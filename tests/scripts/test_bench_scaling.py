@@ -75,10 +75,24 @@ def test_the_linear_in_length_claim_reads_every_ops_4k_and_64k_costs_and_ignores
     def row(name, mode, at_4k, at_64k):
         return {"name": name, "mode": mode, "us_per_token": {"1024": 1.0, "4096": at_4k, "65536": at_64k}}
 
-    within = [row("ssd", "fwd", 100.0, 114.0), row("ssd", "fwd+bwd", 100.0, 90.0),
-              row("gdn_layer", "fwd+bwd", 100.0, 300.0)]
-    assert bench_ops.linear_in_length(within) is True
+    within = [row(name, mode, 100.0, 114.0) for name in bench_ops.SCALING_OPS for mode in ("fwd", "fwd+bwd")]
+    layers = [row("gdn_layer", "fwd+bwd", 100.0, 300.0)]
+    assert bench_ops.linear_in_length(within + layers) is True
     assert bench_ops.linear_in_length([*within, row("titans", "fwd+bwd", 100.0, 116.0)]) is False
-    short_run = [{"name": "ssd", "mode": "fwd", "us_per_token": {"1024": 1.0, "4096": 2.0}}]
+    assert bench_ops.linear_in_length(within[2:]) is None  # an op not timed
+    short_run = [{**r, "us_per_token": {"1024": 1.0, "4096": 2.0}} for r in within]
     assert bench_ops.linear_in_length(short_run) is None
     assert bench_ops.linear_in_length([]) is None
+
+
+def test_scaling_ops_times_only_the_named_ones(monkeypatch):
+    monkeypatch.setattr(bench_ops, "matmul_peak_gflops", lambda device, clock: 100.0)
+    result = bench_ops.bench_scaling([64], [], torch.device("cpu"), repeats=1, processes=1, groups=["based"])
+    assert {(row["name"], row["mode"]) for row in result["rows"]} == {("based", "fwd"), ("based", "fwd+bwd")}
+
+
+def test_an_unknown_scaling_op_is_refused_by_name():
+    done = subprocess.run([sys.executable, str(Path(bench_ops.__file__)), "--scaling", "--scaling-ops", "mamba"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--scaling-ops: invalid choice: 'mamba'" in done.stderr
