@@ -116,3 +116,17 @@ def test_bad_input_raises(change, message):
     for op in (chunk_ssd, recurrent_ssd, naive_ssd):
         with pytest.raises(ValueError, match=message):
             op(**args)
+
+
+def test_the_hand_written_backward_of_the_intra_chunk_term_matches_finite_differences():
+    from memlm.ops.ssd import _WithinChunks
+
+    gen = torch.Generator().manual_seed(0)
+    # 2 groups of 3 heads, 2 chunks of 5 tokens, head_dim 4, in fp64
+    cb = torch.randn(1, 2, 1, 2, 5, 5, generator=gen, dtype=torch.float64)
+    dt = torch.rand(1, 2, 3, 2, 5, generator=gen, dtype=torch.float64)
+    log_decay = (-dt * 2).cumsum(-1)
+    x = torch.randn(1, 2, 3, 2, 5, 4, generator=gen, dtype=torch.float64)
+    args = tuple(t.requires_grad_() for t in (cb, log_decay, dt, x))
+    assert torch.autograd.gradcheck(_WithinChunks.apply, args)
+    assert torch.autograd.gradgradcheck(_WithinChunks.apply, args)
