@@ -32,6 +32,7 @@ import torch
 from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.decay import scalar_pairwise_decay
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
 from memlm.ops.common.recurrent import (
     check_in_place,
@@ -111,8 +112,7 @@ def _chunk_block(tensors: list[torch.Tensor], initial_state: torch.Tensor | None
     log_decay = to_chunks(g, layout).cumsum(-1)  # G, [B, H, N, C]
 
     chunk_size = layout.chunk_size
-    upper = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).triu(1)
-    gamma = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
+    gamma = scalar_pairwise_decay(log_decay)
     eye = torch.eye(chunk_size, dtype=q_c.dtype, device=q.device)
     lower = eye + ((beta_c[..., :, None] * (k_c @ k_c.transpose(-1, -2))) * gamma).tril(-1)  # (3)
     rhs = torch.cat([v_c * beta_c[..., None], k_c * (beta_c * log_decay.exp())[..., None]], dim=-1)

@@ -31,6 +31,7 @@ import torch
 from memlm.ops.common.blocks import block_tokens, run_in_blocks
 from memlm.ops.common.checks import check_linear_inputs
 from memlm.ops.common.chunking import ChunkLayout, from_chunks, to_chunks
+from memlm.ops.common.decay import scalar_pairwise_decay
 from memlm.ops.common.fla import needs_backward, use_fla, use_fla_gated_chunk
 from memlm.ops.common.recurrent import (
     check_in_place,
@@ -127,13 +128,6 @@ def chunk_ssd(
     return _skip(y, x, D), final_state if output_final_state else None
 
 
-def _gamma(log_decay: torch.Tensor) -> torch.Tensor:
-    """``Gamma`` ``[..., C, C]`` from ``G`` ``[..., C]``: ``exp(G_i - G_j)`` for j <= i, else 0 (exponents <= 0)."""
-    size = log_decay.shape[-1]
-    upper = torch.ones(size, size, dtype=torch.bool, device=log_decay.device).triu(1)
-    return (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
-
-
 class _WithinChunks(torch.autograd.Function):
     """The intra-chunk term of (4), ``((C B^T) * Gamma * dt_j) X``, for each head of each group:
     ``cb [B, G, 1, N, C, C]`` (``C B^T``, shared by the group's heads), ``log_decay`` and ``dt`` ``[B, G, r, N, C]``
@@ -151,12 +145,12 @@ class _WithinChunks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cb, log_decay, dt, x):
         ctx.save_for_backward(cb, log_decay, dt, x)
-        return (cb * (_gamma(log_decay) * dt[..., None, :])) @ x
+        return (cb * (scalar_pairwise_decay(log_decay) * dt[..., None, :])) @ x
 
     @staticmethod
     def backward(ctx, dy):
         cb, log_decay, dt, x = ctx.saved_tensors
-        gamma = _gamma(log_decay)
+        gamma = scalar_pairwise_decay(log_decay)
         decayed_dt = gamma * dt[..., None, :]
         dx = (cb * decayed_dt).transpose(-1, -2) @ dy
         d_scores = dy @ x.transpose(-1, -2)

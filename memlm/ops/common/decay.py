@@ -1,5 +1,6 @@
-"""Scores under a per-key-channel decay, ``A_ij = sum_c q_ic k_jc exp(G_ic - G_jc)`` (j <= i), inside each chunk:
-the intra-chunk term shared by GLA and KDA (:mod:`memlm.ops.gla`, :mod:`memlm.ops.kda`).
+"""Decay inside a chunk: :func:`scalar_pairwise_decay` for a scalar decay per head and token (GatedDeltaNet, SSD), and
+scores under a per-key-channel decay, ``A_ij = sum_c q_ic k_jc exp(G_ic - G_jc)`` (j <= i), the intra-chunk term
+shared by GLA and KDA (:mod:`memlm.ops.gla`, :mod:`memlm.ops.kda`).
 
 With strong decay (HGRN-2 forget gates near 1e-5, g ~ -11 per token) the cumulative log decay ``G`` falls to -700
 within a chunk, so ``exp(-G)`` is not representable and ``A`` cannot be factored as ``(Q exp(G)) (K exp(-G))^T``.
@@ -20,6 +21,14 @@ import torch
 
 SUB_CHUNK = 16
 _PAIRWISE_ELEMENTS = 1 << 20  # bound on the [m, s, s, dk] temporaries of the diagonal blocks (4 MiB fp32)
+
+
+def scalar_pairwise_decay(log_decay: torch.Tensor) -> torch.Tensor:
+    """``Gamma`` ``[..., C, C]`` from the cumulative log decay ``G`` ``[..., C]`` of a chunk: ``exp(G_i - G_j)`` for
+    j <= i, else 0 (pairs with j > i are set to -inf before ``exp``, so every exponent is <= 0)."""
+    size = log_decay.shape[-1]
+    upper = torch.ones(size, size, dtype=torch.bool, device=log_decay.device).triu(1)
+    return (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
 
 
 def _pairwise_decay(log_decay: torch.Tensor) -> torch.Tensor:
