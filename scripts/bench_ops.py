@@ -1034,7 +1034,6 @@ def main() -> None:
                         help="fresh processes per op and length in the scaling section, median reported "
                              "(default 3, quick 1)")
     parser.add_argument("--scaling-ops", nargs="+", metavar="NAME", choices=[*SCALING_OPS, "layers"],
-                        default=[*SCALING_OPS, "layers"],
                         help=f"the scaling section's ops ({', '.join(SCALING_OPS)}) and 'layers' (the GDN and SDPA "
                              "layers); default all")
     parser.add_argument("--json", metavar="PATH", help="also write every result and timing to this JSON file")
