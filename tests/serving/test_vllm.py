@@ -192,17 +192,7 @@ def qwen3_5_dir(tmp_path_factory):
     return exported
 
 
-def usable_torchvision() -> bool:
-    """vLLM's qwen3_5 model module imports transformers' Qwen2-VL image processor, which imports torchvision; PyPI's
-    torchvision is a CUDA build that fails to load next to torch+cpu (.ci/run removes it; the CPU build is on PyTorch's
-    index only)."""
-    return subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
-
-
 def test_an_exported_checkpoint_is_served_by_vllms_own_qwen3_5_model(qwen3_5_dir, tmp_path):
-    if not usable_torchvision():
-        pytest.skip("vLLM's Qwen3_5ForCausalLM module needs torchvision (through transformers' Qwen2-VL image "
-                    "processor), and this environment has no torchvision that loads with its torch")
     assert json.loads((qwen3_5_dir / "config.json").read_text())["architectures"] == ["Qwen3_5ForCausalLM"]
     result = vllm_offline(qwen3_5_dir, PROMPTS, tmp_path, plugins=False)
     assert result.returncode == 0, result.stderr[-3000:]
